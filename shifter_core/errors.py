@@ -1,0 +1,33 @@
+"""Error types whose message is what the user or site admin needs to read.
+
+Every layer raises one of these with a complete, single-line sentence; the
+SPANK bridge and the CLIs print `str(error)` as is and turn it into a failure.
+"""
+
+
+class ShifterError(Exception):
+    """Base class: the message is meant for a person, not a traceback."""
+
+
+class ConfigError(ShifterError):
+    """udiRoot.conf, plugin arguments or gateway configuration are wrong."""
+
+
+class ImageRefError(ShifterError, ValueError):
+    """An image descriptor (`docker:ubuntu:22.04`, `id:<hex>`) is malformed."""
+
+
+class VolumeError(ShifterError, ValueError):
+    """A --volume specification is malformed or forbidden by site policy."""
+
+
+class ImageNotFound(ShifterError):
+    """The image is unknown to the gateway or missing from the image directory."""
+
+
+class GatewayError(ShifterError):
+    """The image gateway could not be reached or refused the request."""
+
+
+class ContainerError(ShifterError):
+    """Building, entering or tearing down a job's container failed."""
