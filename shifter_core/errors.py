@@ -31,3 +31,11 @@ class GatewayError(ShifterError):
 
 class ContainerError(ShifterError):
     """Building, entering or tearing down a job's container failed."""
+
+
+class AuthenticationError(ShifterError):
+    """A munge credential is missing, invalid, expired or replayed."""
+
+
+class AccessDenied(ShifterError):
+    """The caller is authenticated but not allowed to do this (admin, ACL, import)."""
