@@ -39,3 +39,23 @@ class AuthenticationError(ShifterError):
 
 class AccessDenied(ShifterError):
     """The caller is authenticated but not allowed to do this (admin, ACL, import)."""
+
+
+class RegistryError(ShifterError):
+    """A registry could not be reached, refused a request or served something invalid."""
+
+
+class RegistryAuthError(RegistryError):
+    """A registry refused the credentials given (or their absence) for an image."""
+
+
+class DigestMismatch(RegistryError):
+    """Content from a registry or the layer cache does not match its sha256 digest."""
+
+
+class ImageContentError(ShifterError):
+    """An image's layers are malformed or hostile, so the image is refused."""
+
+
+class ConversionError(ShifterError):
+    """Turning an image's layers into a squashfs failed."""
