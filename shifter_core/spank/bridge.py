@@ -1,0 +1,206 @@
+"""The one entry point from the C shim into Python, and the SPANK handle.
+
+The shim calls `shifter_py_dispatch(call)` for every callback while a shifter
+option is in play.  Here the call becomes a `Spank` object and `Options`, and
+goes to the module of its context, after pyxis' layout:
+
+    allocator (sbatch, salloc), local (srun)  -> shifter_core.spank.submit
+    job_script (prolog, epilog on each node)  -> shifter_core.spank.node
+    remote (slurmstepd, its forked tasks)     -> shifter_core.spank.step
+
+A handler returns nothing on success and raises on failure.  A ShifterError
+is logged as its one-line message; anything else with its traceback.  Either
+way the callback returns -1, so Slurm fails the job instead of running it
+outside its container.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import traceback
+
+_ffi = None
+_lib = None
+
+OPTION_NAMES = ("image", "volume", "module", "ccm", "autoshift")
+CONTEXTS = {"S_CTX_LOCAL": "local", "S_CTX_REMOTE": "remote", "S_CTX_ALLOCATOR": "allocator",
+            "S_CTX_JOB_SCRIPT": "job_script", "S_CTX_SLURMD": "slurmd"}
+HANDLERS = {"local": "submit", "allocator": "submit", "job_script": "node", "remote": "step"}
+
+
+class SpankError(Exception):
+    """A SPANK API call failed."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """The shifter options of this job or step, as the user gave them."""
+
+    image: str | None = None
+    volume: str | None = None
+    module: str | None = None
+    ccm: bool = False
+    autoshift: bool = False
+
+
+class Spank:
+    """The SPANK handle of one callback, with the calls our handlers use."""
+
+    def __init__(self, handle, context: str, callback: str, args: dict[str, str]):
+        self._h = handle
+        self.context = context
+        self.callback = callback
+        self.args = args
+
+    # items ---------------------------------------------------------------
+    def _item(self, item: str, ctype: str):
+        box = _ffi.new(ctype + " *")
+        self._check(_lib.spank_get_item(self._h, getattr(_lib, item), box), item)
+        return box[0]
+
+    @property
+    def uid(self) -> int:
+        return int(self._item("S_JOB_UID", "uid_t"))
+
+    @property
+    def gid(self) -> int:
+        return int(self._item("S_JOB_GID", "gid_t"))
+
+    @property
+    def job_id(self) -> int:
+        return int(self._item("S_JOB_ID", "uint32_t"))
+
+    @property
+    def step_id(self) -> int:
+        return int(self._item("S_JOB_STEPID", "uint32_t"))
+
+    @property
+    def node_id(self) -> int:
+        return int(self._item("S_JOB_NODEID", "uint32_t"))
+
+    @property
+    def local_task_id(self) -> int:
+        return int(self._item("S_TASK_ID", "int"))
+
+    @property
+    def argv(self) -> list[str]:
+        argc = _ffi.new("int *")
+        argv = _ffi.new("char ***")
+        self._check(_lib.spank_get_item(self._h, _lib.S_JOB_ARGV, argc, argv), "S_JOB_ARGV")
+        return [_ffi.string(argv[0][i]).decode() for i in range(argc[0])]
+
+    @property
+    def supplementary_gids(self) -> list[int]:
+        gids = _ffi.new("gid_t **")
+        count = _ffi.new("int *")
+        self._check(_lib.spank_get_item(self._h, _lib.S_JOB_SUPPLEMENTARY_GIDS, gids, count),
+                    "S_JOB_SUPPLEMENTARY_GIDS")
+        return [int(gids[0][i]) for i in range(count[0])]
+
+    # environment ---------------------------------------------------------
+    def getenv(self, name: str) -> str | None:
+        """A variable of the job's environment (remote context)."""
+        size = 4096
+        while True:
+            buf = _ffi.new("char[]", size)
+            rc = _lib.spank_getenv(self._h, name.encode(), buf, size)
+            if rc == _lib.ESPANK_ENV_NOEXIST:
+                return None
+            if rc == _lib.ESPANK_NOSPACE and size < 1 << 20:
+                size *= 4
+                continue
+            self._check(rc, f"getenv {name}")
+            return _ffi.string(buf).decode()
+
+    def setenv(self, name: str, value: str) -> None:
+        self._check(_lib.spank_setenv(self._h, name.encode(), value.encode(), 1), f"setenv {name}")
+
+    def unsetenv(self, name: str) -> None:
+        self._check(_lib.spank_unsetenv(self._h, name.encode()), f"unsetenv {name}")
+
+    def job_control_setenv(self, name: str, value: str) -> None:
+        """Set a variable the prolog and epilog see as SPANK_<name>."""
+        self._check(_lib.spank_job_control_setenv(self._h, name.encode(), value.encode(), 1),
+                    f"job_control_setenv {name}")
+
+    def _check(self, rc: int, what: str) -> None:
+        if rc != _lib.ESPANK_SUCCESS:
+            reason = _ffi.string(_lib.spank_strerror(rc)).decode()
+            raise SpankError(f"spank {what} in {self.callback}: {reason}")
+
+
+def log_error(message: str) -> None:
+    _lib.slurm_error(b"%s", message.encode(errors="replace"))
+
+
+def log_info(message: str) -> None:
+    _lib.slurm_info(b"%s", message.encode(errors="replace"))
+
+
+def log_debug(message: str) -> None:
+    _lib.slurm_debug(b"%s", message.encode(errors="replace"))
+
+
+def _plugin_args(call) -> dict[str, str]:
+    args = {}
+    for i in range(call.argc):
+        key, sep, value = _ffi.string(call.argv[i]).decode().partition("=")
+        args[key] = value if sep else ""
+    return args
+
+
+def _options(call) -> Options:
+    values = {}
+    for i, name in enumerate(OPTION_NAMES):
+        if not call.set[i]:
+            continue
+        if name in ("ccm", "autoshift"):
+            values[name] = True
+        elif call.value[i] != _ffi.NULL:
+            values[name] = _ffi.string(call.value[i]).decode()
+    return Options(**values)
+
+
+def _context_name(number: int) -> str:
+    for const, name in CONTEXTS.items():
+        if getattr(_lib, const) == number:
+            return name
+    return "error"
+
+
+def dispatch(call) -> int:
+    """Route one callback to its context module's handler of the same name."""
+    from ..errors import ShifterError
+
+    callback = _ffi.string(call.callback).decode()
+    context = _context_name(call.context)
+    module_name = HANDLERS.get(context)
+    if module_name is None:
+        return 0
+    module = importlib.import_module(f"shifter_core.spank.{module_name}")
+    handler = getattr(module, callback, None)
+    if handler is None:
+        return 0
+    spank = Spank(call.spank, context, callback, _plugin_args(call))
+    try:
+        handler(spank, _options(call))
+    except ShifterError as error:
+        log_error(f"shifter: {error}")
+        return -1
+    return 0
+
+
+def _on_exception(exc_type, exc_value, tb) -> None:
+    lines = traceback.format_exception(exc_type, exc_value, tb)
+    for line in "".join(lines).rstrip().splitlines():
+        log_error(f"shifter: {line}")
+
+
+def install(ffi, lib) -> None:
+    """Attach the extern "Python" entry point; called by the cffi init code."""
+    global _ffi, _lib
+    _ffi, _lib = ffi, lib
+
+    @ffi.def_extern(error=-1, onerror=_on_exception)
+    def shifter_py_dispatch(call):
+        return dispatch(call)

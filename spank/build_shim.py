@@ -1,0 +1,85 @@
+"""cffi builder of the SPANK shim: shifter_core/_spank*.so.
+
+Embedding mode: the module is a Slurm plugin first (spank/shim.c exports the
+slurm_spank_* symbols) and a Python extension second.  `setup.py` builds it
+through `cffi_modules`; run this file directly to build in place.
+
+Not linked against libslurm: the spank_* and slurm_* symbols resolve from the
+Slurm process (srun, sbatch, salloc, slurmd, slurmstepd) that loads the plugin.
+"""
+import os
+import sysconfig
+
+import cffi
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+CDEF = """
+typedef struct spank_handle *spank_t;
+typedef int... uid_t;
+typedef int... gid_t;
+typedef int... spank_err_t;
+
+enum spank_context { S_CTX_ERROR, S_CTX_LOCAL, S_CTX_REMOTE, S_CTX_ALLOCATOR,
+                     S_CTX_SLURMD, S_CTX_JOB_SCRIPT, ... };
+enum spank_item { S_JOB_UID, S_JOB_GID, S_JOB_ID, S_JOB_STEPID, S_JOB_NNODES,
+                  S_JOB_NODEID, S_JOB_LOCAL_TASK_COUNT, S_JOB_TOTAL_TASK_COUNT,
+                  S_JOB_ARGV, S_JOB_ENV, S_TASK_ID, S_TASK_GLOBAL_ID,
+                  S_TASK_PID, S_JOB_SUPPLEMENTARY_GIDS, ... };
+static const int ESPANK_SUCCESS;
+static const int ESPANK_ENV_NOEXIST;
+static const int ESPANK_NOSPACE;
+
+spank_err_t spank_get_item(spank_t spank, enum spank_item item, ...);
+spank_err_t spank_getenv(spank_t spank, const char *var, char *buf, int len);
+spank_err_t spank_setenv(spank_t spank, const char *var, const char *val, int overwrite);
+spank_err_t spank_unsetenv(spank_t spank, const char *var);
+spank_err_t spank_job_control_setenv(spank_t sp, const char *name, const char *value, int overwrite);
+const char *spank_strerror(spank_err_t err);
+void slurm_error(const char *format, ...);
+void slurm_info(const char *format, ...);
+void slurm_verbose(const char *format, ...);
+void slurm_debug(const char *format, ...);
+
+struct shim_call {
+    const char *callback;
+    spank_t spank;
+    int context;
+    int argc;
+    char **argv;
+    int set[5];
+    const char *value[5];
+};
+extern "Python" int shifter_py_dispatch(struct shim_call *);
+void shim_python_ready(void);
+"""
+
+# Runs once, inside Slurm, the first time the shim calls into Python.  Its
+# last line tells the C side that the Python code is ready; until then every
+# callback fails.
+INIT_CODE = """
+from shifter_core._spank import ffi, lib
+from shifter_core.spank import bridge
+bridge.install(ffi, lib)
+lib.shim_python_ready()
+"""
+
+ffi = cffi.FFI()
+ffi.embedding_api("")
+ffi.cdef(CDEF)
+with open(os.path.join(HERE, "shim.c"), encoding="utf-8") as source:
+    ffi.set_source(
+        "shifter_core._spank",
+        source.read(),
+        define_macros=[("SHIFTER_LIBPYTHON", '"%s"' % sysconfig.get_config_var("INSTSONAME"))],
+        extra_compile_args=["-Wall", "-Werror=implicit-function-declaration"],
+        # cffi adds libpython for embedding only in ffi.compile(), not when
+        # built through setuptools: name it here.
+        libraries=["dl", "python" + sysconfig.get_config_var("LDVERSION")],
+        library_dirs=[sysconfig.get_config_var("LIBDIR")],
+        py_limited_api=False,
+    )
+ffi.embedding_init_code(INIT_CODE)
+
+if __name__ == "__main__":
+    ffi.compile(tmpdir=os.path.dirname(HERE), verbose=True)

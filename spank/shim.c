@@ -1,0 +1,296 @@
+/*
+ * shifter SPANK shim: the only C in the runtime.
+ *
+ * It exports the slurm_spank_* symbols, registers the shifter options and
+ * hands every callback to Python (shifter_core.spank.bridge), but only when a
+ * shifter option is in play for this job: a job without them never starts
+ * Python in srun, sbatch, salloc, slurmstepd or the prolog/epilog.
+ *
+ * Python is started here rather than by cffi so that it runs from the venv
+ * named in plugstack.conf and ignores the caller's environment
+ * (PYTHONHOME, PYTHONPATH...), and so that any failure to start it, or to
+ * load the Python code, fails the callback instead of letting the job run
+ * outside its container.
+ *
+ * This file is compiled as the C part of the cffi module built by
+ * spank/build_shim.py; cffi's generated code has included <Python.h> already.
+ */
+#include <dlfcn.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <slurm/spank.h>
+
+SPANK_PLUGIN(shifter, 1);
+
+#ifndef SHIFTER_LIBPYTHON
+#error "SHIFTER_LIBPYTHON must name the libpython the shim is linked against"
+#endif
+
+/* ---- options ---------------------------------------------------------- */
+
+enum shim_option { OPT_IMAGE, OPT_VOLUME, OPT_MODULE, OPT_CCM, OPT_AUTOSHIFT, OPT_COUNT };
+
+static int opt_set[OPT_COUNT];
+static char *opt_value[OPT_COUNT];
+
+/* Slurm fires an option callback once per occurrence and, in slurmstepd,
+ * twice per option (environment and job-options block): the last value wins.
+ * A flag's optarg may be NULL, "" or "(null)"; only its presence counts. */
+static void store_option(int which, const char *optarg)
+{
+    opt_set[which] = 1;
+    free(opt_value[which]);
+    opt_value[which] = NULL;
+    if (optarg && *optarg && strcmp(optarg, "(null)") != 0)
+        opt_value[which] = strdup(optarg);
+}
+
+static int option_cb(int val, const char *optarg, int remote)
+{
+    (void) remote;
+    if (val < 0 || val >= OPT_COUNT)
+        return -1;
+    store_option(val, optarg);
+    return 0;
+}
+
+static struct spank_option shim_options[] = {
+    { "image", "image",
+      "Run in a container of this image, e.g. docker:ubuntu:22.04 (pinned to its digest at submit)",
+      1, OPT_IMAGE, option_cb },
+    { "volume", "/host:/container[:flags]",
+      "Bind host paths into the container; separate several with ';' (flags: ro, perNodeCache=size=...)",
+      1, OPT_VOLUME, option_cb },
+    { "module", "name[,name...]",
+      "Site modules to enable in the container ('none' for none)",
+      1, OPT_MODULE, option_cb },
+    { "ccm", NULL,
+      "Cluster compatibility mode: an sshd in the container on every node, ssh between them",
+      0, OPT_CCM, option_cb },
+    { "autoshift", NULL,
+      "Run the batch script and the tasks of every step inside the image",
+      0, OPT_AUTOSHIFT, option_cb },
+    SPANK_OPTIONS_TABLE_END
+};
+
+static int any_option_set(void)
+{
+    for (int i = 0; i < OPT_COUNT; i++)
+        if (opt_set[i])
+            return 1;
+    return 0;
+}
+
+/* prolog and epilog run in a fresh process: ask Slurm for the job's options. */
+static void load_job_options(spank_t sp)
+{
+    for (int i = 0; i < OPT_COUNT; i++) {
+        char *optarg = NULL;
+        if (spank_option_getopt(sp, &shim_options[i], &optarg) == ESPANK_SUCCESS)
+            store_option(i, optarg);
+    }
+}
+
+/* A step started by an srun that has no shifter plugin (srun inside an
+ * autoshifted batch script) carries the job's choice in its environment. */
+static int step_inherits_container(spank_t sp)
+{
+    char buf[8];
+    return spank_getenv(sp, "SHIFTER_AUTOSHIFT", buf, sizeof buf) == ESPANK_SUCCESS
+        && strcmp(buf, "1") == 0;
+}
+
+/* ---- Python ----------------------------------------------------------- */
+
+struct shim_call {
+    const char *callback;
+    spank_t spank;
+    int context;
+    int argc;
+    char **argv;
+    int set[OPT_COUNT];
+    const char *value[OPT_COUNT];
+};
+
+static int shifter_py_dispatch(struct shim_call *call);   /* extern "Python" */
+
+static enum { PY_NOT_STARTED, PY_STARTED, PY_FAILED } py_state = PY_NOT_STARTED;
+static int py_code_ready;
+
+/* Called by the last line of the cffi init code (spank/build_shim.py). */
+static void shim_python_ready(void)
+{
+    py_code_ready = 1;
+}
+
+static const char *plugin_arg(int ac, char **av, const char *key)
+{
+    size_t n = strlen(key);
+    for (int i = 0; i < ac; i++)
+        if (strncmp(av[i], key, n) == 0 && av[i][n] == '=')
+            return av[i] + n + 1;
+    return NULL;
+}
+
+/* The venv runs as root in slurmstepd: it and every directory above it must
+ * be root-owned and writable by nobody else. */
+static int venv_is_trusted(const char *venv)
+{
+    char path[PATH_MAX];
+    struct stat st;
+
+    if (snprintf(path, sizeof path, "%s", venv) >= (int) sizeof path)
+        return 0;
+    for (;;) {
+        if (stat(path, &st) != 0) {
+            slurm_error("shifter: venv %s: cannot stat %s: %s", venv, path, strerror(errno));
+            return 0;
+        }
+        if (st.st_uid != 0 || (st.st_mode & (S_IWGRP | S_IWOTH))) {
+            slurm_error("shifter: refusing to run Python from %s: %s is not root-owned "
+                        "or is writable by group/others", venv, path);
+            return 0;
+        }
+        char *slash = strrchr(path, '/');
+        if (slash == NULL || slash == path) {
+            if (strcmp(path, "/") == 0)
+                return 1;
+            strcpy(path, "/");
+        } else {
+            *slash = '\0';
+        }
+    }
+}
+
+static int start_python(int ac, char **av)
+{
+    char exe[PATH_MAX];
+    PyConfig config;
+    PyStatus status;
+
+    if (py_state == PY_STARTED)
+        return 0;
+    if (py_state == PY_FAILED)
+        return -1;
+    py_state = PY_FAILED;
+
+    const char *venv = plugin_arg(ac, av, "venv");
+    if (venv == NULL || venv[0] != '/') {
+        slurm_error("shifter: plugstack.conf must give venv=<absolute path of the plugin's virtualenv>");
+        return -1;
+    }
+    if (!venv_is_trusted(venv))
+        return -1;
+    if (snprintf(exe, sizeof exe, "%s/bin/python3", venv) >= (int) sizeof exe) {
+        slurm_error("shifter: venv path too long: %s", venv);
+        return -1;
+    }
+    /* Slurm loads plugins RTLD_LOCAL; C extensions need libpython's symbols
+     * in the global scope. */
+    if (dlopen(SHIFTER_LIBPYTHON, RTLD_NOW | RTLD_GLOBAL | RTLD_NOLOAD) == NULL) {
+        slurm_error("shifter: cannot promote %s to global scope: %s", SHIFTER_LIBPYTHON, dlerror());
+        return -1;
+    }
+    if (!Py_IsInitialized()) {
+        PyConfig_InitIsolatedConfig(&config);
+        config.install_signal_handlers = 0;
+        config.write_bytecode = 0;
+        config.site_import = 1;
+        status = PyConfig_SetBytesString(&config, &config.program_name, exe);
+        if (!PyStatus_Exception(status))
+            status = PyConfig_SetBytesString(&config, &config.executable, exe);
+        if (!PyStatus_Exception(status))
+            status = Py_InitializeFromConfig(&config);
+        PyConfig_Clear(&config);
+        if (PyStatus_Exception(status)) {
+            slurm_error("shifter: cannot start Python from %s: %s", venv,
+                        status.err_msg ? status.err_msg : "unknown error");
+            return -1;
+        }
+        PyEval_SaveThread();
+    }
+    py_state = PY_STARTED;
+    return 0;
+}
+
+static int dispatch(const char *callback, spank_t sp, int ac, char **av)
+{
+    struct shim_call call = { callback, sp, spank_context(), ac, av, { 0 }, { 0 } };
+    int rc;
+
+    if (start_python(ac, av) < 0)
+        return -1;
+    for (int i = 0; i < OPT_COUNT; i++) {
+        call.set[i] = opt_set[i];
+        call.value[i] = opt_value[i];
+    }
+    rc = shifter_py_dispatch(&call);
+    if (!py_code_ready) {
+        slurm_error("shifter: the plugin's Python code did not load (see the error above); "
+                    "failing %s rather than running outside the container", callback);
+        return -1;
+    }
+    return rc;
+}
+
+/* ---- SPANK entry points ----------------------------------------------- */
+
+int slurm_spank_init(spank_t sp, int ac, char **av)
+{
+    (void) ac; (void) av;
+    switch (spank_context()) {
+    case S_CTX_LOCAL:
+    case S_CTX_REMOTE:
+    case S_CTX_ALLOCATOR:
+        for (struct spank_option *o = shim_options; o->name; o++)
+            if (spank_option_register(sp, o) != ESPANK_SUCCESS) {
+                slurm_error("shifter: cannot register option --%s", o->name);
+                return -1;
+            }
+        break;
+    default:
+        break;
+    }
+    return 0;
+}
+
+int slurm_spank_init_post_opt(spank_t sp, int ac, char **av)
+{
+    if (!any_option_set()) {
+        if (spank_context() != S_CTX_REMOTE || !step_inherits_container(sp))
+            return 0;
+        opt_set[OPT_AUTOSHIFT] = 1;
+    }
+    return dispatch("init_post_opt", sp, ac, av);
+}
+
+#define FORWARD_IF_IN_PLAY(name)                                  \
+    int slurm_spank_##name(spank_t sp, int ac, char **av)         \
+    {                                                             \
+        return any_option_set() ? dispatch(#name, sp, ac, av) : 0; \
+    }
+
+FORWARD_IF_IN_PLAY(local_user_init)
+FORWARD_IF_IN_PLAY(user_init)
+FORWARD_IF_IN_PLAY(task_init_privileged)
+FORWARD_IF_IN_PLAY(task_init)
+FORWARD_IF_IN_PLAY(task_exit)
+FORWARD_IF_IN_PLAY(exit)
+
+int slurm_spank_job_prolog(spank_t sp, int ac, char **av)
+{
+    load_job_options(sp);
+    return any_option_set() ? dispatch("job_prolog", sp, ac, av) : 0;
+}
+
+int slurm_spank_job_epilog(spank_t sp, int ac, char **av)
+{
+    load_job_options(sp);
+    return any_option_set() ? dispatch("job_epilog", sp, ac, av) : 0;
+}
