@@ -59,3 +59,7 @@ class ImageContentError(ShifterError):
 
 class ConversionError(ShifterError):
     """Turning an image's layers into a squashfs failed."""
+
+
+class ModuleError(ShifterError, ValueError):
+    """A --module request names an unknown, disabled or conflicting site module."""
