@@ -1,0 +1,527 @@
+"""udiRoot.conf: the site's runtime configuration, in Shifter's format and keys.
+
+The file is `key=value` lines; a line whose first non-blank character is `#` is
+a comment, a trailing backslash continues the value on the next line (pieces
+joined by one space), values are not quoted, and an empty value means "not
+set".  Unlike Shifter, nothing is ignored silently: an unknown key, a module
+sub-key in the wrong case, a key given twice or a bad value is a ConfigError
+naming the file and line.  Keys Shifter needed but we do not (tool paths,
+kernel-module loading) are accepted and listed in `UdiRootConfig.warnings`.
+
+Code that runs as root loads the file with `trusted=True` (the default): it
+must be a regular root-owned file that neither group nor others can write,
+in directories only root can change.
+
+    >>> cfg = parse("udiMount=/var/udiMount\\nloopMount=/var/udiLoopMount\\n"
+    ...             "imagePath=/images\\netcPath=/etc/shifter/etc\\n"
+    ...             "system=mycluster\\nimageGateway=http://gw:5000")
+    >>> cfg.system, cfg.image_gateway, cfg.default_image_type
+    ('mycluster', ('http://gw:5000',), 'docker')
+
+docs/udiRoot.conf.example documents every key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import posixpath
+import re
+import stat
+from typing import Any, Callable
+
+from . import imageref
+from .errors import ConfigError, ModuleError
+
+DEFAULT_PATH = "/etc/shifter/udiRoot.conf"
+DEFAULT_RUN_DIR = "/run/shifter"
+DEFAULT_GATEWAY_TIMEOUT = 60.0
+DEFAULT_SSHD_PORT = 1204
+
+
+class _Invalid(Exception):
+    """A value did not convert; the loader adds file, line and key."""
+
+
+# --- value converters: str -> typed value, raising _Invalid ----------------
+
+def _absolute_path(value: str) -> str:
+    if not value.startswith("/"):
+        raise _Invalid(f"{value!r} is not an absolute path")
+    if "\0" in value:
+        raise _Invalid("a path cannot contain a NUL character")
+    return posixpath.normpath(value)
+
+
+def _boolean(value: str) -> bool:
+    lowered = value.lower()
+    if lowered in ("1", "true", "yes"):
+        return True
+    if lowered in ("0", "false", "no"):
+        return False
+    raise _Invalid(f"{value!r} is not a boolean: use 0 or 1")
+
+
+def _float_seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise _Invalid(f"{value!r} is not a number of seconds") from None
+    if not seconds > 0 or seconds == float("inf"):
+        raise _Invalid(f"{value!r} must be a positive number of seconds")
+    return seconds
+
+
+def _port(value: str) -> int:
+    if not value.isdigit() or not 1 <= int(value) <= 65535:
+        raise _Invalid(f"{value!r} is not a TCP port (1-65535)")
+    return int(value)
+
+
+def _group_count(value: str) -> int | None:
+    if value.lower() == "unlimited":
+        return None
+    if not value.isdigit():
+        raise _Invalid(f"{value!r} must be a count of groups (0 or more) or 'unlimited'")
+    return int(value)
+
+
+def _words(value: str) -> tuple[str, ...]:
+    return tuple(value.split())
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def convert(value: str) -> str:
+        if value not in allowed:
+            raise _Invalid(f"{value!r} is not one of {', '.join(allowed)}")
+        return value
+    return convert
+
+
+def _gateway_urls(value: str) -> tuple[str, ...]:
+    urls = []
+    for url in value.split():
+        if not re.match(r"^https?://[^/\s]+", url):
+            raise _Invalid(f"{url!r} is not an http:// or https:// URL")
+        urls.append(url.rstrip("/"))
+    return tuple(urls)
+
+
+def _system_name(value: str) -> str:
+    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", value):
+        raise _Invalid(f"{value!r} must be letters, digits and _ . - (it goes into gateway URLs)")
+    return value
+
+
+_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _env_name(name: str) -> str:
+    if not _ENV_NAME_RE.match(name):
+        raise _Invalid(f"{name!r} is not an environment variable name")
+    return name
+
+
+def _env_assignments(value: str, *, allow_empty: bool) -> dict[str, str]:
+    result: dict[str, str] = {}
+    for word in value.split():
+        name, sep, val = word.partition("=")
+        if not sep:
+            raise _Invalid(f"{word!r} is not NAME=VALUE")
+        _env_name(name)
+        if not val and not allow_empty:
+            raise _Invalid(f"{word!r} has an empty value, which cannot be appended or prepended")
+        if name in result:
+            raise _Invalid(f"{name} is given twice")
+        result[name] = val
+    return result
+
+
+def _env_set(value: str) -> dict[str, str]:
+    return _env_assignments(value, allow_empty=True)
+
+
+def _env_path_list(value: str) -> dict[str, str]:
+    return _env_assignments(value, allow_empty=False)
+
+
+def _env_names(value: str) -> tuple[str, ...]:
+    return tuple(_env_name(word) for word in value.split())
+
+
+_MODULE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]*$")
+
+
+def _module_names(value: str, separator: str | None) -> tuple[str, ...]:
+    names = [word.strip() for word in value.split(separator)] if separator else value.split()
+    for name in names:
+        if not _MODULE_NAME_RE.match(name):
+            raise _Invalid(f"{name!r} is not a module name")
+    return tuple(dict.fromkeys(names))
+
+
+# --- the key tables ---------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class _Key:
+    attribute: str
+    convert: Callable[[str], Any]
+
+
+_KEYS: dict[str, _Key] = {
+    "udiMount": _Key("udi_mount", _absolute_path),
+    "loopMount": _Key("loop_mount", _absolute_path),
+    "imagePath": _Key("image_path", _absolute_path),
+    "udiRootPath": _Key("udi_root_path", _absolute_path),
+    "etcPath": _Key("etc_path", _absolute_path),
+    "optUdiImage": _Key("opt_udi_image", _absolute_path),
+    "sitePreMountHook": _Key("site_pre_mount_hook", _absolute_path),
+    "sitePostMountHook": _Key("site_post_mount_hook", _absolute_path),
+    "siteEnv": _Key("site_env", _env_set),
+    "siteEnvAppend": _Key("site_env_append", _env_path_list),
+    "siteEnvPrepend": _Key("site_env_prepend", _env_path_list),
+    "siteEnvUnset": _Key("site_env_unset", _env_names),
+    "allowLibcPwdCalls": _Key("allow_libc_pwd_calls", _boolean),
+    "populateEtcDynamically": _Key("populate_etc_dynamically", _boolean),
+    "usersToImport": _Key("users_to_import", _words),
+    "mountUdiRootWritable": _Key("mount_udi_root_writable", _boolean),
+    "maxGroupCount": _Key("max_group_count", _group_count),
+    "rootfsType": _Key("rootfs_type", _choice("tmpfs", "ramfs")),
+    "mkfsXfsPath": _Key("mkfs_xfs_path", _absolute_path),
+    "perNodeCachePath": _Key("per_node_cache_path", _absolute_path),
+    "perNodeCacheAllowedFsType": _Key("per_node_cache_allowed_fs_type", _words),
+    "gatewayTimeout": _Key("gateway_timeout", _float_seconds),
+    "imageGateway": _Key("image_gateway", _gateway_urls),
+    "system": _Key("system", _system_name),
+    "defaultImageType": _Key("default_image_type", _choice(*imageref.TYPES)),
+    "mountPropagationStyle": _Key("mount_propagation_style", _choice("private", "slave")),
+    "defaultModules": _Key("default_modules", lambda v: _module_names(v, ",")),
+    # ours
+    "runDir": _Key("run_dir", _absolute_path),
+    "sshdPort": _Key("sshd_port", _port),
+    "gatewayCaFile": _Key("gateway_ca_file", _absolute_path),
+}
+
+REQUIRED_KEYS = ("udiMount", "loopMount", "imagePath", "etcPath", "system", "imageGateway")
+
+# Keys Shifter knows that shifter-py does not use: accepted, reported, ignored.
+_OBSOLETE = {
+    "modprobePath": "shifter-py loads no kernel modules",
+    "insmodPath": "shifter-py loads no kernel modules",
+    "autoLoadKernelModule": "shifter-py loads no kernel modules",
+    "kmodBasePath": "shifter-py loads no kernel modules",
+    "kmodPath": "shifter-py loads no kernel modules",
+    "kmodCacheFile": "shifter-py loads no kernel modules",
+    "cpPath": "shifter-py copies and mounts with system calls, not tools",
+    "mvPath": "shifter-py copies and mounts with system calls, not tools",
+    "chmodPath": "shifter-py copies and mounts with system calls, not tools",
+    "ddPath": "shifter-py copies and mounts with system calls, not tools",
+    "optionalSshdAsRoot": "the container sshd always runs as the user",
+    "nodeContextPrefix": "it has no effect",
+    "batchType": "Slurm is the only batch system",
+    "allowLocalChroot": "shifter-py has no local: images",
+}
+
+_MODULE_KEYS: dict[str, _Key] = {
+    "userhook": _Key("user_hook", _absolute_path),
+    "roothook": _Key("root_hook", _absolute_path),
+    "siteEnv": _Key("site_env", _env_set),
+    "siteEnvAppend": _Key("site_env_append", _env_path_list),
+    "siteEnvPrepend": _Key("site_env_prepend", _env_path_list),
+    "siteEnvUnset": _Key("site_env_unset", _env_names),
+    "copyPath": _Key("copy_path", _absolute_path),
+    "conflict": _Key("conflict", lambda v: _module_names(v, None)),
+    "enabled": _Key("enabled", _boolean),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Module:
+    """A site module (`module_<name>_*` keys) a job can switch on with --module.
+
+    `user_hook` is a path inside the container, run as the user before the
+    task; `root_hook` a host path run as root while the container is built;
+    `copy_path` a host directory copied to /opt/udiImage/modules/<name>/.
+    """
+
+    name: str
+    user_hook: str | None = None
+    root_hook: str | None = None
+    site_env: dict[str, str] = dataclasses.field(default_factory=dict)
+    site_env_append: dict[str, str] = dataclasses.field(default_factory=dict)
+    site_env_prepend: dict[str, str] = dataclasses.field(default_factory=dict)
+    site_env_unset: tuple[str, ...] = ()
+    copy_path: str | None = None
+    conflict: tuple[str, ...] = ()
+    enabled: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class UdiRootConfig:
+    """udiRoot.conf as typed attributes; see docs/udiRoot.conf.example."""
+
+    udi_mount: str
+    loop_mount: str
+    image_path: str
+    etc_path: str
+    system: str
+    image_gateway: tuple[str, ...]
+    udi_root_path: str | None = None
+    opt_udi_image: str | None = None
+    site_pre_mount_hook: str | None = None
+    site_post_mount_hook: str | None = None
+    site_env: dict[str, str] = dataclasses.field(default_factory=dict)
+    site_env_append: dict[str, str] = dataclasses.field(default_factory=dict)
+    site_env_prepend: dict[str, str] = dataclasses.field(default_factory=dict)
+    site_env_unset: tuple[str, ...] = ()
+    allow_libc_pwd_calls: bool = False
+    populate_etc_dynamically: bool = False
+    users_to_import: tuple[str, ...] = ()
+    mount_udi_root_writable: bool = False
+    max_group_count: int | None = None
+    rootfs_type: str = "tmpfs"
+    mkfs_xfs_path: str | None = None
+    per_node_cache_path: str | None = None
+    per_node_cache_allowed_fs_type: tuple[str, ...] = ("xfs",)
+    gateway_timeout: float = DEFAULT_GATEWAY_TIMEOUT
+    default_image_type: str = "docker"
+    mount_propagation_style: str = "private"
+    default_modules: tuple[str, ...] = ()
+    modules: dict[str, Module] = dataclasses.field(default_factory=dict)
+    run_dir: str = DEFAULT_RUN_DIR
+    sshd_port: int = DEFAULT_SSHD_PORT
+    gateway_ca_file: str | None = None
+    path: str | None = None
+    warnings: tuple[str, ...] = ()
+
+    def select_modules(self, request: str | None = None) -> tuple[Module, ...]:
+        """The modules a job gets for `--module=<request>`, in the order asked.
+
+        No request means `defaultModules`; `none` means no module at all; a
+        comma-separated list replaces the defaults.  Raises ModuleError for
+        an unknown, disabled or conflicting module.
+        """
+        if request is None or not request.strip():
+            names = self.default_modules
+        elif request.strip() == "none":
+            names = ()
+        else:
+            try:
+                names = _module_names(request, ",")
+            except _Invalid as error:
+                raise ModuleError(f"invalid --module: {error}") from None
+        _check_selection(self.modules, names)
+        return tuple(self.modules[name] for name in names)
+
+
+# --- reading ----------------------------------------------------------------
+
+def load(path: str = DEFAULT_PATH, *, trusted: bool = True) -> UdiRootConfig:
+    """Read and parse udiRoot.conf; with `trusted`, refuse a file root does not control."""
+    try:
+        if trusted:
+            text = _read_trusted(path)
+        else:
+            with open(path, encoding="utf-8") as handle:
+                text = handle.read()
+    except OSError as error:
+        raise ConfigError(f"cannot read {path}: {error.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not UTF-8 text") from None
+    return parse(text, source=path)
+
+
+def require_root_owned(path: str, what: str = "file") -> None:
+    """Raise ConfigError unless root alone controls `path`.
+
+    Root acts on what such a file says, so the file must be owned by root and
+    not writable by group or others, and so must every directory leading to
+    it (a sticky directory such as /tmp is allowed if root owns it: nobody
+    else can rename root's entries there).  Symlinks on the way must belong
+    to root.  The path as written and its symlink-free form are both checked.
+    """
+    absolute = os.path.abspath(path)
+    real = os.path.realpath(absolute)
+    st = _stat_or_fail(os.stat, real, what, path)
+    if not stat.S_ISREG(st.st_mode) and not stat.S_ISDIR(st.st_mode):
+        raise ConfigError(f"{what} {path} is not a regular file or directory")
+    _require_root_only(st, what, path)
+    for directory in _ancestors(absolute) | _ancestors(real):
+        dst = _stat_or_fail(os.stat, directory, "directory", directory)
+        if not dst.st_mode & stat.S_ISVTX:
+            _require_root_only(dst, f"directory {directory} holding {what}", path)
+        elif dst.st_uid != 0:
+            raise ConfigError(f"directory {directory} holding {what} {path} must be owned by root")
+    for component in _ancestors(absolute) | {absolute}:
+        lst = _stat_or_fail(os.lstat, component, "path", component)
+        if stat.S_ISLNK(lst.st_mode) and lst.st_uid != 0:
+            raise ConfigError(f"symlink {component} leading to {what} {path} must be owned by root")
+
+
+def _ancestors(path: str) -> set[str]:
+    """The directories above an absolute normalised path, up to /."""
+    result = set()
+    while path != "/":
+        path = os.path.dirname(path)
+        result.add(path)
+    return result
+
+
+def _stat_or_fail(stat_call, path: str, what: str, shown: str) -> os.stat_result:
+    try:
+        return stat_call(path)
+    except OSError as error:
+        raise ConfigError(f"cannot check {what} {shown}: {error.strerror}") from None
+
+
+def _require_root_only(st: os.stat_result, what: str, shown: str) -> None:
+    if st.st_uid != 0:
+        raise ConfigError(f"{what} {shown} must be owned by root (it is owned by uid {st.st_uid})")
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise ConfigError(
+            f"{what} {shown} must not be writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})"
+        )
+
+
+def _read_trusted(path: str) -> str:
+    require_root_owned(path, "configuration file")
+    fd = os.open(os.path.realpath(path), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    with os.fdopen(fd, encoding="utf-8") as handle:
+        st = os.fstat(handle.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(f"configuration file {path} is not a regular file")
+        _require_root_only(st, "configuration file", path)
+        return handle.read()
+
+
+def _logical_lines(text: str, source: str):
+    """Yield (line number, key, value) with comments dropped and continuations joined."""
+    pieces: list[str] = []
+    start = 0
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not pieces:
+            if not line or line.startswith("#"):
+                continue
+            start = number
+        if line.endswith("\\"):
+            pieces.append(line[:-1].strip())
+            continue
+        pieces.append(line)
+        yield start, *_split_key(" ".join(p for p in pieces if p), source, start)
+        pieces = []
+    if pieces:
+        raise ConfigError(f"{source}:{start}: the value continues past the end of the file (trailing \\)")
+
+
+def _split_key(line: str, source: str, number: int) -> tuple[str, str]:
+    key, sep, value = line.partition("=")
+    key, value = key.strip(), value.strip()
+    if not sep:
+        raise ConfigError(f"{source}:{number}: expected key=value, found {line!r}")
+    if not key:
+        raise ConfigError(f"{source}:{number}: a line starts with '=': the key is missing")
+    return key, value
+
+
+def _unknown(key: str, known, source: str, number: int, what: str = "key") -> ConfigError:
+    close = difflib.get_close_matches(key, list(known), n=1)
+    if not close:
+        lowered = {k.lower(): k for k in known}
+        close = [lowered[key.lower()]] if key.lower() in lowered else []
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return ConfigError(f"{source}:{number}: unknown {what} {key!r}{hint}")
+
+
+_MODULE_KEY_RE = re.compile(r"^module_([^_]+)_(.+)$")
+
+
+def parse(text: str, *, source: str = "udiRoot.conf") -> UdiRootConfig:
+    """Parse udiRoot.conf text; `source` names the file in error messages."""
+    values: dict[str, Any] = {}
+    module_values: dict[str, dict[str, Any]] = {}
+    seen: dict[str, int] = {}
+    warnings: list[str] = []
+    for number, key, value in _logical_lines(text, source):
+        if key in seen:
+            raise ConfigError(f"{source}:{number}: {key} is already set on line {seen[key]}")
+        seen[key] = number
+        if key in _OBSOLETE:
+            warnings.append(f"{source}:{number}: {key} is obsolete and ignored: {_OBSOLETE[key]}")
+            continue
+        module_match = _MODULE_KEY_RE.match(key)
+        if module_match:
+            name, sub = module_match.groups()
+            if not _MODULE_NAME_RE.match(name):
+                raise ConfigError(f"{source}:{number}: {name!r} is not a module name (letters, digits, . and -)")
+            spec = _MODULE_KEYS.get(sub)
+            if spec is None:
+                raise _unknown(sub, _MODULE_KEYS, source, number, f"module {name} sub-key")
+            target = module_values.setdefault(name, {"name": name})
+        else:
+            spec = _KEYS.get(key)
+            if spec is None:
+                raise _unknown(key, list(_KEYS) + list(_OBSOLETE), source, number)
+            target = values
+        if not value:
+            continue
+        try:
+            target[spec.attribute] = spec.convert(value)
+        except _Invalid as error:
+            raise ConfigError(f"{source}:{number}: {key}: {error}") from None
+    return _assemble(values, module_values, seen, warnings, source)
+
+
+def _assemble(values, module_values, seen, warnings, source) -> UdiRootConfig:
+    missing = [key for key in REQUIRED_KEYS if _KEYS[key].attribute not in values]
+    if missing:
+        raise ConfigError(f"{source}: required key{'s' if len(missing) > 1 else ''} missing: {', '.join(missing)}")
+
+    def fail(key: str, message: str) -> ConfigError:
+        return ConfigError(f"{source}:{seen.get(key, '?')}: {key}: {message}")
+
+    if "per_node_cache_allowed_fs_type" in values:
+        bad = [fs for fs in values["per_node_cache_allowed_fs_type"] if fs != "xfs"]
+        if bad:
+            raise fail("perNodeCacheAllowedFsType", f"{bad[0]!r} is not supported: xfs is the only type")
+
+    modules = {name: Module(**fields) for name, fields in module_values.items()}
+    if "none" in modules:
+        raise ConfigError(f"{source}: 'none' cannot be a module name: --module=none means no modules")
+    for module in modules.values():
+        for other in module.conflict:
+            if other not in modules:
+                raise fail(f"module_{module.name}_conflict", f"module {other!r} is not defined")
+    modules = _cross_link_conflicts(modules)
+    defaults = values.get("default_modules", ())
+    try:
+        _check_selection(modules, defaults)
+    except ModuleError as error:
+        raise fail("defaultModules", str(error)) from None
+    return UdiRootConfig(**values, modules=modules, path=source, warnings=tuple(warnings))
+
+
+def _cross_link_conflicts(modules: dict[str, Module]) -> dict[str, Module]:
+    """Make conflicts symmetric: if a conflicts with b, b conflicts with a."""
+    linked = {name: list(module.conflict) for name, module in modules.items()}
+    for name, module in modules.items():
+        for other in module.conflict:
+            if name not in linked[other]:
+                linked[other].append(name)
+    return {
+        name: dataclasses.replace(module, conflict=tuple(linked[name]))
+        for name, module in modules.items()
+    }
+
+
+def _check_selection(modules: dict[str, Module], names: tuple[str, ...]) -> None:
+    for name in names:
+        if name not in modules:
+            offered = ", ".join(sorted(n for n, m in modules.items() if m.enabled)) or "none"
+            raise ModuleError(f"unknown module {name!r}: this system offers {offered}")
+        if not modules[name].enabled:
+            raise ModuleError(f"module {name!r} is disabled on this system")
+    for index, name in enumerate(names):
+        for other in names[index + 1:]:
+            if other in modules[name].conflict:
+                raise ModuleError(f"modules {name!r} and {other!r} conflict: choose one")

@@ -1,0 +1,358 @@
+"""udiRoot.conf parsing: Shifter's format and keys, its defects fixed, file trust."""
+import os
+
+import pytest
+
+from shifter_core import config
+from shifter_core.errors import ConfigError, ModuleError
+
+MINIMAL = """\
+udiMount=/var/udiMount
+loopMount=/var/udiLoopMount
+imagePath=/images
+etcPath=/etc/shifter/etc_files
+system=testsys
+imageGateway=http://127.0.0.1:5000
+"""
+
+
+def parse(extra: str = "", base: str = MINIMAL):
+    return config.parse(base + extra, source="udiRoot.conf")
+
+
+def test_minimal_file_gives_typed_defaults():
+    cfg = parse()
+    assert cfg.udi_mount == "/var/udiMount"
+    assert cfg.loop_mount == "/var/udiLoopMount"
+    assert cfg.image_path == "/images"
+    assert cfg.etc_path == "/etc/shifter/etc_files"
+    assert cfg.system == "testsys"
+    assert cfg.image_gateway == ("http://127.0.0.1:5000",)
+    assert cfg.gateway_timeout == config.DEFAULT_GATEWAY_TIMEOUT
+    assert cfg.default_image_type == "docker"
+    assert cfg.rootfs_type == "tmpfs"
+    assert cfg.mount_propagation_style == "private"
+    assert cfg.max_group_count is None
+    assert cfg.mount_udi_root_writable is False
+    assert cfg.run_dir == "/run/shifter"
+    assert cfg.sshd_port == config.DEFAULT_SSHD_PORT
+    assert cfg.modules == {} and cfg.default_modules == ()
+    assert cfg.warnings == ()
+
+
+def test_gateway_client_keys():
+    cfg = parse(
+        "gatewayTimeout=2.5\ndefaultImageType=custom\n",
+        base=MINIMAL.replace(
+            "imageGateway=http://127.0.0.1:5000",
+            "imageGateway=http://gw1:5000/ https://gw2.example.org",
+        ),
+    )
+    assert cfg.image_gateway == ("http://gw1:5000", "https://gw2.example.org")
+    assert cfg.gateway_timeout == 2.5
+    assert cfg.default_image_type == "custom"
+
+
+@pytest.mark.parametrize("line, message", [
+    ("gatewayTimeout=0", "positive"),
+    ("gatewayTimeout=soon", "number of seconds"),
+    ("defaultImageType=local", "not one of"),
+    ("mountPropagationStyle=shared", "not one of"),
+    ("rootfsType=ext4", "not one of"),
+    ("maxGroupCount=-1", "count of groups"),
+    ("sshdPort=70000", "TCP port"),
+    ("allowLibcPwdCalls=maybe", "boolean"),
+    ("optUdiImage=relative/dir", "absolute"),
+    ("siteEnv=NOEQUALS", "NAME=VALUE"),
+    ("siteEnv=1BAD=x", "environment variable name"),
+    ("siteEnvAppend=PATH=", "empty value"),
+    ("siteEnvUnset=A-B", "environment variable name"),
+    ("perNodeCacheAllowedFsType=ext4", "xfs is the only type"),
+])
+def test_bad_values_name_file_line_and_key(line, message):
+    with pytest.raises(ConfigError) as error:
+        parse(line + "\n")
+    text = str(error.value)
+    assert text.startswith("udiRoot.conf:7: " + line.split("=")[0])
+    assert message in text
+    assert "\n" not in text
+
+
+@pytest.mark.parametrize("url", ["gw:5000", "ftp://gw", "http://"])
+def test_gateway_urls_must_be_http(url):
+    with pytest.raises(ConfigError, match="imageGateway"):
+        parse(base=MINIMAL.replace("http://127.0.0.1:5000", url))
+
+
+@pytest.mark.parametrize("key", config.REQUIRED_KEYS)
+def test_required_keys(key):
+    text = "".join(line + "\n" for line in MINIMAL.splitlines() if not line.startswith(key + "="))
+    with pytest.raises(ConfigError, match=f"required key missing: {key}"):
+        config.parse(text)
+
+
+def test_empty_value_means_unset():
+    with pytest.raises(ConfigError, match="missing: system"):
+        parse(base=MINIMAL.replace("system=testsys", "system="))
+    assert parse("optUdiImage=\n").opt_udi_image is None
+
+
+def test_unknown_key_is_an_error_with_a_hint():
+    with pytest.raises(ConfigError, match=r"udiRoot.conf:7: unknown key 'imageGateways' \(did you mean imageGateway\?\)"):
+        parse("imageGateways=http://x\n")
+    with pytest.raises(ConfigError, match="unknown key 'siteResources'"):
+        parse("siteResources=/opt/shifter/site-resources\n")
+
+
+def test_empty_key_and_missing_equals_are_errors():
+    with pytest.raises(ConfigError, match=":7: a line starts with '='"):
+        parse("=value\n")
+    with pytest.raises(ConfigError, match=":7: expected key=value"):
+        parse("justakey\n")
+
+
+def test_duplicate_key_is_an_error():
+    with pytest.raises(ConfigError, match=r":7: system is already set on line 5"):
+        parse("system=other\n")
+
+
+def test_comments_blank_lines_and_whitespace():
+    cfg = config.parse(
+        "# a comment\n\n   # indented comment\n" + MINIMAL.replace("system=testsys", "  system = spaced  ")
+    )
+    assert cfg.system == "spaced"
+
+
+def test_continuation_lines_join_with_one_space():
+    cfg = parse("siteEnv=A=1 \\\n   B=2\\\n C=3\n")
+    assert cfg.site_env == {"A": "1", "B": "2", "C": "3"}
+
+
+def test_continuation_at_end_of_file_is_an_error():
+    with pytest.raises(ConfigError, match=r":7: the value continues past the end"):
+        parse("siteEnv=A=1 \\\n")
+
+
+def test_error_line_number_of_a_continued_value_is_its_first_line():
+    with pytest.raises(ConfigError, match=r"udiRoot.conf:9: siteEnvUnset"):
+        parse("siteEnv=A=1 \\\n B=2\nsiteEnvUnset=ok \\\n no-dash\n")
+
+
+def test_site_environment():
+    cfg = parse(
+        "siteEnv=SHIFTER_RUNTIME=1 EMPTY=\n"
+        "siteEnvAppend=PATH=/opt/udiImage/bin\n"
+        "siteEnvPrepend=PATH=/sbin LD_LIBRARY_PATH=/opt/lib\n"
+        "siteEnvUnset=LOADEDMODULES _LMFILES_\n"
+    )
+    assert cfg.site_env == {"SHIFTER_RUNTIME": "1", "EMPTY": ""}
+    assert cfg.site_env_append == {"PATH": "/opt/udiImage/bin"}
+    assert cfg.site_env_prepend == {"PATH": "/sbin", "LD_LIBRARY_PATH": "/opt/lib"}
+    assert cfg.site_env_unset == ("LOADEDMODULES", "_LMFILES_")
+
+
+def test_max_group_count_semantics_are_explicit():
+    assert parse().max_group_count is None
+    assert parse("maxGroupCount=unlimited\n").max_group_count is None
+    assert parse("maxGroupCount=31\n").max_group_count == 31
+    assert parse("maxGroupCount=0\n").max_group_count == 0
+
+
+def test_shifter_tool_paths_are_obsolete_not_required():
+    cfg = parse("cpPath=/bin/cp\nmodprobePath=/sbin/modprobe\nnodeContextPrefix=x\n")
+    assert len(cfg.warnings) == 3
+    assert cfg.warnings[0] == (
+        "udiRoot.conf:7: cpPath is obsolete and ignored: "
+        "shifter-py copies and mounts with system calls, not tools"
+    )
+    assert "nodeContextPrefix" in cfg.warnings[2]
+
+
+def test_scalar_keys_map_to_attributes():
+    cfg = parse(
+        "udiRootPath=/opt/shifter\noptUdiImage=/opt/shifter/udiImage/\n"
+        "sitePreMountHook=/etc/shifter/pre.sh\nsitePostMountHook=/etc/shifter/post.sh\n"
+        "allowLibcPwdCalls=1\npopulateEtcDynamically=yes\nusersToImport=sshd nobody\n"
+        "mountUdiRootWritable=1\nrootfsType=ramfs\nmkfsXfsPath=/usr/sbin/mkfs.xfs\n"
+        "perNodeCachePath=/scratch/pnc\nperNodeCacheAllowedFsType=xfs\n"
+        "mountPropagationStyle=slave\nrunDir=/run/shifter-test\nsshdPort=2222\n"
+        "gatewayCaFile=/etc/shifter/gw-ca.pem\n"
+    )
+    assert cfg.udi_root_path == "/opt/shifter"
+    assert cfg.opt_udi_image == "/opt/shifter/udiImage"
+    assert cfg.site_pre_mount_hook == "/etc/shifter/pre.sh"
+    assert cfg.site_post_mount_hook == "/etc/shifter/post.sh"
+    assert cfg.allow_libc_pwd_calls is True
+    assert cfg.populate_etc_dynamically is True
+    assert cfg.users_to_import == ("sshd", "nobody")
+    assert cfg.mount_udi_root_writable is True
+    assert cfg.rootfs_type == "ramfs"
+    assert cfg.mkfs_xfs_path == "/usr/sbin/mkfs.xfs"
+    assert cfg.per_node_cache_path == "/scratch/pnc"
+    assert cfg.per_node_cache_allowed_fs_type == ("xfs",)
+    assert cfg.mount_propagation_style == "slave"
+    assert cfg.run_dir == "/run/shifter-test"
+    assert cfg.sshd_port == 2222
+    assert cfg.gateway_ca_file == "/etc/shifter/gw-ca.pem"
+
+
+# --- modules ----------------------------------------------------------------
+
+MODULES = """\
+module_mpich_copyPath=/shared/shifter/modules/mpich
+module_mpich_siteEnvPrepend=LD_LIBRARY_PATH=/opt/udiImage/modules/mpich/lib64
+module_mpich_userhook=/opt/udiImage/modules/mpich/bin/init.sh
+module_mpich_conflict=openmpi
+module_openmpi_siteEnv=OMPI=1
+module_gpu_roothook=/etc/shifter/gpu-root.sh
+module_gpu_siteEnvAppend=PATH=/opt/gpu/bin
+module_gpu_siteEnvUnset=CUDA_CACHE
+module_off_enabled=0
+"""
+
+
+def test_modules_are_parsed_and_conflicts_cross_linked():
+    cfg = parse(MODULES + "defaultModules=mpich, gpu\n")
+    mpich, openmpi, gpu = cfg.modules["mpich"], cfg.modules["openmpi"], cfg.modules["gpu"]
+    assert mpich.copy_path == "/shared/shifter/modules/mpich"
+    assert mpich.site_env_prepend == {"LD_LIBRARY_PATH": "/opt/udiImage/modules/mpich/lib64"}
+    assert mpich.user_hook == "/opt/udiImage/modules/mpich/bin/init.sh"
+    assert mpich.conflict == ("openmpi",)
+    assert openmpi.conflict == ("mpich",)
+    assert openmpi.site_env == {"OMPI": "1"}
+    assert gpu.root_hook == "/etc/shifter/gpu-root.sh"
+    assert gpu.site_env_append == {"PATH": "/opt/gpu/bin"}
+    assert gpu.site_env_unset == ("CUDA_CACHE",)
+    assert gpu.enabled and not cfg.modules["off"].enabled
+    assert cfg.default_modules == ("mpich", "gpu")
+
+
+def test_module_selection():
+    cfg = parse(MODULES + "defaultModules=mpich\n")
+    assert [m.name for m in cfg.select_modules()] == ["mpich"]
+    assert [m.name for m in cfg.select_modules("")] == ["mpich"]
+    assert cfg.select_modules("none") == ()
+    assert [m.name for m in cfg.select_modules("gpu,openmpi")] == ["gpu", "openmpi"]
+    with pytest.raises(ModuleError, match="unknown module 'cuda': this system offers gpu, mpich, openmpi"):
+        cfg.select_modules("cuda")
+    with pytest.raises(ModuleError, match="module 'off' is disabled"):
+        cfg.select_modules("off")
+    with pytest.raises(ModuleError, match="modules 'openmpi' and 'mpich' conflict"):
+        cfg.select_modules("openmpi,gpu,mpich")
+    with pytest.raises(ModuleError, match="not a module name"):
+        cfg.select_modules("gpu;rm")
+
+
+def test_module_subkeys_are_case_sensitive_and_checked():
+    with pytest.raises(ConfigError, match=r"unknown module mpich sub-key 'copypath' \(did you mean copyPath\?\)"):
+        parse("module_mpich_copypath=/x\n")
+    with pytest.raises(ConfigError, match="unknown module gpu sub-key 'devices'"):
+        parse("module_gpu_devices=/dev/nvidia0\n")
+
+
+@pytest.mark.parametrize("extra, message", [
+    ("module_a_conflict=b\n", "module 'b' is not defined"),
+    ("defaultModules=nosuch\n", "defaultModules: unknown module 'nosuch'"),
+    ("module_off_enabled=0\ndefaultModules=off\n", "defaultModules: module 'off' is disabled"),
+    ("module_a_conflict=b\nmodule_b_enabled=1\ndefaultModules=a,b\n", "'a' and 'b' conflict"),
+    ("module_none_enabled=1\n", "'none' cannot be a module name"),
+])
+def test_module_configuration_errors(extra, message):
+    with pytest.raises(ConfigError, match=message):
+        parse(extra)
+
+
+# --- reading files and trust --------------------------------------------------
+
+def write(path, text, mode=0o644):
+    path.write_text(text)
+    os.chmod(path, mode)
+    return str(path)
+
+
+def test_load_untrusted_reads_any_file(tmp_path):
+    cfg = config.load(write(tmp_path / "udiRoot.conf", MINIMAL), trusted=False)
+    assert cfg.system == "testsys"
+    assert cfg.path == str(tmp_path / "udiRoot.conf")
+
+
+def test_load_errors_name_the_file(tmp_path):
+    path = write(tmp_path / "udiRoot.conf", MINIMAL + "bogus=1\n")
+    with pytest.raises(ConfigError, match=f"^{path}:7: unknown key 'bogus'"):
+        config.load(path, trusted=False)
+    with pytest.raises(ConfigError, match="cannot read .*: No such file"):
+        config.load(str(tmp_path / "missing.conf"), trusted=False)
+
+
+root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to own and chown files")
+
+
+@root_only
+def test_trusted_load_accepts_a_root_owned_file(tmp_path):
+    os.chmod(tmp_path, 0o755)
+    assert config.load(write(tmp_path / "udiRoot.conf", MINIMAL)).system == "testsys"
+
+
+@root_only
+@pytest.mark.parametrize("mode", [0o664, 0o646])
+def test_trusted_load_refuses_group_or_other_writable(tmp_path, mode):
+    os.chmod(tmp_path, 0o755)
+    path = write(tmp_path / "udiRoot.conf", MINIMAL, mode)
+    with pytest.raises(ConfigError, match="must not be writable by group or others"):
+        config.load(path)
+
+
+@root_only
+def test_trusted_load_refuses_a_file_not_owned_by_root(tmp_path):
+    os.chmod(tmp_path, 0o755)
+    path = write(tmp_path / "udiRoot.conf", MINIMAL)
+    os.chown(path, 1000, 1000)
+    with pytest.raises(ConfigError, match="must be owned by root"):
+        config.load(path)
+
+
+@root_only
+def test_trusted_load_refuses_a_directory_others_control(tmp_path):
+    directory = tmp_path / "etc"
+    directory.mkdir()
+    path = write(directory / "udiRoot.conf", MINIMAL)
+    os.chmod(tmp_path, 0o755)
+    os.chown(directory, 1000, 1000)
+    with pytest.raises(ConfigError, match=f"directory {directory} holding configuration file"):
+        config.load(path)
+    os.chown(directory, 0, 0)
+    os.chmod(directory, 0o777)
+    with pytest.raises(ConfigError, match="must not be writable by group or others"):
+        config.load(path)
+    os.chmod(directory, 0o1777)
+    assert config.load(path).system == "testsys"
+
+
+@root_only
+def test_trusted_load_refuses_a_user_owned_symlink(tmp_path):
+    os.chmod(tmp_path, 0o755)
+    real = write(tmp_path / "udiRoot.conf", MINIMAL)
+    link = tmp_path / "link.conf"
+    link.symlink_to(real)
+    assert config.load(str(link)).system == "testsys"
+    os.lchown(link, 1000, 1000)
+    with pytest.raises(ConfigError, match=f"symlink {link} leading to configuration file"):
+        config.load(str(link))
+
+
+@root_only
+def test_trusted_load_follows_symlinks_to_check_the_real_file(tmp_path):
+    os.chmod(tmp_path, 0o755)
+    users = tmp_path / "users"
+    users.mkdir()
+    os.chown(users, 1000, 1000)
+    real = write(users / "udiRoot.conf", MINIMAL)
+    link = tmp_path / "link.conf"
+    link.symlink_to(real)
+    with pytest.raises(ConfigError, match=f"directory {users} holding"):
+        config.load(str(link))
+
+
+def test_require_root_owned_reports_missing_paths(tmp_path):
+    with pytest.raises(ConfigError, match="cannot check hook .*No such file"):
+        config.require_root_owned(str(tmp_path / "nope.sh"), "hook")
