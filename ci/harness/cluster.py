@@ -1,0 +1,573 @@
+"""The Slurm mini-cluster the demo, the tests and people at a shell share.
+
+    ci/cluster up [--without-plugin]   start it (idempotent) and print a summary
+    eval "$(ci/cluster env)"           make sbatch, srun, shifterimg ... use it
+    ci/cluster status                  what runs, and the nodes' states
+    ci/cluster down                    stop it and check that nothing remains
+
+One munged, slurmctld in the root namespaces and three slurmd "nodes" n1..n3,
+each in its own network, UTS and mount namespace on a private bridge, with the
+shifter SPANK plugin in plugstack.conf.  Everything lives under <repo>/.cluster;
+nothing is written to /etc/slurm.  `down` stops only what `up` started (by pid
+and start time, recorded in run/harness.json) and then lists anything of the
+cluster that is still there.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import json
+import os
+import pwd
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ci.harness import leaks
+from shifter_core import config
+from shifter_core.errors import ShifterError
+
+REPO = Path(__file__).resolve().parents[2]
+NODES = ("n1", "n2", "n3")
+BRIDGE = "shifter-br"
+HOST_ADDRESS = "10.213.57.1"
+NODE_ADDRESSES = {node: f"10.213.57.{11 + i}" for i, node in enumerate(NODES)}
+PREFIX_LENGTH = 24
+TEST_USER = "shiftertest"
+SYSTEM = "ci"
+PARTITION = "multi"
+CLUSTER_NAME = "shifterci"
+MUNGE_SOCKET_DIR = Path("/run/munge")
+DAEMON_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+IP = "/usr/sbin/ip"
+
+
+class ClusterError(ShifterError):
+    """The mini-cluster could not be brought up, used or taken down."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the cluster keeps its state, all under <repo>/.cluster."""
+
+    root: Path
+
+    etc = property(lambda self: self.root / "etc")
+    log = property(lambda self: self.root / "log")
+    spool = property(lambda self: self.root / "spool")
+    state = property(lambda self: self.root / "state")
+    run = property(lambda self: self.root / "run")
+    images = property(lambda self: self.root / "images")
+    gateway = property(lambda self: self.root / "gateway")
+    registry = property(lambda self: self.root / "registry")
+    slurm_conf = property(lambda self: self.etc / "slurm.conf")
+    plugstack_conf = property(lambda self: self.etc / "plugstack.conf")
+    udiroot_conf = property(lambda self: self.etc / "udiRoot.conf")
+    container_etc = property(lambda self: self.etc / "container-etc")
+    record_file = property(lambda self: self.run / "harness.json")
+
+    def pidfile(self, daemon: str) -> Path:
+        return self.run / f"{daemon}.pid"
+
+
+@dataclass(frozen=True)
+class Daemon:
+    """A process `up` started, named by pid and kernel start time (pids get reused)."""
+
+    pid: int
+    start_time: int
+
+    @classmethod
+    def of(cls, pid: int) -> "Daemon":
+        start = _start_time(pid)
+        if start is None:
+            raise ClusterError(f"process {pid} exited right after it started")
+        return cls(pid, start)
+
+    def alive(self) -> bool:
+        return _start_time(self.pid) == self.start_time
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """SIGTERM, then SIGKILL after `timeout`; a zombie counts as gone (PID 1 does not reap)."""
+        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+            if not self.alive():
+                return
+            os.kill(self.pid, sig)
+            if _wait_until(lambda: not self.alive(), wait):
+                return
+        raise ClusterError(f"process {self.pid} survived SIGKILL")
+
+
+@dataclass
+class Record:
+    """What `up` started and chose, so that `env`, `status` and `down` (other processes) know."""
+
+    daemons: dict[str, Daemon] = field(default_factory=dict)
+    namespaces: list[int] = field(default_factory=list)
+    slurmctld_port: int = 0
+    plugin: str | None = None
+    registry: str | None = None
+    gateway_url: str | None = None
+
+    def save(self, layout: Layout) -> None:
+        layout.run.mkdir(parents=True, exist_ok=True)
+        tmp = layout.record_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(dataclasses.asdict(self), indent=1), encoding="utf-8")
+        tmp.replace(layout.record_file)
+
+    @classmethod
+    def load(cls, layout: Layout) -> "Record | None":
+        try:
+            raw = json.loads(layout.record_file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        raw["daemons"] = {name: Daemon(**d) for name, d in raw["daemons"].items()}
+        return cls(**raw)
+
+
+# -- small helpers -----------------------------------------------------------
+
+def _start_time(pid: int) -> int | None:
+    """Kernel start time of a live process; None when gone or a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()
+    return None if fields[0] in ("Z", "X") else int(fields[19])
+
+
+def _wait_until(predicate, timeout: float, interval: float = 0.1) -> bool:
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)
+
+
+def _run(argv: list[str], *, check: bool = True, env: dict[str, str] | None = None,
+         timeout: float = 60) -> subprocess.CompletedProcess:
+    """Run a tool with a clean environment; a failure becomes a ClusterError with its stderr."""
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                            env=env or {"PATH": DAEMON_PATH}, stdin=subprocess.DEVNULL)
+    if check and result.returncode != 0:
+        raise ClusterError(f"{shlex.join(argv)} failed (exit {result.returncode}): "
+                           f"{(result.stderr or result.stdout).strip()}")
+    return result
+
+
+def _free_port(address: str = "0.0.0.0") -> int:
+    with socket.socket() as s:
+        s.bind((address, 0))
+        return s.getsockname()[1]
+
+
+def _read_pidfile(path: Path, timeout: float = 10) -> int:
+    if not _wait_until(lambda: path.exists() and path.read_text().strip().isdigit(), timeout):
+        raise ClusterError(f"{path} did not appear")
+    return int(path.read_text())
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# -- the cluster -------------------------------------------------------------
+
+class Cluster:
+    def __init__(self, layout: Layout):
+        self.layout = layout
+
+    # environment for Slurm clients -------------------------------------
+    def client_env(self, record: Record, base: dict[str, str] | None = None) -> dict[str, str]:
+        """Variables a shell or a test needs so plain sbatch/srun/shifterimg use this cluster."""
+        env = dict(base if base is not None else os.environ)
+        env["SLURM_CONF"] = str(self.layout.slurm_conf)
+        env["SHIFTER_UDIROOT_CONF"] = str(self.layout.udiroot_conf)
+        env["PATH"] = f"{REPO / '.venv' / 'bin'}:{env.get('PATH', DAEMON_PATH)}"
+        if record.registry:
+            env["SHIFTER_TEST_REGISTRY"] = record.registry
+        return env
+
+    def _slurm(self, record: Record, *argv: str, check: bool = True, timeout: float = 30):
+        env = self.client_env(record, {"PATH": DAEMON_PATH})
+        return _run(list(argv), env=env, check=check, timeout=timeout)
+
+    # up ----------------------------------------------------------------
+    def up(self, with_plugin: bool = True) -> Record:
+        if os.geteuid() != 0:
+            raise ClusterError("ci/cluster up needs root (daemons, namespaces, mounts)")
+        record = Record.load(self.layout)
+        if record is not None:
+            if self.is_running(record):
+                _say("cluster is already up")
+                return record
+            _say("cleaning up what a previous, incomplete cluster left")
+            self.down()
+        record = Record()
+        try:
+            self._start(record, with_plugin)
+        except BaseException:
+            record.save(self.layout)
+            _say("up failed; taking down what it started")
+            self.down()
+            raise
+        return record
+
+    def _start(self, record: Record, with_plugin: bool) -> None:
+        record.plugin = find_shim() if with_plugin else None
+        self._prepare_directories()
+        ensure_test_user()
+        munged = start_munged_if_needed()
+        if munged is not None:
+            record.daemons["munged"] = munged
+        record.save(self.layout)
+        self._start_network(record)
+        record.slurmctld_port = _free_port()
+        record.gateway_url = f"http://{HOST_ADDRESS}:{_free_port(HOST_ADDRESS)}"
+        self._write_configs(record)
+        record.save(self.layout)
+        self._start_slurmctld(record)
+        for node in NODES:
+            self._start_slurmd(record, node)
+        self._wait_for_idle_nodes(record)
+
+    def is_running(self, record: Record) -> bool:
+        wanted = {"slurmctld", *(f"slurmd-{n}" for n in NODES)}
+        return wanted <= record.daemons.keys() and all(d.alive() for d in record.daemons.values())
+
+    def _prepare_directories(self) -> None:
+        layout = self.layout
+        # a fresh controller state, spool and log per `up`: no jobs or node states from before
+        for stale in (layout.state, layout.spool, layout.log, layout.run):
+            shutil.rmtree(stale, ignore_errors=True)
+        for directory in (layout.etc, layout.log, layout.state, layout.run, layout.images,
+                          *(layout.spool / n for n in NODES)):
+            directory.mkdir(parents=True, exist_ok=True)
+        for directory in (layout.root, layout.etc, layout.images):
+            directory.chmod(0o755)
+
+    def _start_network(self, record: Record) -> None:
+        """A bridge on the host and one veth into each node's netns; no route out, no forwarding."""
+        _run([IP, "link", "add", BRIDGE, "type", "bridge"])
+        _run([IP, "addr", "add", f"{HOST_ADDRESS}/{PREFIX_LENGTH}", "dev", BRIDGE])
+        _run([IP, "link", "set", BRIDGE, "up"])
+        for node in NODES:
+            host_end = f"{BRIDGE[:-2]}{node}"  # shifter-n1: 15 characters at most
+            _run([IP, "netns", "add", node])
+            _run([IP, "link", "add", host_end, "type", "veth", "peer", "name", "eth0", "netns", node])
+            _run([IP, "link", "set", host_end, "master", BRIDGE, "up"])
+            _run([IP, "-n", node, "addr", "add", f"{NODE_ADDRESSES[node]}/{PREFIX_LENGTH}", "dev", "eth0"])
+            _run([IP, "-n", node, "link", "set", "eth0", "up"])
+            _run([IP, "-n", node, "link", "set", "lo", "up"])
+            record.namespaces.append(os.stat(f"/run/netns/{node}").st_ino)
+
+    def _write_configs(self, record: Record) -> None:
+        layout = self.layout
+        _write(layout.slurm_conf, slurm_conf(layout, record, plugstack=True))
+        plugstack = (f"required {record.plugin} venv={REPO / '.venv'} config={layout.udiroot_conf}\n"
+                     if record.plugin else "")
+        _write(layout.plugstack_conf, "# Written by ci/harness/cluster.py; see slurm.conf.d/.\n" + plugstack)
+        _write(layout.udiroot_conf, udiroot_conf(layout, record))
+        populate_container_etc(layout)
+        config.load(str(layout.udiroot_conf))  # the runtime must accept what we wrote
+
+    def _start_slurmctld(self, record: Record) -> None:
+        _run(["/usr/sbin/slurmctld", "-f", str(self.layout.slurm_conf)])
+        record.daemons["slurmctld"] = Daemon.of(_read_pidfile(self.layout.pidfile("slurmctld")))
+        record.save(self.layout)
+        if not _wait_until(lambda: "is UP" in self._slurm(record, "scontrol", "ping", check=False).stdout, 20):
+            raise ClusterError(f"slurmctld does not answer; see {self.layout.log / 'slurmctld.log'}")
+
+    def _start_slurmd(self, record: Record, node: str) -> None:
+        """slurmd in the node's netns plus a new UTS and private mount namespace.
+
+        nsenter --net, not `ip netns exec`: the latter remounts /sys and hides
+        /sys/fs/cgroup, without which slurmd 22.05 dies.
+        """
+        inner = f"hostname {node} && exec /usr/sbin/slurmd -f {shlex.quote(str(self.layout.slurm_conf))} -N {node}"
+        _run(["/usr/bin/nsenter", f"--net=/run/netns/{node}", "/usr/bin/unshare", "--uts", "--mount",
+              "--propagation", "private", "/bin/sh", "-c", inner])
+        daemon = Daemon.of(_read_pidfile(self.layout.pidfile(f"slurmd-{node}")))
+        record.daemons[f"slurmd-{node}"] = daemon
+        for kind in ("mnt", "uts"):
+            record.namespaces.append(os.stat(f"/proc/{daemon.pid}/ns/{kind}").st_ino)
+        record.save(self.layout)
+
+    def node_states(self, record: Record) -> dict[str, str]:
+        out = self._slurm(record, "sinfo", "-h", "-N", "-p", PARTITION, "-o", "%N %T", check=False).stdout
+        return dict(line.split() for line in out.splitlines() if line.strip())
+
+    def _wait_for_idle_nodes(self, record: Record, timeout: float = 60) -> None:
+        if not _wait_until(lambda: set(self.node_states(record).values()) == {"idle"}
+                           and len(self.node_states(record)) == len(NODES), timeout, 0.3):
+            raise ClusterError(f"nodes are not idle after {timeout:.0f} s: {self.node_states(record)}; "
+                               f"see {self.layout.log}/slurmd-*.log")
+
+    # down --------------------------------------------------------------
+    def down(self) -> list[str]:
+        """Stop everything `up` started; return what of the cluster still remains (empty: clean)."""
+        record = Record.load(self.layout) or Record()
+        controller = record.daemons.get("slurmctld")
+        if controller is not None and controller.alive():
+            self._cancel_jobs(record)
+        order = [*(f"slurmd-{n}" for n in NODES), "slurmctld", "gateway", "registry", "munged"]
+        for name in order:
+            daemon = record.daemons.get(name)
+            if daemon is not None:
+                daemon.stop()
+        self._stop_network()
+        remains = self.scope(record).remains()
+        self.layout.record_file.unlink(missing_ok=True)
+        return remains
+
+    def _cancel_jobs(self, record: Record, timeout: float = 90) -> None:
+        """Cancel every job and wait until their epilogs ran (no job left, no node completing)."""
+        jobs = self._slurm(record, "squeue", "-h", "-o", "%A", check=False).stdout.split()
+        if jobs:
+            self._slurm(record, "scancel", *jobs, check=False)
+
+        def settled() -> bool:
+            queue = self._slurm(record, "squeue", "-h", "-o", "%A", check=False)
+            states = self.node_states(record).values()
+            return queue.returncode == 0 and not queue.stdout.strip() and \
+                not any("comp" in state for state in states)
+        if not _wait_until(settled, timeout, 0.5):
+            _say(f"jobs or epilogs still running after {timeout:.0f} s; stopping the daemons anyway")
+
+    def _stop_network(self) -> None:
+        present = leaks.Snapshot.take()
+        for node in NODES:
+            if node in present.netns:
+                _run([IP, "netns", "delete", node])
+        for link in (*(f"{BRIDGE[:-2]}{n}" for n in NODES), BRIDGE):
+            if link in present.links:
+                _run([IP, "link", "delete", link], check=False)
+
+    def scope(self, record: Record) -> leaks.Scope:
+        """Everything that belongs to the cluster, for the leak check."""
+        try:
+            test_uid = frozenset({pwd.getpwnam(TEST_USER).pw_uid})
+        except KeyError:
+            test_uid = frozenset()
+        return leaks.Scope(
+            paths=(str(self.layout.root),),
+            namespaces=frozenset(record.namespaces),
+            uids=test_uid,
+            pids=frozenset(d.pid for d in record.daemons.values()),
+            netns=frozenset(NODES),
+            links=frozenset({BRIDGE, *(f"{BRIDGE[:-2]}{n}" for n in NODES)}),
+        )
+
+    # env / status ------------------------------------------------------
+    def env_script(self) -> str:
+        record = self._running_record()
+        env = self.client_env(record, {"PATH": "$PATH"})
+        lines = []
+        for name in ("SLURM_CONF", "SHIFTER_UDIROOT_CONF", "SHIFTER_TEST_REGISTRY"):
+            if name in env:
+                lines.append(f"export {name}={shlex.quote(env[name])}")
+        lines.append(f'export PATH={shlex.quote(str(REPO / ".venv" / "bin"))}:"$PATH"')
+        return "\n".join(lines) + "\n"
+
+    def _running_record(self) -> Record:
+        record = Record.load(self.layout)
+        if record is None or not self.is_running(record):
+            raise ClusterError("the cluster is not up: run ci/cluster up")
+        return record
+
+    def summary(self, record: Record) -> str:
+        states = self.node_states(record)
+        lines = [
+            f"cluster {CLUSTER_NAME}: slurmctld on {HOST_ADDRESS}:{record.slurmctld_port}, "
+            f"nodes {', '.join(f'{n}={s}' for n, s in sorted(states.items()))}",
+            f"plugin: {record.plugin or 'absent (--without-plugin)'}",
+            f"test user: {TEST_USER}; state in {self.layout.root}",
+            'use it with: eval "$(ci/cluster env)"',
+        ]
+        return "\n".join(lines)
+
+    def status(self) -> str:
+        record = Record.load(self.layout)
+        if record is None:
+            return "the cluster is down"
+        lines = [f"{name}: pid {d.pid} {'running' if d.alive() else 'GONE'}"
+                 for name, d in sorted(record.daemons.items())]
+        if record.daemons.get("slurmctld") and record.daemons["slurmctld"].alive():
+            lines.append(self.summary(record))
+        return "\n".join(lines)
+
+
+# -- configuration files -----------------------------------------------------
+
+def slurm_conf(layout: Layout, record: Record, plugstack: bool) -> str:
+    """slurm.conf of the cluster; the container-side copy omits the plugin."""
+    host = socket.gethostname().split(".")[0]
+    lines = [
+        "# Written by ci/harness/cluster.py for the shifter-py mini-cluster.",
+        f"ClusterName={CLUSTER_NAME}",
+        f"SlurmctldHost={host}({HOST_ADDRESS})",
+        f"SlurmctldPort={record.slurmctld_port}",
+        "SlurmUser=root",
+        "SlurmdUser=root",
+        "AuthType=auth/munge",
+        "CredType=cred/munge",
+        f"StateSaveLocation={layout.state}",
+        f"SlurmdSpoolDir={layout.spool}/%n",
+        f"SlurmctldPidFile={layout.pidfile('slurmctld')}",
+        f"SlurmdPidFile={layout.run}/slurmd-%n.pid",
+        f"SlurmctldLogFile={layout.log}/slurmctld.log",
+        f"SlurmdLogFile={layout.log}/slurmd-%n.log",
+        "ProctrackType=proctrack/linuxproc",
+        "TaskPlugin=task/none",
+        "JobAcctGatherType=jobacct_gather/none",
+        "AccountingStorageType=accounting_storage/none",
+        "JobCompType=jobcomp/none",
+        "SelectType=select/cons_tres",
+        "SelectTypeParameters=CR_Core",
+        "MpiDefault=none",
+        "SwitchType=switch/none",
+        "ReturnToService=2",
+        "MailProg=/bin/true",
+        "KillWait=5",
+    ]
+    if plugstack:
+        lines.append(f"PlugStackConfig={layout.plugstack_conf}")
+    lines += site_settings()
+    lines += [f"NodeName={node} NodeAddr={address} CPUs=2 RealMemory=2000 State=UNKNOWN"
+              for node, address in NODE_ADDRESSES.items()]
+    lines += [
+        f"PartitionName={PARTITION} Nodes={','.join(NODES)} Default=YES MaxTime=INFINITE State=UP",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def site_settings() -> list[str]:
+    """The settings slurm.conf.d/ tells a site to add, so the harness tests what we document."""
+    text = (REPO / "slurm.conf.d" / "slurm.conf").read_text(encoding="utf-8")
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+def udiroot_conf(layout: Layout, record: Record) -> str:
+    """udiRoot.conf of the cluster: every runtime path under .cluster, so the leak check sees them."""
+    return "\n".join([
+        "# Written by ci/harness/cluster.py for the shifter-py mini-cluster.",
+        f"system={SYSTEM}",
+        f"imageGateway={record.gateway_url}",
+        f"imagePath={layout.images}",
+        f"udiMount={layout.run}/udiMount",
+        f"loopMount={layout.run}/udiLoopMount",
+        f"runDir={layout.run}/shifter",
+        f"udiRootPath={REPO}",
+        f"etcPath={layout.container_etc}",
+        "rootfsType=tmpfs",
+        "defaultImageType=docker",
+    ]) + "\n"
+
+
+def populate_container_etc(layout: Layout) -> None:
+    """etcPath: the passwd, group and nsswitch.conf a container gets (the host's, test user included)."""
+    for name in ("passwd", "group", "nsswitch.conf"):
+        _write(layout.container_etc / name, Path("/etc", name).read_text(encoding="utf-8"))
+
+
+def _write(path: Path, text: str, mode: int = 0o644) -> None:
+    """Root-owned, not writable by others: what the plugin requires of its config files."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.chmod(mode)
+    tmp.replace(path)
+
+
+# -- host pieces: shim, user, munge ------------------------------------------
+
+def find_shim() -> str:
+    """Path of the built SPANK shim; it is not imported (it needs Slurm's symbols)."""
+    spec = importlib.util.find_spec("shifter_core._spank")
+    if spec is None or not spec.origin:
+        raise ClusterError("the SPANK shim shifter_core/_spank*.so is not built: run ci/setup "
+                           "(pip install -e .), or ci/cluster up --without-plugin")
+    return spec.origin
+
+
+def ensure_test_user() -> pwd.struct_passwd:
+    """The non-root user jobs run as; kept across `down` so its uid stays stable."""
+    try:
+        return pwd.getpwnam(TEST_USER)
+    except KeyError:
+        _run(["/usr/sbin/useradd", "--create-home", "--user-group", "--shell", "/bin/bash", TEST_USER])
+        return pwd.getpwnam(TEST_USER)
+
+
+def munge_answers() -> bool:
+    """True when a munged answers on the default socket (munge -n | unmunge)."""
+    try:
+        credential = _run(["/usr/bin/munge", "-n"], check=False, timeout=10)
+        if credential.returncode != 0:
+            return False
+        decoded = subprocess.run(["/usr/bin/unmunge"], input=credential.stdout, capture_output=True,
+                                 text=True, timeout=10, env={"PATH": DAEMON_PATH})
+        return decoded.returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def start_munged_if_needed() -> Daemon | None:
+    """Reuse a munged that answers on the default socket; otherwise start one and return it."""
+    if munge_answers():
+        return None
+    _run(["/usr/bin/install", "-d", "-o", "munge", "-g", "munge", "-m", "755", str(MUNGE_SOCKET_DIR)])
+    (MUNGE_SOCKET_DIR / "munged.pid").unlink(missing_ok=True)  # stale: no munged answers
+    _run(["/usr/sbin/runuser", "-u", "munge", "--", "/usr/sbin/munged"])
+    daemon = Daemon.of(_read_pidfile(MUNGE_SOCKET_DIR / "munged.pid"))
+    if not _wait_until(munge_answers, 10):
+        raise ClusterError("munged started but does not answer on its socket; see /var/log/munge/munged.log")
+    return daemon
+
+
+# -- command line ------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ci/cluster", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    up_parser = sub.add_parser("up", help="start the cluster (idempotent)")
+    up_parser.add_argument("--without-plugin", action="store_true",
+                           help="leave plugstack.conf empty (to compare against the plugin absent)")
+    sub.add_parser("env", help="print shell exports for the cluster")
+    sub.add_parser("status", help="show what runs")
+    sub.add_parser("down", help="stop everything and check for leftovers")
+    args = parser.parse_args(argv)
+    cluster = Cluster(Layout(REPO / ".cluster"))
+    try:
+        if args.command == "up":
+            record = cluster.up(with_plugin=not args.without_plugin)
+            print(cluster.summary(record))
+        elif args.command == "env":
+            sys.stdout.write(cluster.env_script())
+        elif args.command == "status":
+            print(cluster.status())
+        elif args.command == "down":
+            remains = cluster.down()
+            if remains:
+                for line in remains:
+                    print(f"left behind: {line}", file=sys.stderr)
+                return 1
+            print("cluster is down; nothing of it remains")
+    except ShifterError as error:
+        print(f"ci/cluster {args.command}: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
