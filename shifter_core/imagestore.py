@@ -121,6 +121,13 @@ class ImageStore:
         os.chmod(squashfs_file, IMAGE_MODE)
         meta.size = os.stat(squashfs_file).st_size
         os.replace(squashfs_file, self.image_path(meta.id, meta.format))
+        self.write_metadata(meta)
+
+    def write_metadata(self, meta: ImageMeta) -> None:
+        """(Re)write `<id>.meta` then `<id>.json`, each atomically.
+
+        The gateway uses it alone to change a published image's ACLs.
+        """
         self._write_atomic(f"{meta.id}.meta", meta.to_shifter_meta())
         self._write_atomic(f"{meta.id}.json", meta.to_json())
 
