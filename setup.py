@@ -33,6 +33,7 @@ setup(
         "test": [
             "pytest>=8",
             "hypothesis>=6.100",
+            "cryptography>=41",
         ],
     },
     entry_points={
