@@ -30,8 +30,8 @@ import re
 import stat
 from typing import Any, Callable
 
-from . import imageref
-from .errors import ConfigError, ModuleError
+from . import imageref, volumes
+from .errors import ConfigError, ModuleError, VolumeError
 
 DEFAULT_PATH = "/etc/shifter/udiRoot.conf"
 DEFAULT_RUN_DIR = "/run/shifter"
@@ -84,6 +84,24 @@ def _group_count(value: str) -> int | None:
     if not value.isdigit():
         raise _Invalid(f"{value!r} must be a count of groups (0 or more) or 'unlimited'")
     return int(value)
+
+
+def _byte_size(value: str) -> int:
+    try:
+        size = volumes.parse_bytes(value)
+    except ValueError as error:
+        raise _Invalid(str(error)) from None
+    if size <= 0:
+        raise _Invalid("must be more than 0")
+    return size
+
+
+def _site_volumes(value: str) -> tuple[volumes.VolumeMount, ...]:
+    """The grammar and site policy; perNodeCache policy is checked once all keys are read."""
+    try:
+        return volumes.parse(value, volumes.SITE)
+    except VolumeError as error:
+        raise _Invalid(str(error)) from None
 
 
 def _words(value: str) -> tuple[str, ...]:
@@ -177,6 +195,7 @@ _KEYS: dict[str, _Key] = {
     "optUdiImage": _Key("opt_udi_image", _absolute_path),
     "sitePreMountHook": _Key("site_pre_mount_hook", _absolute_path),
     "sitePostMountHook": _Key("site_post_mount_hook", _absolute_path),
+    "siteFs": _Key("site_fs", _site_volumes),
     "siteEnv": _Key("site_env", _env_set),
     "siteEnvAppend": _Key("site_env_append", _env_path_list),
     "siteEnvPrepend": _Key("site_env_prepend", _env_path_list),
@@ -189,6 +208,7 @@ _KEYS: dict[str, _Key] = {
     "rootfsType": _Key("rootfs_type", _choice("tmpfs", "ramfs")),
     "mkfsXfsPath": _Key("mkfs_xfs_path", _absolute_path),
     "perNodeCachePath": _Key("per_node_cache_path", _absolute_path),
+    "perNodeCacheSizeLimit": _Key("per_node_cache_size_limit", _byte_size),
     "perNodeCacheAllowedFsType": _Key("per_node_cache_allowed_fs_type", _words),
     "gatewayTimeout": _Key("gateway_timeout", _float_seconds),
     "imageGateway": _Key("image_gateway", _gateway_urls),
@@ -229,6 +249,7 @@ _MODULE_KEYS: dict[str, _Key] = {
     "siteEnvAppend": _Key("site_env_append", _env_path_list),
     "siteEnvPrepend": _Key("site_env_prepend", _env_path_list),
     "siteEnvUnset": _Key("site_env_unset", _env_names),
+    "siteFs": _Key("site_fs", _site_volumes),
     "copyPath": _Key("copy_path", _absolute_path),
     "conflict": _Key("conflict", lambda v: _module_names(v, None)),
     "enabled": _Key("enabled", _boolean),
@@ -251,6 +272,7 @@ class Module:
     site_env_append: dict[str, str] = dataclasses.field(default_factory=dict)
     site_env_prepend: dict[str, str] = dataclasses.field(default_factory=dict)
     site_env_unset: tuple[str, ...] = ()
+    site_fs: tuple[volumes.VolumeMount, ...] = ()
     copy_path: str | None = None
     conflict: tuple[str, ...] = ()
     enabled: bool = True
@@ -270,6 +292,7 @@ class UdiRootConfig:
     opt_udi_image: str | None = None
     site_pre_mount_hook: str | None = None
     site_post_mount_hook: str | None = None
+    site_fs: tuple[volumes.VolumeMount, ...] = ()
     site_env: dict[str, str] = dataclasses.field(default_factory=dict)
     site_env_append: dict[str, str] = dataclasses.field(default_factory=dict)
     site_env_prepend: dict[str, str] = dataclasses.field(default_factory=dict)
@@ -282,6 +305,7 @@ class UdiRootConfig:
     rootfs_type: str = "tmpfs"
     mkfs_xfs_path: str | None = None
     per_node_cache_path: str | None = None
+    per_node_cache_size_limit: int | None = None
     per_node_cache_allowed_fs_type: tuple[str, ...] = ("xfs",)
     gateway_timeout: float = DEFAULT_GATEWAY_TIMEOUT
     default_image_type: str = "docker"
@@ -293,6 +317,19 @@ class UdiRootConfig:
     gateway_ca_file: str | None = None
     path: str | None = None
     warnings: tuple[str, ...] = ()
+
+    @property
+    def cache_policy(self) -> volumes.CachePolicy:
+        """perNodeCache needs perNodeCachePath and mkfsXfsPath; the limit bounds one job's total."""
+        return volumes.CachePolicy(
+            available=bool(self.per_node_cache_path and self.mkfs_xfs_path),
+            size_limit=self.per_node_cache_size_limit,
+            min_size=volumes.XFS_MIN_SIZE,
+        )
+
+    def user_volumes(self, spec: str) -> tuple[volumes.VolumeMount, ...]:
+        """Parse a user's --volume under this site's policy; VolumeError says what is wrong."""
+        return volumes.parse(spec, volumes.USER, self.cache_policy)
 
     def select_modules(self, request: str | None = None) -> tuple[Module, ...]:
         """The modules a job gets for `--module=<request>`, in the order asked.
@@ -486,6 +523,14 @@ def _assemble(values, module_values, seen, warnings, source) -> UdiRootConfig:
             raise fail("perNodeCacheAllowedFsType", f"{bad[0]!r} is not supported: xfs is the only type")
 
     modules = {name: Module(**fields) for name, fields in module_values.items()}
+    config = UdiRootConfig(**values, path=source, warnings=tuple(warnings))
+    for key, mounts in [("siteFs", config.site_fs)] + [
+        (f"module_{m.name}_siteFs", m.site_fs) for m in modules.values()
+    ]:
+        try:
+            volumes.check_policy(mounts, config.cache_policy)
+        except VolumeError as error:
+            raise fail(key, str(error)) from None
     if "none" in modules:
         raise ConfigError(f"{source}: 'none' cannot be a module name: --module=none means no modules")
     for module in modules.values():
@@ -498,7 +543,7 @@ def _assemble(values, module_values, seen, warnings, source) -> UdiRootConfig:
         _check_selection(modules, defaults)
     except ModuleError as error:
         raise fail("defaultModules", str(error)) from None
-    return UdiRootConfig(**values, modules=modules, path=source, warnings=tuple(warnings))
+    return dataclasses.replace(config, modules=modules)
 
 
 def _cross_link_conflicts(modules: dict[str, Module]) -> dict[str, Module]:

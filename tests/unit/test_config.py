@@ -4,7 +4,7 @@ import os
 import pytest
 
 from shifter_core import config
-from shifter_core.errors import ConfigError, ModuleError
+from shifter_core.errors import ConfigError, ModuleError, VolumeError
 
 MINIMAL = """\
 udiMount=/var/udiMount
@@ -356,3 +356,58 @@ def test_trusted_load_follows_symlinks_to_check_the_real_file(tmp_path):
 def test_require_root_owned_reports_missing_paths(tmp_path):
     with pytest.raises(ConfigError, match="cannot check hook .*No such file"):
         config.require_root_owned(str(tmp_path / "nope.sh"), "hook")
+
+
+# --- siteFs and perNodeCache -------------------------------------------------
+
+def test_site_fs_is_parsed_with_the_site_grammar():
+    cfg = parse(
+        "siteFs=/global/u1;/scratch:/scratch:rec:slave;\\\n"
+        "  /var/spool/slurmd:/var/spool/slurmd:ro\n"
+        "module_cvmfs_siteFs=/cvmfs_nfs:/cvmfs\n"
+    )
+    assert [m.render() for m in cfg.site_fs] == [
+        "/global/u1:/global/u1", "/scratch:/scratch:rec:slave", "/var/spool/slurmd:/var/spool/slurmd:ro",
+    ]
+    assert [m.render() for m in cfg.modules["cvmfs"].site_fs] == ["/cvmfs_nfs:/cvmfs"]
+
+
+def test_site_fs_errors_name_the_line():
+    with pytest.raises(ConfigError, match=r"^udiRoot.conf:7: siteFs: invalid volume '/x:/etc': the site cannot bind over /etc$"):
+        parse("siteFs=/x:/etc\n")
+    with pytest.raises(ConfigError, match=r":7: module_m_siteFs: invalid volume '/x y:/z': character ' '"):
+        parse("module_m_siteFs=/x y:/z\n")
+
+
+CACHE = "perNodeCachePath=/scratch/pnc\nmkfsXfsPath=/usr/sbin/mkfs.xfs\n"
+
+
+def test_per_node_cache_policy_comes_from_the_config():
+    assert not parse().cache_policy.available
+    cfg = parse(CACHE + "perNodeCacheSizeLimit=10G\n")
+    assert cfg.per_node_cache_size_limit == 10 * 1024 ** 3
+    assert cfg.cache_policy.available and cfg.cache_policy.size_limit == 10 * 1024 ** 3
+    mounts = cfg.user_volumes("/x:/cache:perNodeCache=size=2G;/data:/data:ro")
+    assert mounts[0].per_node_cache.size == 2 * 1024 ** 3
+    with pytest.raises(VolumeError, match="exceeds the site's limit of 10G"):
+        cfg.user_volumes("/x:/cache:perNodeCache=size=20G")
+    with pytest.raises(VolumeError, match="at least 300M"):
+        cfg.user_volumes("/x:/cache:perNodeCache=size=100M")
+    with pytest.raises(VolumeError, match="not available on this system"):
+        parse().user_volumes("/x:/cache:perNodeCache=size=1G")
+    with pytest.raises(VolumeError, match="reserved to the site"):
+        cfg.user_volumes("/x:/y:rec")
+
+
+def test_site_fs_caches_obey_the_policy_too():
+    with pytest.raises(ConfigError, match=r"udiRoot.conf:7: siteFs: .*perNodeCache is not available"):
+        parse("siteFs=/x:/scratch:perNodeCache=size=1G\n")
+    with pytest.raises(ConfigError, match=r"udiRoot.conf:9: siteFs: .*limit of 1G"):
+        parse(CACHE + "siteFs=/x:/scratch:perNodeCache=size=2G\nperNodeCacheSizeLimit=1G\n")
+    assert parse(CACHE + "siteFs=/x:/scratch:perNodeCache=size=1G\n").site_fs[0].per_node_cache
+
+
+@pytest.mark.parametrize("value", ["0", "lots", "-1G"])
+def test_per_node_cache_size_limit_values(value):
+    with pytest.raises(ConfigError, match="perNodeCacheSizeLimit"):
+        parse(f"perNodeCacheSizeLimit={value}\n")
