@@ -1,0 +1,386 @@
+"""Client of the Docker Registry HTTP API v2: manifests and blobs, verified.
+
+Speaks what registries serve today: Docker schema 2 and OCI manifests,
+manifest lists and OCI indexes (the entry for our platform is picked),
+anonymous, basic and bearer-token authentication driven by the registry's
+`WWW-Authenticate` challenge.  Every manifest and blob is checked against its
+sha256 digest before anyone sees it.
+
+Requests never read the process environment (`trust_env=False`, explicit
+`verify=` on every request): REQUESTS_CA_BUNDLE and friends would otherwise
+replace a configured CA, and a stray ~/.netrc would add credentials.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import ssl
+import threading
+import time
+import urllib.parse
+from typing import Callable, Iterator
+
+import requests
+import requests.adapters
+import urllib3.exceptions
+import urllib3.util.retry
+
+from shifter_core.errors import (ConfigError, DigestMismatch, ImageNotFound, RegistryAuthError,
+                                 RegistryError)
+
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+DOCKER_SCHEMA1 = ("application/vnd.docker.distribution.manifest.v1+json",
+                  "application/vnd.docker.distribution.manifest.v1+prettyjws")
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+IMAGE_MANIFESTS = (OCI_MANIFEST, DOCKER_MANIFEST)
+INDEXES = (OCI_INDEX, DOCKER_LIST)
+ACCEPT = ", ".join((OCI_INDEX, DOCKER_LIST, OCI_MANIFEST, DOCKER_MANIFEST))
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+CHUNK = 1024 * 1024
+RETRY_STATUSES = (429, 500, 502, 503, 504)
+_DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+_CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
+
+
+@dataclasses.dataclass(frozen=True)
+class Location:
+    """Where a registry is and how to talk to it (Shifter's `Locations.<name>`).
+
+    `url` is `https://host[:port]`; plain `http://` is accepted only with
+    `insecure`, which also turns off certificate checks for https.  `ca_file`
+    replaces the system CA bundle.  `auth_method` "basic" sends credentials
+    with every request; "token" (default) answers whatever challenge the
+    registry sends.
+    """
+
+    url: str
+    insecure: bool = False
+    ca_file: str | None = None
+    auth_method: str = "token"
+
+    @classmethod
+    def for_host(cls, host: str) -> "Location":
+        """An unconfigured registry named in a reference: https, verified."""
+        return cls(url=f"https://{host}")
+
+    def base_url(self) -> str:
+        url = self.url if "://" in self.url else (
+            f"{'http' if self.insecure else 'https'}://{self.url}")
+        scheme = urllib.parse.urlsplit(url).scheme
+        if scheme == "http" and not self.insecure:
+            raise ConfigError(f"registry location {self.url} uses plain http;"
+                              " mark it insecure in the configuration to allow that")
+        if scheme not in ("http", "https"):
+            raise ConfigError(f"registry location {self.url}: the scheme must be https or http")
+        return url.rstrip("/")
+
+    def verify(self) -> bool | str:
+        if self.insecure:
+            return False
+        if self.ca_file:
+            return self.ca_file
+        paths = ssl.get_default_verify_paths()   # not SSL_CERT_FILE: only the system store
+        return paths.openssl_cafile if os.path.exists(paths.openssl_cafile) else paths.openssl_capath
+
+
+@dataclasses.dataclass(frozen=True)
+class Platform:
+    """An OCI platform; `parse("arm64/v8")`, `parse("amd64")`."""
+
+    architecture: str
+    os: str = "linux"
+    variant: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> "Platform":
+        parts = text.split("/")
+        if parts[0] == "linux":
+            parts = parts[1:]
+        if not parts or not parts[0] or len(parts) > 2:
+            raise ConfigError(f"architecture {text!r} is not like amd64, arm64/v8 or arm/v7")
+        return cls(architecture=parts[0], variant=parts[1] if len(parts) > 1 else None)
+
+    def matches(self, entry: dict) -> bool:
+        if entry.get("os", "linux") != self.os or entry.get("architecture") != self.architecture:
+            return False
+        if self.variant is None:
+            return True
+        variant = entry.get("variant") or ("v8" if self.architecture == "arm64" else None)
+        return variant == self.variant
+
+    def __str__(self) -> str:
+        return "/".join(filter(None, (self.os, self.architecture, self.variant)))
+
+
+@dataclasses.dataclass
+class Image:
+    """A resolved image: the platform manifest, its digest and its config."""
+
+    digest: str                       # of the platform manifest: the image id
+    manifest: dict
+    config: dict
+
+    @property
+    def layers(self) -> list[dict]:
+        return self.manifest["layers"]
+
+    @property
+    def diff_ids(self) -> list[str]:
+        return self.config.get("rootfs", {}).get("diff_ids", [])
+
+
+def sha256_digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+class RegistryClient:
+    """One repository on one registry, as one user (or anonymously).
+
+    `image` is the name used in error messages.  Safe to use from several
+    threads (blob downloads run in parallel).
+    """
+
+    def __init__(self, location: Location, repository: str, *, image: str,
+                 credentials: tuple[str, str] | None = None, timeout: float = 60,
+                 retries: int = 4, backoff: float = 0.5):
+        self.location = location
+        self.base = location.base_url()
+        self.repository = repository
+        self.image = image
+        self.credentials = credentials
+        self.timeout = timeout
+        self.retries, self.backoff = retries, backoff
+        self.session = requests.Session()
+        self.session.trust_env = False
+        retry = urllib3.util.retry.Retry(
+            total=retries, backoff_factor=backoff, status_forcelist=RETRY_STATUSES,
+            allowed_methods=("GET", "HEAD"), raise_on_status=False, respect_retry_after_header=True)
+        adapter = requests.adapters.HTTPAdapter(max_retries=retry, pool_maxsize=16)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+        self._auth_header: str | None = None
+        if credentials and location.auth_method == "basic":
+            self._auth_header = _basic(credentials)
+        self._auth_lock = threading.Lock()
+
+    # --- manifests -----------------------------------------------------------
+    def resolve(self, reference: str, platform: Platform) -> Image:
+        """Tag or `sha256:` digest to the image for `platform`, all verified."""
+        body, media_type, digest = self.manifest(reference)
+        document = _json(body, f"manifest of {self.image}")
+        if media_type in INDEXES:
+            entry = next((m for m in document.get("manifests", [])
+                          if m.get("mediaType", OCI_MANIFEST) in IMAGE_MANIFESTS
+                          and platform.matches(m.get("platform", {}))), None)
+            if entry is None:
+                offered = ", ".join(sorted(_platform_text(m.get("platform", {}))
+                                           for m in document.get("manifests", [])))
+                raise ImageNotFound(f"image {self.image} has no {platform} variant"
+                                    f" (it offers {offered or 'none'})")
+            body, media_type, digest = self.manifest(entry["digest"])
+            document = _json(body, f"manifest of {self.image}")
+        if media_type in DOCKER_SCHEMA1 or document.get("schemaVersion") == 1:
+            raise RegistryError(f"image {self.image} has an obsolete Docker schema 1 manifest;"
+                                " push it again with a current Docker, podman or skopeo")
+        if media_type not in IMAGE_MANIFESTS:
+            raise RegistryError(f"image {self.image}: unsupported manifest type {media_type!r}")
+        config_desc = document.get("config") or {}
+        config = _json(self.blob_bytes(config_desc.get("digest", "")), f"config of {self.image}")
+        if len(config.get("rootfs", {}).get("diff_ids", [])) != len(document.get("layers", [])):
+            raise RegistryError(f"image {self.image}: its config lists"
+                                " a different number of layers than its manifest")
+        return Image(digest=digest, manifest=document, config=config)
+
+    def manifest(self, reference: str) -> tuple[bytes, str, str]:
+        """(body, media type, digest) of a manifest, verified when the digest is known."""
+        response = self._get(f"/manifests/{reference}", headers={"Accept": ACCEPT}, stream=True)
+        with response:
+            body = response.raw.read(MAX_MANIFEST_BYTES + 1, decode_content=True)
+        if len(body) > MAX_MANIFEST_BYTES:
+            raise RegistryError(f"image {self.image}: manifest larger than {MAX_MANIFEST_BYTES} bytes")
+        digest = sha256_digest(body)
+        expected = reference if reference.startswith("sha256:") else \
+            response.headers.get("Docker-Content-Digest")
+        if expected and expected != digest:
+            raise DigestMismatch(f"image {self.image}: the registry sent a manifest with digest"
+                                 f" {digest}, expected {expected}")
+        media_type = response.headers.get("Content-Type", "").split(";")[0].strip()
+        if media_type in ("", "application/json", "text/plain"):
+            media_type = _json(body, f"manifest of {self.image}").get("mediaType", "")
+        return body, media_type, digest
+
+    # --- blobs ---------------------------------------------------------------
+    def blob_bytes(self, digest: str, limit: int = MAX_MANIFEST_BYTES) -> bytes:
+        """A small blob (a config) in memory, verified."""
+        return b"".join(self.blob_chunks(digest, size_limit=limit))
+
+    def blob_chunks(self, digest: str, *, size: int | None = None,
+                    size_limit: int | None = None,
+                    progress: Callable[[int], None] | None = None) -> Iterator[bytes]:
+        """Stream a blob, resuming broken transfers; raise on a bad digest.
+
+        The last chunk is held back until the digest checked out, so a
+        consumer that sees the stream end normally got verified content.
+        """
+        if not _DIGEST_RE.match(digest or ""):
+            raise RegistryError(f"image {self.image}: invalid blob digest {digest!r}")
+        limit = size if size is not None else size_limit
+        hasher, received, pending, failures = hashlib.sha256(), 0, None, 0
+        while True:
+            headers = {"Range": f"bytes={received}-"} if received else None
+            try:
+                with self._get(f"/blobs/{digest}", headers=headers, stream=True) as response:
+                    skip = received if response.status_code == 200 else 0
+                    for chunk in response.raw.stream(CHUNK, decode_content=False):
+                        if skip:
+                            cut = min(skip, len(chunk))
+                            chunk, skip = chunk[cut:], skip - cut
+                            if not chunk:
+                                continue
+                        received += len(chunk)
+                        if limit is not None and received > limit:
+                            raise DigestMismatch(f"image {self.image}: blob {digest} is larger"
+                                                 f" than the {limit} bytes expected")
+                        hasher.update(chunk)
+                        if progress:
+                            progress(len(chunk))
+                        if pending is not None:
+                            yield pending
+                        pending = chunk
+                break
+            except (requests.ConnectionError, requests.Timeout,
+                    urllib3.exceptions.HTTPError) as err:
+                failures += 1
+                if failures > self.retries:
+                    raise RegistryError(f"image {self.image}: download of {digest} from"
+                                        f" {self.base} failed: {_reason(err)}") from None
+                time.sleep(self.backoff * 2 ** (failures - 1))
+        actual = "sha256:" + hasher.hexdigest()
+        if actual != digest or (size is not None and received != size):
+            raise DigestMismatch(f"image {self.image}: blob {digest} arrived with digest"
+                                 f" {actual} ({received} bytes); the registry or the"
+                                 " network corrupted it")
+        if pending is not None:
+            yield pending
+
+    # --- HTTP with authentication ------------------------------------------
+    def _get(self, path: str, *, headers: dict | None = None, stream: bool = False):
+        url = f"{self.base}/v2/{self.repository}{path}"
+        for attempt in (1, 2):
+            response = self._request(url, headers, stream)
+            if response.status_code != 401 or attempt == 2:
+                break
+            challenge = response.headers.get("WWW-Authenticate", "")
+            response.close()
+            self._authenticate(challenge)
+        self._check(response, path)
+        return response
+
+    def _request(self, url: str, headers: dict | None, stream: bool):
+        headers = dict(headers or {})
+        if self._auth_header:
+            headers["Authorization"] = self._auth_header
+        try:
+            return self.session.get(url, headers=headers, stream=stream, timeout=self.timeout,
+                                    verify=self.location.verify(), allow_redirects=True)
+        except requests.exceptions.SSLError as err:
+            raise RegistryError(f"image {self.image}: TLS to {self.base} failed ({_reason(err)});"
+                                " configure the registry's CA file") from None
+        except requests.RequestException as err:
+            raise RegistryError(f"image {self.image}: registry {self.base} unreachable:"
+                                f" {_reason(err)}") from None
+
+    def _authenticate(self, challenge: str) -> None:
+        scheme, _, params_text = challenge.partition(" ")
+        params = dict(_CHALLENGE_PARAM.findall(params_text))
+        with self._auth_lock:
+            if scheme.lower() == "basic":
+                if not self.credentials:
+                    raise RegistryAuthError(f"image {self.image}: registry {self.base} needs a"
+                                            " user name and password")
+                self._auth_header = _basic(self.credentials)
+            elif scheme.lower() == "bearer" and params.get("realm"):
+                self._auth_header = "Bearer " + self._fetch_token(params)
+            else:
+                raise RegistryAuthError(f"image {self.image}: registry {self.base} asks for"
+                                        f" unsupported authentication {challenge!r}")
+
+    def _fetch_token(self, params: dict) -> str:
+        query = {"service": params.get("service", "")}
+        query["scope"] = params.get("scope") or f"repository:{self.repository}:pull"
+        headers = {"Authorization": _basic(self.credentials)} if self.credentials else {}
+        try:
+            response = self.session.get(params["realm"], params=query, headers=headers,
+                                        timeout=self.timeout, verify=self.location.verify())
+        except requests.RequestException as err:
+            raise RegistryError(f"image {self.image}: token server {params['realm']}"
+                                f" unreachable: {_reason(err)}") from None
+        if response.status_code in (401, 403):
+            raise RegistryAuthError(f"image {self.image}: the registry refused the"
+                                    f" {'credentials' if self.credentials else 'anonymous access'};"
+                                    " check the user name and password")
+        if response.status_code != 200:
+            raise RegistryError(f"image {self.image}: token server answered"
+                                f" {response.status_code}")
+        token_doc = _json(response.content, "token response")
+        token = token_doc.get("token") or token_doc.get("access_token")
+        if not token:
+            raise RegistryError(f"image {self.image}: token server sent no token")
+        return token
+
+    def _check(self, response, path: str) -> None:
+        status = response.status_code
+        if status in (200, 206):
+            return
+        detail = _error_codes(response)
+        response.close()
+        if status == 401:
+            raise RegistryAuthError(
+                f"image {self.image}: access denied by {self.base}"
+                + ("" if self.credentials else "; the repository may be private, give credentials")
+                + (" (the credentials lack pull access)" if self.credentials else ""))
+        if status == 403:
+            raise RegistryAuthError(f"image {self.image}: {self.base} forbids access")
+        if status == 404 or "NAME_UNKNOWN" in detail or "MANIFEST_UNKNOWN" in detail:
+            what = "tag or digest" if path.startswith("/manifests/") else "blob"
+            raise ImageNotFound(f"image {self.image} not found on {self.base}"
+                                f" (unknown repository or {what})")
+        raise RegistryError(f"image {self.image}: {self.base} answered {status}"
+                            + (f" ({detail})" if detail else ""))
+
+
+def _platform_text(platform: dict) -> str:
+    keys = ("os", "architecture", "variant")
+    return "/".join(str(platform[k]) for k in keys if platform.get(k))
+
+
+def _basic(credentials: tuple[str, str]) -> str:
+    return requests.auth._basic_auth_str(*credentials)
+
+
+def _json(body: bytes, what: str) -> dict:
+    try:
+        document = json.loads(body)
+    except ValueError:
+        raise RegistryError(f"{what} is not valid JSON") from None
+    if not isinstance(document, dict):
+        raise RegistryError(f"{what} is not a JSON object")
+    return document
+
+
+def _error_codes(response) -> str:
+    try:
+        errors = response.json().get("errors", [])
+        return ", ".join(str(e.get("code")) for e in errors)
+    except (ValueError, AttributeError):
+        return ""
+
+
+def _reason(err: Exception) -> str:
+    text = str(err)
+    return text if len(text) < 300 else text[:300] + "..."
