@@ -129,16 +129,20 @@ class Spank:
             raise SpankError(f"spank {what} in {self.callback}: {reason}")
 
 
+def _c_string(message: str):
+    return _ffi.new("char[]", message.encode(errors="replace"))
+
+
 def log_error(message: str) -> None:
-    _lib.slurm_error(b"%s", message.encode(errors="replace"))
+    _lib.slurm_error(b"%s", _c_string(message))
 
 
 def log_info(message: str) -> None:
-    _lib.slurm_info(b"%s", message.encode(errors="replace"))
+    _lib.slurm_info(b"%s", _c_string(message))
 
 
 def log_debug(message: str) -> None:
-    _lib.slurm_debug(b"%s", message.encode(errors="replace"))
+    _lib.slurm_debug(b"%s", _c_string(message))
 
 
 def _plugin_args(call) -> dict[str, str]:

@@ -1,0 +1,579 @@
+"""A job's container on one node: built by the prolog, entered by tasks,
+torn down by the epilog.
+
+Each container lives in a mount namespace of its own, created by a small
+holder process the prolog forks: nothing of it is visible in the node's
+namespace, several jobs on a node each see only their own image, and killing
+the holder (with whatever else still runs in the namespace) releases every
+mount and loop device at once, even after a slurmd restart or a prolog that
+died midway.  (Persisting the namespace with a bind mount of its nsfs file
+would need no holder, but fails on some kernels inside the nested namespaces
+of our emulated nodes.)
+
+Inside that namespace:
+
+    <loopMount>           tmpfs (rootfsType), private to the namespace
+        image/            the image's squashfs, loop-mounted ro,nosuid,nodev
+        upper/ work/      the writable layer of the root
+    <udiMount>            overlay of upper/ over image/, nosuid,nodev: the
+                          container root the tasks chroot into
+
+The overlay puts the site's files (/etc/passwd, group, ... , mount points)
+over the image, which is the order Shifter builds by copying; it also lets a
+volume target be created anywhere, on the tmpfs layer (Shifter issue #231).
+Then, in Shifter's order: /proc, /sys, /dev, /tmp, /var/tmp; site /etc files;
+siteFs and module siteFs binds; /opt/udiImage; /var/hostsfile; module root
+hooks; user volumes last; the root optionally remounted read-only.  Every
+path inside the root is resolved with pathsafety, so a symlink shipped in the
+image can never redirect a mount or a write to the node's own files.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import select
+import shutil
+import signal
+import stat
+import subprocess
+import tempfile
+import time
+
+from . import etcfiles, pathsafety, syscalls
+from .errors import ContainerError, ShifterError
+from .imagestore import ImageMeta
+
+HOLDER_NAME = "shifter-holder"
+SETUP_TIMEOUT = 120.0
+STATE_MODE = 0o600
+ROOT_FLAGS = syscalls.MS_NOSUID | syscalls.MS_NODEV
+IMAGE_FLAGS = syscalls.MS_RDONLY | syscalls.MS_NOSUID | syscalls.MS_NODEV
+CONFIG_MARKER = "var/shifterConfig.json"
+SKELETON = ("etc", "opt/udiImage/modules", "var/spool", "var/run", "var/tmp", "var/empty",
+            "proc", "sys", "dev", "tmp", "run")
+
+
+@dataclasses.dataclass
+class ContainerSpec:
+    """Everything the prolog decided about one job's container on this node."""
+
+    job_id: int
+    node: str
+    image: ImageMeta
+    image_file: str
+    user: etcfiles.User
+    volumes: tuple = ()              # user volumes.VolumeMount, policy-checked
+    modules: tuple = ()              # config.Module, already selected
+    hosts: tuple[str, ...] = ()      # /var/hostsfile, one line per task
+    request: str = ""                # the descriptor the user asked for
+
+
+@dataclasses.dataclass
+class JobContainer:
+    """A container that exists: what tasks and the epilog need to find it."""
+
+    job_id: int
+    node: str
+    holder_pid: int
+    holder_start: int                # /proc/<pid>/stat start time, against pid reuse
+    mntns: int                       # inode of the namespace
+    root: str
+    image_id: str
+    digest: str
+    uid: int
+    gid: int
+    image_env: list[str]
+    workdir: str | None
+    modules: list[str]
+    timings: dict[str, float]
+
+    def save(self, path: str) -> None:
+        _write_file_atomic(path, json.dumps(dataclasses.asdict(self), sort_keys=True), STATE_MODE)
+
+    @classmethod
+    def load(cls, path: str) -> "JobContainer":
+        with open(path, encoding="utf-8") as f:
+            return cls(**json.load(f))
+
+    def alive(self) -> bool:
+        """Is the holder still the process that created this namespace?"""
+        return _start_time(self.holder_pid) == self.holder_start and _mntns(self.holder_pid) == self.mntns
+
+    def namespace_fd(self) -> int:
+        """An fd of the namespace, checked after opening against pid reuse."""
+        fd = os.open(f"/proc/{self.holder_pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+        if os.fstat(fd).st_ino != self.mntns or _start_time(self.holder_pid) != self.holder_start:
+            os.close(fd)
+            raise ContainerError(f"the container of job {self.job_id} on {self.node} is gone")
+        return fd
+
+
+def state_path(run_dir: str, job_id: int, node: str) -> str:
+    """Per job *and node*: emulated nodes may share one filesystem."""
+    if not node or "/" in node or node.startswith("."):
+        raise ContainerError(f"invalid node name {node!r}")
+    return os.path.join(run_dir, f"job{int(job_id)}.{node}.json")
+
+
+def ensure_run_dir(run_dir: str) -> None:
+    """The root-only directory of container state (created 0700 if missing)."""
+    os.makedirs(run_dir, mode=0o700, exist_ok=True)
+    st = os.lstat(run_dir)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != 0 or st.st_mode & 0o077:
+        raise ContainerError(f"runDir {run_dir} must be a root-owned directory of mode 0700")
+
+
+def find(cfg, job_id: int, node: str) -> JobContainer:
+    """The live container of a job on this node, for a task to enter."""
+    try:
+        container = JobContainer.load(state_path(cfg.run_dir, job_id, node))
+    except FileNotFoundError:
+        raise ContainerError(
+            f"job {job_id} has no container on {node}: its prolog did not set one up") from None
+    if not container.alive():
+        raise ContainerError(f"the container of job {job_id} on {node} is gone")
+    return container
+
+
+# ---- prolog -----------------------------------------------------------------
+
+def create(cfg, spec: ContainerSpec) -> JobContainer:
+    """Build the job's container in a new holder process; return its record.
+
+    Idempotent: a live container of the same job on this node is returned as is.
+    A failure leaves nothing behind: the half-built namespace dies with its
+    holder.
+    """
+    ensure_run_dir(cfg.run_dir)
+    path = state_path(cfg.run_dir, spec.job_id, spec.node)
+    try:
+        existing = JobContainer.load(path)
+        if existing.alive():
+            return existing
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    reader, writer = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:
+        os.close(reader)
+        _holder_main(cfg, spec, path, writer)
+    os.close(writer)
+    try:
+        reply = _read_reply(reader, SETUP_TIMEOUT)
+    finally:
+        os.close(reader)
+    if reply.get("ok"):
+        return JobContainer.load(path)
+    _kill(pid)
+    raise ContainerError(reply.get("error") or f"container setup of job {spec.job_id} failed")
+
+
+def _read_reply(fd: int, timeout: float) -> dict:
+    deadline = time.monotonic() + timeout
+    data = b""
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return {"error": f"container setup did not finish within {timeout:.0f} s"}
+        ready, _, _ = select.select([fd], [], [], remaining)
+        if not ready:
+            continue
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        data += chunk
+    try:
+        return json.loads(data or b"{}")
+    except ValueError:
+        return {"error": "container setup died without a reply"}
+
+
+def _holder_main(cfg, spec: ContainerSpec, path: str, reply_fd: int) -> None:
+    """In the forked child: build, report, then hold the namespace forever."""
+    try:
+        os.setsid()
+        _to_devnull()
+        started = time.perf_counter()
+        syscalls.unshare(syscalls.CLONE_NEWNS)
+        syscalls.mount(None, "/", None, syscalls.MS_REC | syscalls.PROPAGATION[cfg.mount_propagation_style])
+        timings = _build(cfg, spec)
+        timings["total"] = time.perf_counter() - started
+        pid = os.getpid()
+        JobContainer(
+            job_id=spec.job_id, node=spec.node, holder_pid=pid, holder_start=_start_time(pid),
+            mntns=_mntns(pid), root=cfg.udi_mount, image_id=spec.image.id, digest=spec.image.digest,
+            uid=spec.user.uid, gid=spec.user.gid, image_env=list(spec.image.env),
+            workdir=spec.image.workdir, modules=[m.name for m in spec.modules],
+            timings={k: round(v * 1000, 3) for k, v in timings.items()},
+        ).save(path)
+        os.write(reply_fd, b'{"ok": true}')
+    except BaseException as error:          # noqa: BLE001 - report everything, then die
+        message = str(error) if isinstance(error, (ShifterError, OSError)) else repr(error)
+        try:
+            os.write(reply_fd, json.dumps({"error": message}).encode())
+        finally:
+            os._exit(1)
+    os.close(reply_fd)
+    os.closerange(3, 65536)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        os.execv("/bin/sleep", [f"{HOLDER_NAME}:{spec.job_id}:{spec.node}", "infinity"])
+    except OSError:
+        while True:
+            signal.pause()
+
+
+def _to_devnull() -> None:
+    """Detach from the prolog's pipes: slurmd waits for them to close."""
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    if null > 2:
+        os.close(null)
+
+
+def _build(cfg, spec: ContainerSpec) -> dict[str, float]:
+    timings: dict[str, float] = {}
+    mark = time.perf_counter()
+    stage, root = cfg.loop_mount, cfg.udi_mount
+    for directory in (stage, root):
+        os.makedirs(directory, mode=0o755, exist_ok=True)
+    syscalls.mount("shifter", stage, cfg.rootfs_type, ROOT_FLAGS, "mode=0700")
+    for sub in ("image", "upper", "work"):
+        os.mkdir(os.path.join(stage, sub), 0o755)
+    syscalls.loop_mount(spec.image_file, os.path.join(stage, "image"), spec.image.format, IMAGE_FLAGS)
+    syscalls.mount("shifter", root, "overlay", ROOT_FLAGS,
+                   f"lowerdir={stage}/image,upperdir={stage}/upper,workdir={stage}/work")
+    timings["mount"] = time.perf_counter() - mark
+
+    mark = time.perf_counter()
+    tree = _Tree(root)
+    old_umask = os.umask(0o022)
+    try:
+        for directory in SKELETON:
+            tree.makedirs(directory)
+        os.chmod(tree.path("tmp"), 0o1777)
+        os.chmod(tree.path("var/empty"), 0o700)
+        _run_hook(cfg.site_pre_mount_hook, root)
+        for volume in cfg.site_fs:
+            _bind_volume(tree, volume, volume.source, cfg)
+        _run_hook(cfg.site_post_mount_hook, root)
+        for module in spec.modules:
+            for volume in module.site_fs:
+                _bind_volume(tree, volume, volume.source, cfg)
+        _write_etc(tree, cfg, spec)
+        _copy_udi_image(tree, cfg, spec)
+        if spec.hosts:
+            tree.write("var/hostsfile", "".join(f"{h}\n" for h in spec.hosts))
+        for module in spec.modules:
+            _run_hook(module.root_hook, root)
+        _mount_system(tree)
+        for volume in spec.volumes:
+            _mount_user_volume(tree, volume, spec, cfg)
+        tree.write(CONFIG_MARKER, json.dumps(_marker(spec), sort_keys=True) + "\n")
+        if not cfg.mount_udi_root_writable:
+            syscalls.mount(None, root, None, syscalls.MS_REMOUNT | ROOT_FLAGS | syscalls.MS_RDONLY)
+    finally:
+        os.umask(old_umask)
+    timings["setup"] = time.perf_counter() - mark
+    return timings
+
+
+def _marker(spec: ContainerSpec) -> dict:
+    """/var/shifterConfig.json: what tasks check to know they run in the pinned image."""
+    from . import volumes
+    return {"identifier": spec.image.id, "digest": spec.image.digest, "user": spec.user.name,
+            "volMap": volumes.signature(spec.volumes), "request": spec.request,
+            "modules": ",".join(m.name for m in spec.modules), "job": spec.job_id}
+
+
+class _Tree:
+    """Paths inside the container root, resolved so that no symlink leaves it."""
+
+    def __init__(self, root: str):
+        self.root = root
+
+    def path(self, inside: str) -> str:
+        return pathsafety.resolve(self.root, "/" + inside.strip("/"))
+
+    def makedirs(self, inside: str, mode: int = 0o755) -> str:
+        """Create the missing directories of `inside`; return its host path.
+
+        Only components that do not exist are created, below a prefix that
+        was resolved inside the root, so no symlink can be followed.
+        """
+        host = pathsafety.resolve(self.root, "/" + inside.strip("/"), missing_ok=True)
+        os.makedirs(host, mode, exist_ok=True)
+        if not os.path.isdir(host):
+            raise ContainerError(f"cannot create directory /{inside.strip('/')} in the container: "
+                                 "the image has a file there")
+        return self.path(inside)
+
+    def write(self, inside: str, text: str, mode: int = 0o644) -> None:
+        """Replace a file, whatever the image put at that path."""
+        parent = self.makedirs(os.path.dirname(inside.strip("/")))
+        host = os.path.join(parent, os.path.basename(inside))
+        _remove_any(host)
+        fd = os.open(host, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(host, mode, follow_symlinks=False)
+
+    def symlink(self, inside: str, target: str) -> None:
+        parent = self.makedirs(os.path.dirname(inside.strip("/")))
+        host = os.path.join(parent, os.path.basename(inside))
+        _remove_any(host)
+        os.symlink(target, host)
+
+    def mount_point(self, inside: str, *, is_dir: bool) -> str:
+        """The host path of a mount target inside the root, created if missing."""
+        if is_dir:
+            return self.makedirs(inside)
+        parent = self.makedirs(os.path.dirname(inside.strip("/")))
+        host = os.path.join(parent, os.path.basename(inside))
+        if not os.path.lexists(host):
+            os.close(os.open(host, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644))
+        return self.path(inside)
+
+
+def _remove_any(host: str) -> None:
+    if os.path.isdir(host) and not os.path.islink(host):
+        shutil.rmtree(host)
+    elif os.path.lexists(host):
+        os.unlink(host)
+
+
+def _write_etc(tree: _Tree, cfg, spec: ContainerSpec) -> None:
+    user = spec.user
+    if cfg.populate_etc_dynamically:
+        tree.write("etc/passwd", etcfiles.passwd_text(user, cfg.users_to_import))
+        tree.write("etc/group", etcfiles.group_text(user, cfg.max_group_count, cfg.users_to_import))
+        tree.write("etc/nsswitch.conf", etcfiles.NSSWITCH)
+        tree.write("etc/host.conf", etcfiles.HOST_CONF)
+    else:
+        for name in sorted(os.listdir(cfg.etc_path)):
+            source = os.path.join(cfg.etc_path, name)
+            if os.path.isfile(source) and not os.path.islink(source):
+                with open(source, encoding="utf-8", errors="surrogateescape") as f:
+                    text = f.read()
+                if name == "group":
+                    text = etcfiles.filter_group_file(text, user, cfg.max_group_count)
+                tree.write(f"etc/{name}", text)
+    tree.write("etc/shadow", "", mode=0o600)
+    for name in ("hosts", "resolv.conf"):
+        try:
+            with open(f"/etc/{name}", encoding="utf-8", errors="surrogateescape") as f:
+                tree.write(f"etc/{name}", f.read())
+        except FileNotFoundError:
+            pass
+    tree.symlink("etc/mtab", "/proc/mounts")
+
+
+def _copy_udi_image(tree: _Tree, cfg, spec: ContainerSpec) -> None:
+    """Site helpers (/opt/udiImage) and module copyPath trees, world-readable."""
+    sources = [(cfg.opt_udi_image, "opt/udiImage")] if cfg.opt_udi_image else []
+    sources += [(m.copy_path, f"opt/udiImage/modules/{m.name}") for m in spec.modules if m.copy_path]
+    for source, inside in sources:
+        target = tree.makedirs(inside)
+        shutil.copytree(source, target, symlinks=True, dirs_exist_ok=True)
+        for directory, dirs, files in os.walk(target):
+            for name in dirs + files:
+                path = os.path.join(directory, name)
+                if not os.path.islink(path):
+                    mode = os.stat(path).st_mode
+                    os.chmod(path, mode | 0o444 | (0o111 if mode & 0o100 or stat.S_ISDIR(mode) else 0))
+
+
+def _mount_system(tree: _Tree) -> None:
+    syscalls.mount("proc", tree.path("proc"), "proc",
+                   syscalls.MS_NOSUID | syscalls.MS_NODEV | syscalls.MS_NOEXEC)
+    syscalls.bind("/sys", tree.path("sys"), readonly=True)
+    syscalls.bind("/dev", tree.path("dev"), recursive=True, nodev=False)
+    syscalls.bind("/tmp", tree.path("tmp"))
+    if os.path.isdir("/var/tmp"):
+        syscalls.bind("/var/tmp", tree.path("var/tmp"))
+
+
+def _propagation(volume, cfg) -> int:
+    return syscalls.PROPAGATION[volume.propagation or cfg.mount_propagation_style]
+
+
+def _bind_volume(tree: _Tree, volume, source: str, cfg) -> None:
+    """A site bind: `source` is a host path the site chose."""
+    try:
+        is_dir = os.path.isdir(source)
+        if not is_dir and not os.path.exists(source):
+            raise ContainerError(f"siteFs source {source} does not exist on this node")
+        target = tree.mount_point(volume.target, is_dir=is_dir)
+        syscalls.bind(source, target, readonly=volume.read_only, recursive=volume.recursive,
+                      nodev=True, propagation=_propagation(volume, cfg))
+    except OSError as error:
+        raise ContainerError(f"cannot bind {source} on {volume.target}: {error.strerror}") from None
+
+
+def _mount_user_volume(tree: _Tree, volume, spec: ContainerSpec, cfg) -> None:
+    """A user volume: the source is a path *inside the container*, resolved and
+    checked with the user's own credentials (Shifter: users can only re-map
+    what the container already shows them)."""
+    if volume.per_node_cache is not None:
+        from . import pernodecache
+        pernodecache.mount(tree, volume, spec, cfg)
+        return
+    from . import volumes
+    with contextlib.ExitStack() as stack:
+        with _as_user(spec.user):
+            fd = stack.enter_context(pathsafety.open_resolved(tree.root, volume.source))
+            source = f"/proc/self/fd/{fd}"
+            if not stat.S_ISDIR(os.fstat(fd).st_mode) or not os.access(
+                    source, os.R_OK | os.X_OK, effective_ids=True):
+                raise ContainerError(f"--volume source {volume.source} is not a directory "
+                                     f"{spec.user.name} can read in the container")
+        target = tree.mount_point(volume.target, is_dir=True)
+        # Re-check the policy on where the target really is: a symlink in the
+        # image must not turn an allowed /data into a forbidden /etc.
+        real_target = "/" + os.path.relpath(target, tree.root)
+        volumes.parse(f"{volume.source}:{real_target}", "user")
+        syscalls.bind(source, target, readonly=volume.read_only, nodev=True,
+                      propagation=_propagation(volume, cfg))
+
+
+class _as_user:
+    """Take the user's fs identity for a block, so permission checks are theirs."""
+
+    def __init__(self, user: etcfiles.User):
+        self.user = user
+
+    def __enter__(self):
+        os.setgroups(list(self.user.groups))
+        os.setegid(self.user.gid)
+        os.seteuid(self.user.uid)
+
+    def __exit__(self, *exc):
+        os.seteuid(0)
+        os.setegid(0)
+        os.setgroups([0])
+        return False
+
+
+def _run_hook(script: str | None, root: str) -> None:
+    """A site or module root hook: `/bin/sh <script>` as root, cwd the root."""
+    if not script:
+        return
+    result = subprocess.run(["/bin/sh", script], cwd=root, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+                            stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        detail = (result.stderr or result.stdout).strip().splitlines()
+        raise ContainerError(f"hook {script} failed with status {result.returncode}"
+                             + (f": {detail[-1]}" if detail else ""))
+
+
+# ---- epilog -----------------------------------------------------------------
+
+def destroy(cfg, job_id: int, node: str) -> bool:
+    """End everything in the job's container and release it; True if one existed.
+
+    Idempotent and independent of the prolog's success: it finds holders by
+    their state file and, should that be missing, by their process name.
+    """
+    path = state_path(cfg.run_dir, job_id, node)
+    holders = set()
+    try:
+        container = JobContainer.load(path)
+        if container.alive():
+            holders.add((container.holder_pid, container.mntns))
+    except (FileNotFoundError, ValueError, TypeError):
+        pass
+    name = f"{HOLDER_NAME}:{job_id}:{node}"
+    for pid in _pids():
+        if _cmdline0(pid) == name:
+            holders.add((pid, _mntns(pid)))
+    for holder_pid, mntns in holders:
+        for pid in _pids():
+            if pid != holder_pid and mntns is not None and _mntns(pid) == mntns:
+                _kill(pid)
+        _kill(holder_pid)
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    return bool(holders)
+
+
+def _kill(pid: int, timeout: float = 10.0) -> None:
+    """SIGKILL `pid` and wait until it is gone or a zombie (PID 1 may not reap)."""
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = _proc_state(pid)
+        if state in (None, "Z", "X"):
+            return
+        time.sleep(0.005)
+    raise ContainerError(f"process {pid} of the container did not die")
+
+
+# ---- /proc ------------------------------------------------------------------
+
+def _pids():
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            yield int(entry)
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read().decode(errors="replace")
+    except OSError:
+        return None
+    return data[data.rfind(")") + 2:].split()
+
+
+def _start_time(pid: int) -> int | None:
+    fields = _stat_fields(pid)
+    return int(fields[19]) if fields else None
+
+
+def _proc_state(pid: int) -> str | None:
+    fields = _stat_fields(pid)
+    return fields[0] if fields else None
+
+
+def _mntns(pid: int) -> int | None:
+    try:
+        return os.stat(f"/proc/{pid}/ns/mnt").st_ino
+    except OSError:
+        return None
+
+
+def _cmdline0(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().split(b"\0", 1)[0].decode(errors="replace")
+    except OSError:
+        return None
+
+
+def _write_file_atomic(path: str, text: str, mode: int) -> None:
+    directory = os.path.dirname(path)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp.", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
