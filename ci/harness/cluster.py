@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ci.harness import leaks
+from ci.harness import leaks, slurmclient
 from shifter_core import config
 from shifter_core.errors import ShifterError
 
@@ -71,6 +71,7 @@ class Layout:
     plugstack_conf = property(lambda self: self.etc / "plugstack.conf")
     udiroot_conf = property(lambda self: self.etc / "udiRoot.conf")
     container_etc = property(lambda self: self.etc / "container-etc")
+    slurm_client = property(lambda self: self.root / "slurm-client")
     record_file = property(lambda self: self.run / "harness.json")
 
     def pidfile(self, daemon: str) -> Path:
@@ -273,10 +274,12 @@ class Cluster:
 
     def _write_configs(self, record: Record) -> None:
         layout = self.layout
-        _write(layout.slurm_conf, slurm_conf(layout, record, plugstack=True))
+        _write(layout.slurm_conf, slurm_conf(layout, record))
         plugstack = (f"required {record.plugin} venv={REPO / '.venv'} config={layout.udiroot_conf}\n"
                      if record.plugin else "")
         _write(layout.plugstack_conf, "# Written by ci/harness/cluster.py; see slurm.conf.d/.\n" + plugstack)
+        if not slurmclient.up_to_date(layout.slurm_client, slurm_conf(layout, record)):
+            slurmclient.build(layout.slurm_client, slurm_conf(layout, record))
         _write(layout.udiroot_conf, udiroot_conf(layout, record))
         populate_container_etc(layout)
         config.load(str(layout.udiroot_conf))  # the runtime must accept what we wrote
@@ -409,8 +412,8 @@ class Cluster:
 
 # -- configuration files -----------------------------------------------------
 
-def slurm_conf(layout: Layout, record: Record, plugstack: bool) -> str:
-    """slurm.conf of the cluster; the container-side copy omits the plugin."""
+def slurm_conf(layout: Layout, record: Record) -> str:
+    """slurm.conf of the cluster (ci/harness/slurmclient.py derives the one inside images)."""
     host = socket.gethostname().split(".")[0]
     lines = [
         "# Written by ci/harness/cluster.py for the shifter-py mini-cluster.",
@@ -439,9 +442,8 @@ def slurm_conf(layout: Layout, record: Record, plugstack: bool) -> str:
         "ReturnToService=2",
         "MailProg=/bin/true",
         "KillWait=5",
+        f"PlugStackConfig={layout.plugstack_conf}",
     ]
-    if plugstack:
-        lines.append(f"PlugStackConfig={layout.plugstack_conf}")
     lines += site_settings()
     lines += [f"NodeName={node} NodeAddr={address} CPUs=2 RealMemory=2000 State=UNKNOWN"
               for node, address in NODE_ADDRESSES.items()]
@@ -458,7 +460,13 @@ def site_settings() -> list[str]:
 
 
 def udiroot_conf(layout: Layout, record: Record) -> str:
-    """udiRoot.conf of the cluster: every runtime path under .cluster, so the leak check sees them."""
+    """udiRoot.conf of the cluster: every runtime path under .cluster, so the leak check sees them.
+
+    Module `slurm` (on by default) puts the Slurm client bundle at /opt/slurm with
+    munge's socket, so `srun` works in a batch script that runs inside an image.
+    """
+    home = pwd.getpwnam(TEST_USER).pw_dir
+    prefix = slurmclient.PREFIX
     return "\n".join([
         "# Written by ci/harness/cluster.py for the shifter-py mini-cluster.",
         f"system={SYSTEM}",
@@ -471,6 +479,11 @@ def udiroot_conf(layout: Layout, record: Record) -> str:
         f"etcPath={layout.container_etc}",
         "rootfsType=tmpfs",
         "defaultImageType=docker",
+        f"siteFs={home}",
+        f"module_slurm_siteFs={layout.slurm_client}:{prefix}:ro;{MUNGE_SOCKET_DIR}:{MUNGE_SOCKET_DIR}",
+        f"module_slurm_siteEnvPrepend=PATH={prefix}/bin",
+        f"module_slurm_siteEnv=SLURM_CONF={prefix}/etc/slurm.conf",
+        "defaultModules=slurm",
     ]) + "\n"
 
 

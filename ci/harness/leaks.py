@@ -145,12 +145,16 @@ class Scope:
                 or self._mentions_path(process.cmdline))
 
     def select(self, snapshot: Snapshot) -> Snapshot:
+        mounts = frozenset(m for m in snapshot.mounts if self.owns_mount(m))
+        # a process in a mount namespace of its own that holds one of our mounts pins it
+        pinning = {m.namespace for m in mounts} - {_initial_mount_namespace()}
         return Snapshot(
-            mounts=frozenset(m for m in snapshot.mounts if self.owns_mount(m)),
+            mounts=mounts,
             loops=frozenset(loop for loop in snapshot.loops if self._mentions_path(loop.backing_file)),
             netns=snapshot.netns & self.netns,
             links=snapshot.links & self.links,
-            processes=frozenset(p for p in snapshot.processes if self.owns_process(p)),
+            processes=frozenset(p for p in snapshot.processes
+                                if self.owns_process(p) or p.namespaces[0] in pinning),
         )
 
     def remains(self) -> list[str]:
@@ -163,6 +167,13 @@ def _inode_of(link_text: str) -> int | None:
     if link_text.endswith("]") and ":[" in link_text:
         return int(link_text[link_text.index(":[") + 2:-1])
     return None
+
+
+def _initial_mount_namespace() -> int | None:
+    try:
+        return _inode_of(os.readlink("/proc/1/ns/mnt"))
+    except OSError:
+        return None
 
 
 def _read(path: str) -> str | None:

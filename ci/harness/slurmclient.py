@@ -1,0 +1,140 @@
+"""A self-contained Slurm client directory, as a site's /opt/slurm, for use inside images.
+
+With `sbatch --autoshift` the batch script runs inside the image, so the
+`srun` it calls must exist there.  Debian spreads Slurm over /usr, so this
+builds one directory that works in any image of the same architecture:
+
+    bin/<command>      sh wrappers: run the real binary through the bundled loader
+    libexec/<command>  srun, sbatch, scontrol, squeue, scancel, sinfo
+    lib/               every shared library they and the plugins need, and ld.so
+    lib/slurm/         the Slurm plugins (PluginDir) and libslurmfull.so
+    etc/slurm.conf     the cluster's slurm.conf with PluginDir pointing into the
+                       bundle and no PlugStackConfig (no shifter plugin in images)
+
+udiRoot.conf's module `slurm` binds it at /opt/slurm, with /run/munge beside it.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+PREFIX = "/opt/slurm"
+COMMANDS = ("srun", "sbatch", "scontrol", "squeue", "scancel", "sinfo")
+# Plugin types that only slurmctld, slurmd or slurmstepd load.  Some pull in large
+# libraries (hdf5 and curl for profiling, rrd with X11 for sensors) that a client in
+# an image never needs.  Their "none" variants stay: clients may load what the
+# configuration names.
+DAEMON_PLUGIN_TYPES = (
+    "accounting_storage", "acct_gather_energy", "acct_gather_filesystem", "acct_gather_interconnect",
+    "acct_gather_profile", "burst_buffer", "cgroup", "ext_sensors", "gpu", "job_submit", "jobcomp",
+    "node_features", "power", "preempt", "priority", "proctrack", "sched", "site_factor", "slurmctld",
+    "task",
+)
+_LDD_LINE = re.compile(r"^\s*(?:(\S+) => )?(/\S+) \(0x[0-9a-f]+\)$")
+
+
+def build(target: Path, cluster_slurm_conf: str) -> None:
+    """(Re)build the bundle in `target` from the host's Slurm and the cluster's slurm.conf text."""
+    staging = target.with_name(target.name + ".new")
+    shutil.rmtree(staging, ignore_errors=True)
+    for sub in ("bin", "libexec", "lib/slurm", "etc"):
+        (staging / sub).mkdir(parents=True)
+    binaries = [Path(shutil.which(command, path="/usr/bin")) for command in COMMANDS]
+    plugin_dir = _libraries(binaries[0])["libslurmfull.so"].parent
+    plugins = [p for p in sorted(plugin_dir.glob("*.so")) if _wanted_by_clients(p) and _loads(p)]
+
+    libraries: dict[str, Path] = {}
+    for elf in binaries + plugins:
+        libraries.update(_libraries(elf))
+    loader = next(path for name, path in libraries.items() if name.startswith("ld-linux"))
+    for name, path in libraries.items():
+        if path.parent != plugin_dir:
+            shutil.copy2(path, staging / "lib" / name)
+    for plugin in plugins:
+        shutil.copy2(plugin, staging / "lib" / "slurm" / plugin.name)
+
+    library_path = f"{PREFIX}/lib:{PREFIX}/lib/slurm"
+    for binary in binaries:
+        shutil.copy2(binary, staging / "libexec" / binary.name)
+        wrapper = staging / "bin" / binary.name
+        wrapper.write_text(
+            "#!/bin/sh\n"
+            f"exec {PREFIX}/lib/{loader.name} --library-path {library_path} "
+            f'{PREFIX}/libexec/{binary.name} "$@"\n', encoding="utf-8")
+        wrapper.chmod(0o755)
+    (staging / "etc" / "slurm.conf").write_text(container_slurm_conf(cluster_slurm_conf), encoding="utf-8")
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+
+
+def container_slurm_conf(cluster_slurm_conf: str) -> str:
+    """The cluster's slurm.conf for clients inside images: bundled plugins, no plugin stack."""
+    kept = [line for line in cluster_slurm_conf.splitlines()
+            if not line.startswith(("PlugStackConfig=", "PluginDir="))]
+    return "\n".join(kept + [f"PluginDir={PREFIX}/lib/slurm"]) + "\n"
+
+
+def _libraries(elf: Path) -> dict[str, Path]:
+    """soname -> resolved host path of everything `elf` loads (the loader included)."""
+    listing = subprocess.run(["/usr/bin/ldd", str(elf)], capture_output=True, text=True, check=True,
+                             env={"PATH": "/usr/bin:/bin"}).stdout
+    found = {}
+    for line in listing.splitlines():
+        match = _LDD_LINE.match(line)
+        if match:
+            path = Path(match.group(2))
+            found[match.group(1) or path.name] = path
+    return found
+
+
+def _wanted_by_clients(plugin: Path) -> bool:
+    return plugin.stem.endswith("_none") or not plugin.stem.startswith(DAEMON_PLUGIN_TYPES)
+
+
+def _loads(plugin: Path) -> bool:
+    """False for plugins whose libraries the host lacks: Slurm skips those on the host too."""
+    listing = subprocess.run(["/usr/bin/ldd", str(plugin)], capture_output=True, text=True,
+                             env={"PATH": "/usr/bin:/bin"})
+    return listing.returncode == 0 and "not found" not in listing.stdout
+
+
+def up_to_date(target: Path, cluster_slurm_conf: str) -> bool:
+    """True when `target` holds a bundle of the installed srun for this slurm.conf."""
+    try:
+        bundled = (target / "libexec" / "srun").stat()
+        conf = (target / "etc" / "slurm.conf").read_text(encoding="utf-8")
+    except OSError:
+        return False
+    host = Path(shutil.which("srun", path="/usr/bin")).stat()
+    return (bundled.st_size, int(bundled.st_mtime)) == (host.st_size, int(host.st_mtime)) and \
+        conf == container_slurm_conf(cluster_slurm_conf)
+
+
+def run_in_minimal_root(bundle: Path, uid: int, gid: int, passwd_line: str, group_line: str,
+                        command: list[str], timeout: float = 60) -> subprocess.CompletedProcess:
+    """Run `command` as uid:gid in a throw-away root holding only busybox and the bundle.
+
+    This checks the bundle needs nothing from the host's /usr.  The mounts live in
+    a private mount namespace that ends with the command; the root is removed after.
+    """
+    with tempfile.TemporaryDirectory(prefix="shifter-slurmclient-") as tmp:
+        root = Path(tmp)
+        root.chmod(0o755)
+        for sub in ("bin", "etc", "tmp", "opt/slurm", "run/munge"):
+            (root / sub).mkdir(parents=True)
+        shutil.copy2("/bin/busybox", root / "bin" / "busybox")
+        os.symlink("busybox", root / "bin" / "sh")
+        (root / "etc" / "passwd").write_text(f"root:x:0:0:root:/:/bin/sh\n{passwd_line}\n")
+        (root / "etc" / "group").write_text(f"root:x:0:\n{group_line}\n")
+        (root / "tmp").chmod(0o1777)
+        script = (f"/usr/bin/mount --bind {bundle} {root}/opt/slurm && "
+                  f"/usr/bin/mount --bind /run/munge {root}/run/munge && "
+                  f'exec /usr/sbin/chroot --userspec={uid}:{gid} {root} "$@"')
+        return subprocess.run(
+            ["/usr/bin/unshare", "--mount", "--propagation", "private", "/bin/sh", "-c", script, "sh", *command],
+            capture_output=True, text=True, timeout=timeout, cwd="/",
+            env={"PATH": f"{PREFIX}/bin:/bin", "SLURM_CONF": f"{PREFIX}/etc/slurm.conf", "HOME": "/tmp"})
