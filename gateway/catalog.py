@@ -1,0 +1,221 @@
+"""What the gateway knows about images: lookups, listings, pull decisions, expiry.
+
+The HTTP layer (app.py) and the workers (worker.py) both go through here, so
+Shifter's rules live in one place:
+
+* a tag names one image per system; two tags of one digest share the image;
+* a pull returns the READY image if it was pulled within PullUpdateTimeout
+  (and the caller may read it with the same ACLs), the active job if one is
+  running, a FAILURE for RetryBackoff seconds after it happened, and
+  otherwise queues a new job;
+* ACLs count only for private images (those the registry required a login
+  for); a private image is visible only to the users and groups listed;
+* a lookup extends the image's expiry; `autoexpire` removes expired images.
+"""
+from __future__ import annotations
+
+import time
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, selectinload
+
+from shifter_core import imageref
+from shifter_core.errors import AccessDenied, ImageNotFound, ImageRefError, ShifterError
+from shifter_core.imagestore import ImageMeta
+
+from . import auth
+from .config import GatewayConfig
+from .models import EXPIRE, EXPIRED, EXPIRING, FAILURE, IMPORT, PULL, READY, Image, Job, Lookup, Tag
+from .queue import JobQueue
+
+PULLABLE_TYPES = ("docker",)
+IMPORT_FORMATS = ("squashfs",)
+
+
+class BadRequest(ShifterError):
+    """The request is malformed (bad tag, bad ACL list, missing field)."""
+
+
+class Catalog:
+    def __init__(self, config: GatewayConfig, queue: JobQueue, clock=time.time):
+        self.config = config
+        self.queue = queue
+        self.clock = clock
+
+    # -- names ------------------------------------------------------------------
+
+    @staticmethod
+    def canonical_tag(itype: str, tag: str) -> str:
+        """The tag as stored: parsed and re-rendered, `:latest` added to bare names."""
+        if itype not in imageref.TYPES:
+            raise BadRequest(f"unknown image type {itype!r}: use one of {', '.join(imageref.TYPES)}")
+        try:
+            return imageref.parse(f"{itype}:{tag}").gateway_tag
+        except ImageRefError as e:
+            raise BadRequest(str(e)) from None
+
+    # -- reading ----------------------------------------------------------------
+
+    def find(self, session: Session, system: str, itype: str, tag: str, *, lock: bool = False) -> Image | None:
+        """The READY image a tag (or, for type id, an image id) names."""
+        if itype == "id":
+            query = select(Image).where(Image.system == system, Image.image_id == tag)
+        else:
+            query = select(Image).join(Tag).where(Tag.system == system, Tag.itype == itype, Tag.name == tag)
+        query = query.where(Image.status == READY).options(selectinload(Image.tags))
+        if lock:
+            query = query.with_for_update(of=Image)
+        return session.scalars(query).first()
+
+    def lookup(self, session: Session, caller: auth.Caller, system: str, itype: str, tag: str) -> Image:
+        """The image for a tag, if the caller may see it; extends its expiry."""
+        tag = self.canonical_tag(itype, tag)
+        image = self.find(session, system, itype, tag)
+        if image is None or not auth.may_read(caller, image.private, image.user_acl, image.group_acl):
+            raise ImageNotFound(f"{itype}:{tag} is not available on {system}: pull it first with shifterimg pull")
+        now = self.clock()
+        timeout = self.config.image_expiration_timeout
+        # Only move the expiry when it moved noticeably: most lookups then write nothing.
+        if timeout is not None and (image.expiration or 0) < now + timeout * 0.99:
+            session.execute(update(Image).where(Image.pk == image.pk).values(expiration=now + timeout))
+            image.expiration = now + timeout
+        if self.config.metrics:
+            session.add(Lookup(user=caller.user, uid=caller.uid, system=system, itype=itype, tag=tag,
+                               image_id=image.image_id, time=now))
+        return image
+
+    def images(self, session: Session, caller: auth.Caller, system: str) -> list[Image]:
+        found = session.scalars(
+            select(Image).where(Image.system == system, Image.status == READY)
+            .options(selectinload(Image.tags)).order_by(Image.pk))
+        return [i for i in found if auth.may_read(caller, i.private, i.user_acl, i.group_acl)]
+
+    def metrics(self, session: Session, system: str, limit: int) -> list[Lookup]:
+        rows = session.scalars(select(Lookup).where(Lookup.system == system)
+                               .order_by(Lookup.pk.desc()).limit(limit))
+        return list(reversed(list(rows)))
+
+    # -- requests ---------------------------------------------------------------
+
+    def request_pull(self, session: Session, caller: auth.Caller, system: str, itype: str, tag: str,
+                     user_acl: list[int], group_acl: list[int]) -> Image | Job:
+        if itype not in PULLABLE_TYPES:
+            raise BadRequest(f"{itype} images cannot be pulled from a registry; only docker images can")
+        tag = self.canonical_tag(itype, tag)
+        user_acl, group_acl = self._with_requester(caller, user_acl, group_acl)
+        job = self.queue.active(session, system, itype, tag)
+        if job is not None:
+            return job
+        now = self.clock()
+        image = self.find(session, system, itype, tag)
+        if image is not None and now < image.last_pull + self.config.pull_update_timeout \
+                and auth.may_read(caller, image.private, image.user_acl, image.group_acl) \
+                and (not image.private or (set(image.user_acl), set(image.group_acl)) == (set(user_acl), set(group_acl))):
+            return image
+        last = self.queue.latest(session, system, itype, tag)
+        if last is not None and last.status == FAILURE and now < (last.finished or 0) + self.config.retry_backoff:
+            return last
+        return self.queue.submit(session, kind=PULL, system=system, itype=itype, tag=tag, user=caller.user,
+                                 uid=caller.uid, gid=caller.gid, user_acl=user_acl, group_acl=group_acl,
+                                 credentials=_logins_json(caller))
+
+    def request_import(self, session: Session, caller: auth.Caller, system: str, itype: str, tag: str,
+                       path: str, fmt: str, user_acl: list[int], group_acl: list[int]) -> Job:
+        if not self.config.may_import(caller.user):
+            raise AccessDenied(f"{caller.user} may not import images (see ImportUsers in the gateway configuration)")
+        if fmt not in IMPORT_FORMATS:
+            raise BadRequest(f"cannot import format {fmt!r}: only squashfs images can be imported")
+        if not path.startswith("/"):
+            raise BadRequest("filepath must be an absolute path on the gateway host")
+        tag = self.canonical_tag(itype, tag)
+        user_acl, group_acl = self._with_requester(caller, user_acl, group_acl)
+        return self.queue.submit(session, kind=IMPORT, system=system, itype=itype, tag=tag, user=caller.user,
+                                 uid=caller.uid, gid=caller.gid, user_acl=user_acl, group_acl=group_acl,
+                                 import_path=path)
+
+    def expire(self, session: Session, caller: auth.Caller, system: str, itype: str, tag: str) -> Image:
+        """Hide the image at once and queue the removal of its files."""
+        image = self.find(session, system, itype, self.canonical_tag(itype, tag), lock=True)
+        if image is None:
+            raise ImageNotFound(f"{itype}:{tag} is not available on {system}")
+        self._expire(session, caller, image)
+        return image
+
+    def autoexpire(self, session: Session, caller: auth.Caller, system: str) -> list[str]:
+        """Expire every image whose expiry has passed; drop old finished jobs."""
+        now = self.clock()
+        due = list(session.scalars(select(Image).where(
+            Image.system == system, Image.status == READY, Image.expiration.is_not(None),
+            Image.expiration < now).with_for_update()))
+        for image in due:
+            self._expire(session, caller, image)
+        self.queue.prune(session, older_than=max(self.config.pull_update_timeout, 86400))
+        return [image.image_id for image in due]
+
+    def _expire(self, session: Session, caller: auth.Caller, image: Image) -> None:
+        image.status = EXPIRING
+        self.queue.submit(session, kind=EXPIRE, system=image.system, itype="id", tag=image.image_id,
+                          user=caller.user, uid=caller.uid, gid=caller.gid, user_acl=[], group_acl=[],
+                          image_id=image.image_id)
+
+    @staticmethod
+    def _with_requester(caller: auth.Caller, user_acl: list[int], group_acl: list[int]):
+        """Shifter's rule: whoever restricts an image keeps access to it."""
+        users = sorted(set(user_acl) | {caller.uid}) if user_acl else []
+        groups = sorted(set(group_acl) | {caller.gid}) if group_acl else []
+        return users, groups
+
+    # -- worker side --------------------------------------------------------------
+
+    def record_image(self, session: Session, job: Job, meta: ImageMeta) -> Image:
+        """Make the published image READY under the job's tag."""
+        now = self.clock()
+        image = self._image_row(session, job, meta)
+        for field in ("format", "env", "entrypoint", "cmd", "workdir", "user", "labels", "arch", "os",
+                      "size", "private", "user_acl", "group_acl"):
+            setattr(image, field, getattr(meta, field))
+        image.status = READY
+        image.last_pull = now
+        timeout = self.config.image_expiration_timeout
+        image.expiration = now + timeout if timeout is not None else None
+        tag = session.get(Tag, (job.system, job.itype, job.tag), with_for_update=True)
+        if tag is None:
+            session.add(Tag(system=job.system, itype=job.itype, name=job.tag, image_pk=image.pk))
+        else:
+            tag.image_pk = image.pk
+        return image
+
+    @staticmethod
+    def lock_image(session: Session, system: str, image_id: str) -> Image | None:
+        """Lock an image's row (if it exists) for the rest of the transaction."""
+        return session.scalars(select(Image).where(Image.system == system, Image.image_id == image_id)
+                               .with_for_update()).first()
+
+    def _image_row(self, session: Session, job: Job, meta: ImageMeta) -> Image:
+        image = self.lock_image(session, job.system, meta.id)
+        if image is None:
+            try:
+                with session.begin_nested():
+                    image = Image(system=job.system, itype=job.itype, image_id=meta.id, status=READY,
+                                  last_pull=self.clock())
+                    session.add(image)
+            except IntegrityError:
+                image = self.lock_image(session, job.system, meta.id)
+        return image
+
+    def expiring(self, session: Session, system: str, image_id: str) -> Image | None:
+        """The image an expire job is about, locked, if it is still to be removed."""
+        return session.scalars(select(Image).where(
+            Image.system == system, Image.image_id == image_id, Image.status == EXPIRING).with_for_update()).first()
+
+    @staticmethod
+    def mark_expired(image: Image) -> None:
+        image.status = EXPIRED
+        image.expiration = None
+
+
+def _logins_json(caller: auth.Caller) -> dict | None:
+    if not caller.registry_logins:
+        return None
+    return {location: [user, password] for location, (user, password) in caller.registry_logins.items()}

@@ -1,0 +1,119 @@
+"""Database engine, sessions and schema migrations.
+
+PostgreSQL in production, SQLite (one file, WAL) as the embedded default.
+Connections are checked before use (`pool_pre_ping`), so after a database
+restart the next request gets a fresh connection instead of a dead one.  The
+schema belongs to Alembic: `upgrade()` brings any database, empty or old, to
+the current revision; nothing calls `create_all`.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from shifter_core.errors import ShifterError
+
+MIGRATIONS = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "migrations")
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+class DatabaseUnavailable(ShifterError):
+    """The database cannot be reached or refused the statement."""
+
+
+def make_engine(uri: str) -> Engine:
+    url = make_url(uri)
+    if url.get_backend_name() == "sqlite":
+        if url.database:
+            os.makedirs(os.path.dirname(os.path.abspath(url.database)), exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000,
+                                                  "check_same_thread": False})
+        _serialise_sqlite_writers(engine)
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10, pool_timeout=10)
+
+
+def _serialise_sqlite_writers(engine: Engine) -> None:
+    """WAL for concurrent readers; every transaction begins IMMEDIATE.
+
+    pysqlite's own deferred BEGIN lets two transactions read, then both try
+    to write and one fails at once with "database is locked".  Taking the
+    write lock at BEGIN makes writers queue on the busy timeout instead.
+    """
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection, _record):
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(connection):
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+class Database:
+    """An engine plus a session factory; `session()` commits or rolls back."""
+
+    def __init__(self, uri: str):
+        self.uri = uri
+        self.engine = make_engine(uri)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @contextlib.contextmanager
+    def session(self):
+        """A transaction; database failures become DatabaseUnavailable."""
+        session: Session = self._sessions()
+        try:
+            yield session
+            session.commit()
+        except DBAPIError as e:
+            _quiet_rollback(session)
+            if isinstance(e, (OperationalError, InterfaceError)) or e.connection_invalidated:
+                raise DatabaseUnavailable(
+                    f"the gateway database is unavailable ({_first_line(e.orig)}); retry in a moment") from e
+            raise
+        except BaseException:
+            _quiet_rollback(session)
+            raise
+        finally:
+            session.close()
+
+    def upgrade(self, revision: str = "head") -> None:
+        command.upgrade(alembic_config(self.uri), revision)
+
+    def downgrade(self, revision: str) -> None:
+        command.downgrade(alembic_config(self.uri), revision)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def alembic_config(uri: str) -> AlembicConfig:
+    """Alembic settings for `uri`, independent of the working directory."""
+    config = AlembicConfig()
+    config.set_main_option("script_location", os.path.normpath(MIGRATIONS))
+    config.set_main_option("sqlalchemy.url", uri.replace("%", "%%"))
+    return config
+
+
+def _quiet_rollback(session: Session) -> None:
+    """Roll back; a connection that is already gone has nothing to roll back."""
+    try:
+        session.rollback()
+    except DBAPIError:
+        pass
+
+
+def _first_line(error) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

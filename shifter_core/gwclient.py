@@ -1,0 +1,187 @@
+"""Client of the image gateway's REST API, used by shifterimg and the submit-time lookup.
+
+Gateways are tried in the order udiRoot.conf lists them: one that cannot be
+reached, times out or fails on its side (5xx) is skipped; a definite answer
+(found, not found, refused) ends the search.  Every request carries a fresh
+munge credential in the `authentication` header (munged refuses to decode a
+credential twice).
+
+    client = GatewayClient(["http://gw:8000"], "mycluster", timeout=10)
+    client.lookup("docker:ubuntu:22.04")["id"]
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import urllib.parse
+
+import requests
+
+from . import imageref
+from .errors import AccessDenied, AuthenticationError, GatewayError, ImageNotFound, ShifterError
+from .munge import Munge
+
+HEADER = "authentication"
+CREDENTIALS_FILE = os.path.join("~", ".udiRoot", ".cred")
+IN_PROGRESS = ("MISSING", "INIT", "PENDING", "PULLING", "EXAMINATION", "CONVERSION", "TRANSFER")
+
+_ERRORS = {400: ShifterError, 401: AuthenticationError, 403: AccessDenied, 404: ImageNotFound}
+
+
+class GatewayClient:
+    def __init__(self, urls, system: str, timeout: float = 10.0, *, munge: Munge | None = None,
+                 ca_file: str | None = None, default_type: str = "docker",
+                 credentials_file: str = CREDENTIALS_FILE):
+        if isinstance(urls, str):
+            urls = urls.split()
+        if not urls:
+            raise GatewayError("no image gateway configured: set imageGateway in udiRoot.conf")
+        self.urls = [u.rstrip("/") for u in urls]
+        self.system = system
+        self.timeout = timeout
+        self.munge = munge or Munge()
+        self.verify = ca_file or True
+        self.default_type = default_type
+        self.credentials_file = os.path.expanduser(credentials_file)
+        self._http = requests.Session()
+
+    # -- API ----------------------------------------------------------------------
+
+    def lookup(self, image) -> dict:
+        """The READY record of an image; ImageNotFound if it was never pulled."""
+        return self._request("GET", self._image_path("lookup", image))
+
+    def pull(self, image, user_acl=(), group_acl=()) -> dict:
+        """Ask for (or poll) a pull; the record says how far it got."""
+        body = {}
+        if user_acl:
+            body["allowed_uids"] = ",".join(str(u) for u in user_acl)
+        if group_acl:
+            body["allowed_gids"] = ",".join(str(g) for g in group_acl)
+        payload = self._login_payload()
+        return self._request("POST", self._image_path("pull", image), body=body, payload=payload)
+
+    def images(self) -> list[dict]:
+        return self._request("GET", f"/api/list/{self._quote(self.system)}/")["list"]
+
+    def expire(self, image) -> dict:
+        return self._request("GET", self._image_path("expire", image))
+
+    def autoexpire(self) -> list[str]:
+        return self._request("GET", f"/api/autoexpire/{self._quote(self.system)}/")["status"]
+
+    def metrics(self, limit: int = 10) -> list[dict]:
+        return self._request("GET", f"/api/metrics/{self._quote(self.system)}/?limit={int(limit)}")
+
+    def queue(self) -> list[dict]:
+        return self._request("GET", f"/api/queue/{self._quote(self.system)}/")["list"]
+
+    def doimport(self, image, path: str, fmt: str = "squashfs", user_acl=(), group_acl=()) -> dict:
+        body = {"filepath": path, "format": fmt}
+        if user_acl:
+            body["allowed_uids"] = ",".join(str(u) for u in user_acl)
+        if group_acl:
+            body["allowed_gids"] = ",".join(str(g) for g in group_acl)
+        return self._request("POST", self._image_path("doimport", image), body=body)
+
+    # -- registry logins (Shifter's ~/.udiRoot/.cred) ------------------------------
+
+    def login(self, location: str, user: str, password: str) -> None:
+        """Store a registry login for this system, sealed in a munge credential."""
+        if not user or ":" in user:
+            raise ShifterError("the registry user name must be non-empty and contain no ':'")
+        sealed = self.munge.encode(f"{user}:{password}".encode(), ttl=-1)
+        entries = self._stored_logins_raw()
+        entries[(self.system, location)] = sealed
+        directory = os.path.dirname(self.credentials_file)
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        os.chmod(directory, 0o700)
+        fd, tmp = tempfile.mkstemp(prefix=".cred.", dir=directory)
+        with os.fdopen(fd, "w") as f:
+            for (system, loc), cred in sorted(entries.items()):
+                f.write(f"{system}:{loc}={cred}\n")
+        os.replace(tmp, self.credentials_file)
+
+    def logins(self) -> dict[str, str]:
+        """This system's stored logins, `location -> "user:password"`, for the caller only."""
+        result = {}
+        for (system, location), cred in self._stored_logins_raw().items():
+            if system != self.system:
+                continue
+            try:
+                decoded = self.munge.decode(cred, allow_stale=True)
+            except ShifterError:
+                continue
+            if decoded.uid == os.getuid():
+                result[location] = decoded.payload.decode(errors="replace")
+        return result
+
+    def _stored_logins_raw(self) -> dict[tuple[str, str], str]:
+        entries = {}
+        try:
+            with open(self.credentials_file, encoding="ascii", errors="replace") as f:
+                for line in f:
+                    key, sep, cred = line.strip().partition("=")
+                    system, sep2, location = key.partition(":")
+                    if sep and sep2:
+                        entries[(system, location)] = cred
+        except FileNotFoundError:
+            pass
+        return entries
+
+    def _login_payload(self) -> bytes:
+        logins = self.logins()
+        return json.dumps({"authorized_locations": logins}).encode() if logins else b""
+
+    # -- HTTP ---------------------------------------------------------------------
+
+    def _image_path(self, verb: str, image) -> str:
+        ref = image if isinstance(image, imageref.ImageRef) else imageref.parse(image, self.default_type)
+        return (f"/api/{verb}/{self._quote(self.system)}/{self._quote(ref.type)}/"
+                f"{self._quote(ref.gateway_tag)}/")
+
+    @staticmethod
+    def _quote(text: str) -> str:
+        return urllib.parse.quote(text, safe="")
+
+    def _request(self, method: str, path: str, *, body: dict | None = None, payload: bytes = b""):
+        failures = []
+        for url in self.urls:
+            headers = {HEADER: self.munge.encode(payload)}
+            data = None
+            if body is not None:
+                headers["Content-Type"] = "application/json"
+                data = json.dumps(body) if body else b""
+            try:
+                response = self._http.request(method, url + path, headers=headers, data=data,
+                                              timeout=self.timeout, verify=self.verify)
+            except requests.RequestException as e:
+                failures.append(f"{url}: {_reason(e)}")
+                continue
+            if response.status_code >= 500:
+                failures.append(f"{url}: {_message(response)}")
+                continue
+            if response.status_code != 200:
+                raise _ERRORS.get(response.status_code, GatewayError)(_message(response))
+            try:
+                return response.json()
+            except ValueError:
+                failures.append(f"{url}: answered something that is not JSON")
+        raise GatewayError("no image gateway answered: " + "; ".join(failures))
+
+
+def _message(response) -> str:
+    try:
+        message = response.json().get("message")
+    except (ValueError, AttributeError):
+        message = None
+    return message or f"HTTP {response.status_code} {response.reason}"
+
+
+def _reason(error: requests.RequestException) -> str:
+    if isinstance(error, requests.Timeout):
+        return "timed out"
+    if isinstance(error, requests.ConnectionError):
+        return "cannot connect"
+    return type(error).__name__
