@@ -90,6 +90,20 @@ class Spank:
         return [_ffi.string(argv[0][i]).decode() for i in range(argc[0])]
 
     @property
+    def env(self) -> dict[str, str]:
+        """The job's (task's) environment as Slurm will pass it to exec."""
+        envp = _ffi.new("char ***")
+        self._check(_lib.spank_get_item(self._h, _lib.S_JOB_ENV, envp), "S_JOB_ENV")
+        result = {}
+        i = 0
+        while envp[0][i] != _ffi.NULL:
+            key, sep, value = _ffi.string(envp[0][i]).decode(errors="surrogateescape").partition("=")
+            if sep:
+                result[key] = value
+            i += 1
+        return result
+
+    @property
     def supplementary_gids(self) -> list[int]:
         gids = _ffi.new("gid_t **")
         count = _ffi.new("int *")

@@ -1,0 +1,84 @@
+"""Node side: the job prolog and epilog, as root, once per job on every node.
+
+The prolog builds the job's container from the digest pinned at submit; the
+node never asks the gateway.  It re-checks everything the submitting client
+checked (image ACL, volume policy, modules): the client runs as the user and
+is not trusted.  The epilog tears the container down, whatever state the
+prolog left.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import time
+
+from .. import container, etcfiles, hostlist, imageref, volumes
+from ..errors import AccessDenied, ContainerError
+from ..imagestore import ImageStore
+from . import settings
+from .bridge import log_info
+
+
+def node_name() -> str:
+    """This node's name, as the prolog and the tasks both can tell it."""
+    return socket.gethostname().split(".")[0]
+
+
+def job_prolog(spank, opts) -> None:
+    if not opts.image:
+        return
+    started = time.perf_counter()
+    cfg = settings.site_config(spank)
+    image_id = _pinned_id(opts, cfg)
+    store = ImageStore(cfg.image_path)
+    meta = store.read(image_id)
+    user = etcfiles.User.lookup(spank.uid)
+    _check_acl(meta, user)
+    spec = container.ContainerSpec(
+        job_id=spank.job_id, node=node_name(), image=meta,
+        image_file=store.image_path(meta.id, meta.format), user=user,
+        volumes=volumes.parse(opts.volume or "", "user", cfg.cache_policy()),
+        modules=cfg.select_modules(opts.module), hosts=tuple(_hosts()),
+        request=os.environ.get("SPANK_SHIFTER_IMAGEREQUEST", opts.image))
+    job = container.create(cfg, spec)
+    total = (time.perf_counter() - started) * 1000
+    phases = " ".join(f"{k}={v:.1f}ms" for k, v in job.timings.items())
+    log_info(f"shifter: job {job.job_id} on {job.node} runs {job.digest} for {user.name} "
+             f"(prolog {total:.1f}ms: {phases})")
+
+
+def job_epilog(spank, opts) -> None:
+    cfg = settings.site_config(spank)
+    container.destroy(cfg, spank.job_id, node_name())
+
+
+def _pinned_id(opts, cfg) -> str:
+    digest = os.environ.get("SPANK_SHIFTER_IMAGE_DIGEST", "")
+    if digest.startswith("sha256:"):
+        return digest.split(":", 1)[1]
+    ref = imageref.parse(opts.image, cfg.default_image_type)
+    if ref.type == "id":
+        return ref.image_id
+    raise ContainerError(f"the job's image {opts.image} was not pinned to a digest at submit;"
+                         " is the shifter plugin configured on the submit host?")
+
+
+def _check_acl(meta, user: etcfiles.User) -> None:
+    if not meta.private or (not meta.user_acl and not meta.group_acl):
+        return
+    if user.uid in meta.user_acl or any(gid in meta.group_acl for gid in user.groups):
+        return
+    raise AccessDenied(f"{user.name} may not use private image {meta.digest}")
+
+
+def _hosts() -> list[str]:
+    """/var/hostsfile: each node of the job once per CPU allocated on it."""
+    nodes = hostlist.expand(os.environ.get("SLURM_NODELIST", ""))
+    counts = []
+    for item in os.environ.get("SLURM_JOB_CPUS_PER_NODE", "").split(","):
+        number, _, repeat = item.partition("(x")
+        if number.isdigit():
+            counts.extend([int(number)] * (int(repeat.rstrip(")")) if repeat else 1))
+    if len(counts) != len(nodes):
+        counts = [1] * len(nodes)
+    return [node for node, count in zip(nodes, counts) for _ in range(count)]

@@ -1,0 +1,31 @@
+from shifter_core import environ
+
+
+def test_shifter_path_order():
+    env = environ.compose({"PATH": "/host/bin", "HOME": "/home/u"}, ["PATH=/usr/bin"],
+                          site_env_append={"PATH": "/opt/udiImage/bin"},
+                          site_env_prepend={"PATH": "/sbin"})
+    assert env["PATH"] == "/sbin:/usr/bin:/opt/udiImage/bin"
+    assert env["HOME"] == "/home/u"
+
+
+def test_image_env_replaces_task_env_and_modules_come_before_global():
+    module = {"site_env": {"A": "module"}, "site_env_append": {"LIST": "m"}}
+    env = environ.compose({"A": "task", "LIST": "t"}, ["A=image", "B=image"],
+                          levels=[module], site_env={"C": "site"}, site_env_append={"LIST": "g"},
+                          site_env_unset=["B"], shifter={"SHIFTER_IMAGE": "abc"})
+    assert env == {"A": "module", "LIST": "t:m:g", "C": "site", "SHIFTER_IMAGE": "abc"}
+
+
+def test_append_and_prepend_set_unset_or_empty_variables():
+    env = environ.compose({"EMPTY": ""}, [], site_env_append={"EMPTY": "x", "NEW": "y"},
+                          site_env_prepend={"NEW2": "z"})
+    assert (env["EMPTY"], env["NEW"], env["NEW2"]) == ("x", "y", "z")
+
+
+def test_image_env_entries_without_equals_are_ignored():
+    assert environ.parse_image_env(["A=1=2", "BROKEN", "=x", "E="]) == {"A": "1=2", "E": ""}
+
+
+def test_unset_of_missing_variable_is_harmless():
+    assert environ.compose({}, [], site_env_unset=["NOPE"]) == {}
