@@ -318,7 +318,6 @@ class UdiRootConfig:
     path: str | None = None
     warnings: tuple[str, ...] = ()
 
-    @property
     def cache_policy(self) -> volumes.CachePolicy:
         """perNodeCache needs perNodeCachePath and mkfsXfsPath; the limit bounds one job's total."""
         return volumes.CachePolicy(
@@ -329,7 +328,7 @@ class UdiRootConfig:
 
     def user_volumes(self, spec: str) -> tuple[volumes.VolumeMount, ...]:
         """Parse a user's --volume under this site's policy; VolumeError says what is wrong."""
-        return volumes.parse(spec, volumes.USER, self.cache_policy)
+        return volumes.parse(spec, volumes.USER, self.cache_policy())
 
     def select_modules(self, request: str | None = None) -> tuple[Module, ...]:
         """The modules a job gets for `--module=<request>`, in the order asked.
@@ -528,7 +527,7 @@ def _assemble(values, module_values, seen, warnings, source) -> UdiRootConfig:
         (f"module_{m.name}_siteFs", m.site_fs) for m in modules.values()
     ]:
         try:
-            volumes.check_policy(mounts, config.cache_policy)
+            volumes.check_policy(mounts, config.cache_policy())
         except VolumeError as error:
             raise fail(key, str(error)) from None
     if "none" in modules:

@@ -383,10 +383,10 @@ CACHE = "perNodeCachePath=/scratch/pnc\nmkfsXfsPath=/usr/sbin/mkfs.xfs\n"
 
 
 def test_per_node_cache_policy_comes_from_the_config():
-    assert not parse().cache_policy.available
+    assert not parse().cache_policy().available
     cfg = parse(CACHE + "perNodeCacheSizeLimit=10G\n")
     assert cfg.per_node_cache_size_limit == 10 * 1024 ** 3
-    assert cfg.cache_policy.available and cfg.cache_policy.size_limit == 10 * 1024 ** 3
+    assert cfg.cache_policy().available and cfg.cache_policy().size_limit == 10 * 1024 ** 3
     mounts = cfg.user_volumes("/x:/cache:perNodeCache=size=2G;/data:/data:ro")
     assert mounts[0].per_node_cache.size == 2 * 1024 ** 3
     with pytest.raises(VolumeError, match="exceeds the site's limit of 10G"):
