@@ -29,9 +29,9 @@ _DOMAIN_RE = re.compile(
     r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*"
     r"(?::[0-9]{1,5})?$"
 )
-_TAG_RE = re.compile(r"^[\w][\w.-]{0,127}$")
+_TAG_RE = re.compile(r"^[\w][\w.-]{0,127}$", re.ASCII)
 _HEX_RE = re.compile(r"^[0-9a-f]{64}$")
-_CUSTOM_RE = re.compile(r"^[A-Za-z0-9_.+-]+(?::[\w][\w.-]{0,127})?$")
+_CUSTOM_RE = re.compile(r"^[A-Za-z0-9_.+-]+(?::[\w][\w.-]{0,127})?$", re.ASCII)
 _MAX_NAME = 255
 
 
