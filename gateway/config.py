@@ -111,6 +111,8 @@ class GatewayConfig:
 _UNUSED = {"DefaultLustreReplication", "DefaultOstCount", "MongoDBURI", "MongoDB"}
 _LOG_LEVELS = {"debug": "DEBUG", "info": "INFO", "warn": "WARNING", "warning": "WARNING",
                "error": "ERROR", "critical": "CRITICAL"}
+_TYPE_NAMES = {int: "a whole number", float: "a number", str: "a string", bool: "true or false",
+               list: "a list", dict: "an object"}
 # mksquashfs options a Shifter site may list that change nothing here.
 _HARMLESS_SQUASHFS_OPTIONS = {"-no-xattrs", "-all-root", "-noappend"}
 
@@ -371,9 +373,9 @@ class _Reader:
         if isinstance(value, bool) and bool not in kinds:
             value = None
         if not isinstance(value, kinds):
-            names = " or ".join(k.__name__ for k in kinds)
+            names = " or ".join(_TYPE_NAMES[k] for k in kinds)
             label = f"{where}.{key}" if where else key
-            raise ConfigError(f"{self.origin}: {label} must be a {names}")
+            raise ConfigError(f"{self.origin}: {label} must be {names}")
         return value
 
     def _no_leftovers(self, d: dict, prefix: str) -> None:
