@@ -113,6 +113,8 @@ def _parse_custom(text: str, rest: str) -> ImageRef:
             f"invalid image {text!r}: custom names use letters, digits and _.+- with an optional :tag"
         )
     name, _, tag = rest.partition(":")
+    if not name.strip("."):
+        raise ImageRefError(f"invalid image {text!r}: a custom name cannot be only dots")
     return ImageRef(type="custom", repository=name, tag=tag or None)
 
 
