@@ -22,6 +22,7 @@ import requests
 
 from ci.harness.munged import MungeDaemon
 from ci.harness.oci import Layout, busybox_image
+from ci.harness.postgres import PostgresCluster
 from ci.harness.registry import Registry
 from shifter_core.gwclient import GatewayClient
 from shifter_core.munge import Munge
@@ -79,55 +80,110 @@ def gateway_config(workdir: str, munged, registry, **overrides) -> dict:
     return config
 
 
-class GatewayProcess:
-    """`shifter-gateway` (or one of its subcommands) as a child process."""
+class Service:
+    """A child process in its own session, logging to a file, stopped by PID."""
 
-    def __init__(self, workdir: str, config: dict, args=(), port: int | None = None):
+    def __init__(self, argv: list[str], log_path: str, env: dict | None = None):
+        self.argv = argv
+        self.log_path = log_path
+        self.env = env
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> "Service":
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+                                            env=self.env, start_new_session=True)
+        return self
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, sig=signal.SIGTERM) -> None:
+        """Signal the whole session (gunicorn and its workers), then reap."""
+        if self.running():
+            os.killpg(self.process.pid, sig)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        if self.process is not None:
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)   # stragglers of a SIGKILLed leader
+            except ProcessLookupError:
+                pass
+        self.process = None
+
+    def log(self) -> str:
+        with open(self.log_path, errors="replace") as f:
+            return f.read()
+
+
+class GatewayProcess:
+    """A gateway deployment for tests.
+
+    Embedded (default): one `shifter-gateway --config F` (API + worker thread).
+    Production: `shifter-gateway migrate`, gunicorn with `api_processes`
+    workers, and `workers` separate `shifter-gateway worker` processes.
+    """
+
+    def __init__(self, workdir: str, config: dict, *, production: bool = False, api_processes: int = 2,
+                 workers: int = 1, port: int | None = None):
         self.workdir = workdir
         self.config_path = os.path.join(workdir, "imagemanager.json")
         with open(self.config_path, "w") as f:
             json.dump(config, f)
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.args = list(args)
-        self.log_path = os.path.join(workdir, f"gateway-{self.port}.log")
-        self.process = None
+        self.production = production
+        self.api_processes = api_processes
+        self.worker_count = workers
+        self.api: Service | None = None
+        self.workers: list[Service] = []
 
-    def start(self, wait: bool = True) -> "GatewayProcess":
-        argv = [os.path.join(BIN, "shifter-gateway"), "--config", self.config_path]
-        argv += self.args or ["--listen", f"127.0.0.1:{self.port}"]
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
-                                            start_new_session=True)
-        if wait and not self.args:
-            self.wait_answering()
+    def start(self) -> "GatewayProcess":
+        gateway = [os.path.join(BIN, "shifter-gateway"), "--config", self.config_path]
+        if not self.production:
+            self.api = Service(gateway + ["--listen", f"127.0.0.1:{self.port}"], self._log("embedded")).start()
+        else:
+            subprocess.run(gateway + ["migrate"], check=True, capture_output=True, cwd=REPO)
+            env = {"PATH": "/usr/bin:/bin", "SHIFTER_GATEWAY_CONFIG": self.config_path}
+            self.api = Service([os.path.join(BIN, "gunicorn"), "-w", str(self.api_processes), "-k", "gthread",
+                                "--threads", "4", "-b", f"127.0.0.1:{self.port}", "--no-control-socket",
+                                "gateway.app:create_app()"], self._log("api"), env=env).start()
+            for _ in range(self.worker_count):
+                self.add_worker()
+        self.wait_answering()
         return self
+
+    def add_worker(self) -> Service:
+        argv = [os.path.join(BIN, "shifter-gateway"), "--config", self.config_path, "worker"]
+        worker = Service(argv, self._log(f"worker{len(self.workers)}")).start()
+        self.workers.append(worker)
+        return worker
 
     def wait_answering(self, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.process.poll() is not None:
+            if not self.api.running():
                 raise RuntimeError(f"gateway exited: {self.log()}")
             try:
-                requests.get(self.url + "/", timeout=1)
+                requests.get(self.url + "/", timeout=5)
                 return
-            except requests.ConnectionError:
+            except requests.RequestException:
                 time.sleep(0.1)
         raise RuntimeError(f"gateway did not answer: {self.log()}")
 
     def log(self) -> str:
-        with open(self.log_path, errors="replace") as f:
-            return f.read()[-4000:]
+        return "\n".join(s.log()[-3000:] for s in [self.api, *self.workers] if s is not None)
 
-    def stop(self, sig=signal.SIGTERM) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, sig)   # its own session: gunicorn and its worker
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        self.process = None
+    def stop(self) -> None:
+        for service in [*self.workers, self.api]:
+            if service is not None:
+                service.stop()
+
+    def _log(self, name: str) -> str:
+        return os.path.join(self.workdir, f"{name}-{self.port}.log")
 
     def __enter__(self):
         return self.start()
@@ -146,6 +202,19 @@ def udiroot_conf(workdir: str, gateway_urls: list[str], system: str = SYSTEM) ->
         f.write(f"udiMount=/var/udiMount\nloopMount=/var/udiLoopMount\nimagePath={workdir}/images\n"
                 f"etcPath=/etc\nsystem={system}\nimageGateway={' '.join(gateway_urls)}\ngatewayTimeout=10\n")
     return path
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    with PostgresCluster() as cluster:
+        yield cluster
+
+
+def credential_as(munged, uid: int, payload: bytes = b"") -> str:
+    """A munge credential made by a process running as `uid` (the munge CLI)."""
+    result = subprocess.run(["/usr/bin/munge", "-S", munged.socket], input=payload, capture_output=True,
+                            user=uid, group=uid, extra_groups=[], check=True)
+    return result.stdout.decode().strip()
 
 
 def shifterimg(args: list[str], conf: str, munged, user: int | None = None, timeout: float = 120,
