@@ -12,7 +12,8 @@ squashfs writer reads them from there.  The rules (docs/image-pipeline.md):
 * Hardlinks share the node they point at, as it is when the link is applied.
 * Hostile entries are refused with ImageContentError: `..` in a name or a
   link target, a write below a symlink (or a file), a hardlink to a path the
-  image does not have or to a directory, a bare `.wh.` marker.  Leading `/`
+  image does not have or to a directory, a bare `.wh.` marker or one used as
+  a directory.  Leading `/`
   is dropped (the path then lies inside the image, as tar does).
 * Device nodes are dropped, and so are xattrs (the reader never keeps them).
 * Owners are not kept: the squashfs is all root's.  Mode bits, including
@@ -100,6 +101,8 @@ class Tree:
                 self.root.mode, self.root.mtime = member.mode, member.mtime
             return
         *parents, base = parts
+        if any(part.startswith(WHITEOUT) for part in parents):
+            raise self._refuse(layer, member.name, "has a whiteout marker as a directory")
         if base.startswith(WHITEOUT):
             self._whiteout(layer, member, parents, base)
             return
