@@ -115,8 +115,11 @@ digest = st.text("0123456789abcdef", min_size=64, max_size=64).map(lambda h: f"s
 def docker_refs(draw):
     reg = draw(st.none() | registry)
     parts = draw(st.lists(component, min_size=1, max_size=3))
-    if reg is None and len(parts) > 1 and ("." in parts[0] or parts[0] == "localhost"):
-        reg, parts = parts[0], parts[1:]    # Docker reads such a first part as a registry
+    if reg is None and len(parts) > 1:
+        # Docker reads a first part with a dot as a registry host
+        parts[0] = parts[0].replace(".", "-")
+        if parts[0] == "localhost":
+            reg, parts = parts[0], parts[1:]
     tag_value, digest_value = draw(st.none() | tag), draw(st.none() | digest)
     if tag_value is None and digest_value is None:
         tag_value = imageref.DEFAULT_TAG
