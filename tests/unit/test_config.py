@@ -411,3 +411,30 @@ def test_site_fs_caches_obey_the_policy_too():
 def test_per_node_cache_size_limit_values(value):
     with pytest.raises(ConfigError, match="perNodeCacheSizeLimit"):
         parse(f"perNodeCacheSizeLimit={value}\n")
+
+
+# --- the reference configuration ---------------------------------------------
+
+EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "udiRoot.conf.example")
+
+
+def test_the_example_configuration_loads_cleanly():
+    cfg = config.load(EXAMPLE, trusted=False)
+    assert cfg.warnings == ()
+    assert cfg.system == "mycluster"
+    assert [m.target for m in cfg.site_fs] == ["/home", "/scratch", "/var/spool/slurmd"]
+    assert [m.name for m in cfg.select_modules()] == ["mpich"]
+    assert cfg.modules["openmpi"].conflict == ("mpich",)
+    assert len(cfg.modules["gpu"].site_fs) == 3
+
+
+def test_the_example_documents_every_key():
+    with open(EXAMPLE) as handle:
+        text = handle.read()
+    for key in list(config._KEYS) + list(config._OBSOLETE):
+        assert f"{key}=" in text or f" {key} " in text or f" {key}\n" in text, key
+    for sub in config._MODULE_KEYS:
+        assert sub in text, sub
+    uncommented = "\n".join(line[1:] if line.startswith("#") and "=" in line and " " not in line.split("=")[0]
+                            else line for line in text.splitlines())
+    assert config.parse(uncommented, source="example, all keys on").per_node_cache_size_limit == 200 * 1024 ** 3
