@@ -2,6 +2,7 @@
 import os
 
 import pytest
+from hypothesis import given, strategies as st
 
 from shifter_core import config
 from shifter_core.errors import ConfigError, ModuleError, VolumeError
@@ -438,3 +439,31 @@ def test_the_example_documents_every_key():
     uncommented = "\n".join(line[1:] if line.startswith("#") and "=" in line and " " not in line.split("=")[0]
                             else line for line in text.splitlines())
     assert config.parse(uncommented, source="example, all keys on").per_node_cache_size_limit == 200 * 1024 ** 3
+
+
+# --- properties ---------------------------------------------------------------
+
+@given(st.text(max_size=200))
+def test_any_text_is_a_config_or_one_config_error(text):
+    try:
+        config.parse(MINIMAL + text)
+    except ConfigError as error:
+        assert "\n" not in str(error) and str(error).startswith("udiRoot.conf")
+
+
+env_word = st.builds(
+    lambda name, value: f"{name}={value}",
+    st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,10}", fullmatch=True),
+    st.text(st.characters(min_codepoint=33, max_codepoint=126, exclude_characters="\\"), min_size=1, max_size=12),
+)
+
+
+@given(st.lists(env_word, min_size=1, max_size=8, unique_by=lambda w: w.split("=")[0]),
+       st.lists(st.booleans(), min_size=8, max_size=8))
+def test_continuation_lines_do_not_change_the_value(words, breaks):
+    one_line = parse(f"siteEnv={' '.join(words)}\n").site_env
+    pieces = [words[0]]
+    for word, newline in zip(words[1:], breaks):
+        pieces.append(("\\\n   " if newline else " ") + word)
+    continued = parse(f"siteEnv={''.join(pieces)}\n").site_env
+    assert continued == one_line == dict(w.split("=", 1) for w in words)
