@@ -261,3 +261,16 @@ def test_agrees_with_the_kernel(entries, queries):
             assert host == root or host.startswith(root + "/")
             if expected is not None:
                 assert host == expected
+
+
+def test_a_target_symlinked_into_a_protected_tree_is_caught_on_its_real_path(root):
+    """How the runtime combines the two checks: the spec passes lexically, the
+    real target (resolved in the container) is checked again."""
+    from shifter_core import volumes
+    os.symlink("/etc", f"{root}/mydata")
+    (mount,) = volumes.parse("/scratch/me:/mydata", volumes.USER)
+    host = pathsafety.resolve(root, mount.target, missing_ok=True)
+    real_target = "/" + os.path.relpath(host, root)
+    assert real_target == "/etc"
+    with pytest.raises(VolumeError, match="/etc belongs to the container's setup"):
+        volumes.parse(f"{mount.source}:{real_target}", volumes.USER)
