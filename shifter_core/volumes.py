@@ -49,7 +49,7 @@ XFS_BLOCK_SIZES = tuple(2 ** n for n in range(10, 17))   # 1 KiB .. 64 KiB
 DEFAULT_BLOCK_SIZE = 4 * KiB
 
 _PATH_CHARS_RE = re.compile(r"[^A-Za-z0-9_.+\-/]")
-_BYTES_RE = re.compile(r"^(\d+(?:\.\d+)?)(?:([kmgtpe])(i?b)?|(b))?$", re.IGNORECASE)
+_BYTES_RE = re.compile(r"^(\d+(?:\.\d+)?)(?:([kmgtpe])(?:i?b)?|b)?$", re.IGNORECASE | re.ASCII)
 _UNITS = "kmgtpe"
 
 # A user's target may not lie inside or contain one of these trees ...

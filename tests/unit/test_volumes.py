@@ -103,7 +103,7 @@ def test_parse_bytes(text, value):
     assert volumes.parse_bytes(text) == value
 
 
-@pytest.mark.parametrize("text", ["", "K", "5x", "5kx", "-5", "1,5G", "5 G G", "5ib", "0x10"])
+@pytest.mark.parametrize("text", ["", "K", "5x", "5kx", "-5", "1,5G", "5 G G", "5ib", "0x10", "\u0663G"])
 def test_parse_bytes_refuses(text):
     with pytest.raises(ValueError):
         volumes.parse_bytes(text)
