@@ -72,8 +72,12 @@ def _float_seconds(value: str) -> float:
     return seconds
 
 
+def _is_count(value: str) -> bool:
+    return value.isascii() and value.isdigit()
+
+
 def _port(value: str) -> int:
-    if not value.isdigit() or not 1 <= int(value) <= 65535:
+    if not _is_count(value) or not 1 <= int(value) <= 65535:
         raise _Invalid(f"{value!r} is not a TCP port (1-65535)")
     return int(value)
 
@@ -81,7 +85,7 @@ def _port(value: str) -> int:
 def _group_count(value: str) -> int | None:
     if value.lower() == "unlimited":
         return None
-    if not value.isdigit():
+    if not _is_count(value):
         raise _Invalid(f"{value!r} must be a count of groups (0 or more) or 'unlimited'")
     return int(value)
 

@@ -62,6 +62,7 @@ def test_gateway_client_keys():
     ("rootfsType=ext4", "not one of"),
     ("maxGroupCount=-1", "count of groups"),
     ("sshdPort=70000", "TCP port"),
+    ("sshdPort=\u0661\u0662", "TCP port"),
     ("allowLibcPwdCalls=maybe", "boolean"),
     ("optUdiImage=relative/dir", "absolute"),
     ("siteEnv=NOEQUALS", "NAME=VALUE"),
