@@ -16,6 +16,7 @@ node and container sees), with the cluster's client environment.
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import pwd
 import subprocess
@@ -27,6 +28,7 @@ import pytest
 
 from ci.harness import cluster as harness
 
+SESSION_OWNER = "pytest"
 FINISHED_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
                    "PREEMPTED", "BOOT_FAIL", "DEADLINE"}
 
@@ -120,14 +122,27 @@ class ShifterCluster:
 
 @pytest.fixture(scope="session")
 def cluster():
+    """The mini-cluster for this session; see the module docstring.
+
+    Several pytest sessions (people sharing a machine) may use one cluster: each
+    holds a shared lock on .cluster/users.lock while it runs, and the last one
+    out takes down a cluster that a test session started.  One that someone
+    started by hand with `ci/cluster up` stays up.
+    """
     if os.geteuid() != 0:
         pytest.skip("the mini-cluster needs root")
     cluster = harness.Cluster(harness.Layout(harness.REPO / ".cluster"))
-    record = harness.Record.load(cluster.layout)
-    started_here = record is None or not cluster.is_running(record)
-    if started_here:
-        record = cluster.up()
-    yield ShifterCluster(cluster, record)
-    if started_here:
-        remains = cluster.down()
-        assert not remains, "ci/cluster down left behind:\n" + "\n".join(remains)
+    cluster.layout.root.mkdir(parents=True, exist_ok=True)
+    with open(cluster.layout.root / "users.lock", "a") as users:
+        fcntl.flock(users, fcntl.LOCK_SH)
+        record = cluster.up(started_by=SESSION_OWNER)
+        yield ShifterCluster(cluster, record)
+        fcntl.flock(users, fcntl.LOCK_UN)
+        try:
+            fcntl.flock(users, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return  # another session still uses it and will take it down
+        running = harness.Record.load(cluster.layout)
+        if running is not None and running.started_by == SESSION_OWNER:
+            remains = cluster.down()
+            assert not remains, "ci/cluster down left behind:\n" + "\n".join(remains)

@@ -2,7 +2,7 @@
 
     ci/cluster up [--without-plugin]   start it (idempotent) and print a summary
     eval "$(ci/cluster env)"           make sbatch, srun, shifterimg ... use it
-    ci/cluster status                  what runs, and the nodes' states
+    ci/cluster status                  what runs, the nodes' states; exit 0 when up
     ci/cluster down                    stop it and check that nothing remains
 
 One munged, slurmctld in the root namespaces and three slurmd "nodes" n1..n3,
@@ -15,7 +15,9 @@ cluster that is still there.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import fcntl
 import importlib.util
 import json
 import os
@@ -26,11 +28,14 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ci.harness import leaks, slurmclient
+from ci.harness import leaks, oci, slurmclient
+from ci.harness.registry import Registry
 from shifter_core import config
 from shifter_core.errors import ShifterError
 
@@ -41,6 +46,8 @@ HOST_ADDRESS = "10.213.57.1"
 NODE_ADDRESSES = {node: f"10.213.57.{11 + i}" for i, node in enumerate(NODES)}
 PREFIX_LENGTH = 24
 TEST_USER = "shiftertest"
+# what the registry holds after `up`; docker:busybox:latest resolves to it (default location)
+TEST_IMAGES = ("busybox:latest",)
 SYSTEM = "ci"
 PARTITION = "multi"
 CLUSTER_NAME = "shifterci"
@@ -68,6 +75,7 @@ class Layout:
     gateway = property(lambda self: self.root / "gateway")
     registry = property(lambda self: self.root / "registry")
     slurm_conf = property(lambda self: self.etc / "slurm.conf")
+    gateway_conf = property(lambda self: self.etc / "imagemanager.json")
     plugstack_conf = property(lambda self: self.etc / "plugstack.conf")
     udiroot_conf = property(lambda self: self.etc / "udiRoot.conf")
     container_etc = property(lambda self: self.etc / "container-etc")
@@ -110,6 +118,7 @@ class Daemon:
 class Record:
     """What `up` started and chose, so that `env`, `status` and `down` (other processes) know."""
 
+    started_by: str = "ci/cluster"
     daemons: dict[str, Daemon] = field(default_factory=dict)
     namespaces: list[int] = field(default_factory=list)
     slurmctld_port: int = 0
@@ -178,6 +187,10 @@ def _read_pidfile(path: Path, timeout: float = 10) -> int:
     return int(path.read_text())
 
 
+# the bridge address is ours: never send it to a proxy named in the caller's environment
+_direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -204,25 +217,35 @@ class Cluster:
         return _run(list(argv), env=env, check=check, timeout=timeout)
 
     # up ----------------------------------------------------------------
-    def up(self, with_plugin: bool = True) -> Record:
+    @contextlib.contextmanager
+    def _exclusive(self):
+        """One up or down at a time: sessions sharing the tree share one .cluster."""
+        self.layout.root.mkdir(parents=True, exist_ok=True)
+        with open(self.layout.root / "lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
+    def up(self, with_plugin: bool = True, started_by: str = "ci/cluster") -> Record:
+        """Start the cluster, or return the running one; `started_by` is kept in the record."""
         if os.geteuid() != 0:
             raise ClusterError("ci/cluster up needs root (daemons, namespaces, mounts)")
-        record = Record.load(self.layout)
-        if record is not None:
-            if self.is_running(record):
-                _say("cluster is already up")
-                return record
-            _say("cleaning up what a previous, incomplete cluster left")
-            self.down()
-        record = Record()
-        try:
-            self._start(record, with_plugin)
-        except BaseException:
-            record.save(self.layout)
-            _say("up failed; taking down what it started")
-            self.down()
-            raise
-        return record
+        with self._exclusive():
+            record = Record.load(self.layout)
+            if record is not None:
+                if self.is_running(record):
+                    _say("cluster is already up")
+                    return record
+                _say("cleaning up what a previous, incomplete cluster left")
+                self._down(record)
+            record = Record(started_by=started_by)
+            try:
+                self._start(record, with_plugin)
+            except BaseException:
+                record.save(self.layout)
+                _say("up failed; taking down what it started")
+                self._down(record)
+                raise
+            return record
 
     def _start(self, record: Record, with_plugin: bool) -> None:
         record.plugin = find_shim() if with_plugin else None
@@ -233,23 +256,25 @@ class Cluster:
             record.daemons["munged"] = munged
         record.save(self.layout)
         self._start_network(record)
+        self._start_registry(record)
         record.slurmctld_port = _free_port()
         record.gateway_url = f"http://{HOST_ADDRESS}:{_free_port(HOST_ADDRESS)}"
         self._write_configs(record)
         record.save(self.layout)
+        self._start_gateway(record)
         self._start_slurmctld(record)
         for node in NODES:
             self._start_slurmd(record, node)
         self._wait_for_idle_nodes(record)
 
     def is_running(self, record: Record) -> bool:
-        wanted = {"slurmctld", *(f"slurmd-{n}" for n in NODES)}
+        wanted = {"slurmctld", "registry", "gateway", *(f"slurmd-{n}" for n in NODES)}
         return wanted <= record.daemons.keys() and all(d.alive() for d in record.daemons.values())
 
     def _prepare_directories(self) -> None:
         layout = self.layout
         # a fresh controller state, spool and log per `up`: no jobs or node states from before
-        for stale in (layout.state, layout.spool, layout.log, layout.run):
+        for stale in (layout.state, layout.spool, layout.log, layout.run, layout.gateway, layout.images):
             shutil.rmtree(stale, ignore_errors=True)
         for directory in (layout.etc, layout.log, layout.state, layout.run, layout.images,
                           *(layout.spool / n for n in NODES)):
@@ -281,8 +306,47 @@ class Cluster:
         if not slurmclient.up_to_date(layout.slurm_client, slurm_conf(layout, record)):
             slurmclient.build(layout.slurm_client, slurm_conf(layout, record))
         _write(layout.udiroot_conf, udiroot_conf(layout, record))
+        _write(layout.gateway_conf, json.dumps(gateway_conf(layout, record), indent=1) + "\n")
         populate_container_etc(layout)
         config.load(str(layout.udiroot_conf))  # the runtime must accept what we wrote
+
+    def _start_registry(self, record: Record) -> None:
+        """docker-registry on 127.0.0.1 (storage kept across runs), seeded with TEST_IMAGES."""
+        registry = Registry(str(self.layout.registry))
+        registry.start()
+        record.daemons["registry"] = Daemon.of(registry.pids["registry"])
+        record.registry = registry.host
+        record.save(self.layout)
+        with tempfile.TemporaryDirectory(prefix="shifter-images-") as tmp:
+            layout = oci.Layout(tmp)
+            oci.busybox_image(layout, "build")
+            for name in TEST_IMAGES:
+                layout.push("build", f"{registry.host}/{name}")
+
+    def _start_gateway(self, record: Record) -> None:
+        """shifter-gateway on its embedded SQLite database, serving system `ci` on the bridge."""
+        self.layout.gateway.mkdir(parents=True, exist_ok=True)
+        log = open(self.layout.log / "gateway.log", "ab")
+        with log:
+            process = subprocess.Popen(
+                [str(REPO / ".venv" / "bin" / "shifter-gateway"), "--config", str(self.layout.gateway_conf)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=self.layout.gateway,
+                start_new_session=True, env={"PATH": DAEMON_PATH, "LANG": "C.UTF-8"})
+        record.daemons["gateway"] = Daemon.of(process.pid)
+        record.save(self.layout)
+
+        def answers() -> bool:
+            if process.poll() is not None:
+                raise ClusterError(f"shifter-gateway exited ({process.returncode}); "
+                                   f"see {self.layout.log / 'gateway.log'}")
+            try:
+                with _direct.open(record.gateway_url + "/", timeout=2):
+                    return True
+            except OSError:
+                return False
+        if not _wait_until(answers, 30, 0.2):
+            raise ClusterError(f"the gateway does not answer at {record.gateway_url}; "
+                               f"see {self.layout.log / 'gateway.log'}")
 
     def _start_slurmctld(self, record: Record) -> None:
         _run(["/usr/sbin/slurmctld", "-f", str(self.layout.slurm_conf)])
@@ -319,7 +383,10 @@ class Cluster:
     # down --------------------------------------------------------------
     def down(self) -> list[str]:
         """Stop everything `up` started; return what of the cluster still remains (empty: clean)."""
-        record = Record.load(self.layout) or Record()
+        with self._exclusive():
+            return self._down(Record.load(self.layout) or Record())
+
+    def _down(self, record: Record) -> list[str]:
         controller = record.daemons.get("slurmctld")
         if controller is not None and controller.alive():
             self._cancel_jobs(record)
@@ -335,14 +402,17 @@ class Cluster:
 
     def _cancel_jobs(self, record: Record, timeout: float = 90) -> None:
         """Cancel every job and wait until their epilogs ran (no job left, no node completing)."""
-        jobs = self._slurm(record, "squeue", "-h", "-o", "%A", check=False).stdout.split()
-        if jobs:
-            self._slurm(record, "scancel", *jobs, check=False)
+        queue = self._slurm(record, "squeue", "-h", "-o", "%A", check=False)
+        if queue.returncode != 0:
+            _say(f"slurmctld does not answer ({queue.stderr.strip()}); not waiting for jobs")
+            return
+        if queue.stdout.split():
+            self._slurm(record, "scancel", *queue.stdout.split(), check=False)
 
         def settled() -> bool:
             queue = self._slurm(record, "squeue", "-h", "-o", "%A", check=False)
             states = self.node_states(record).values()
-            return queue.returncode == 0 and not queue.stdout.strip() and \
+            return queue.returncode != 0 or not queue.stdout.strip() and \
                 not any("comp" in state for state in states)
         if not _wait_until(settled, timeout, 0.5):
             _say(f"jobs or epilogs still running after {timeout:.0f} s; stopping the daemons anyway")
@@ -394,6 +464,7 @@ class Cluster:
             f"cluster {CLUSTER_NAME}: slurmctld on {HOST_ADDRESS}:{record.slurmctld_port}, "
             f"nodes {', '.join(f'{n}={s}' for n, s in sorted(states.items()))}",
             f"plugin: {record.plugin or 'absent (--without-plugin)'}",
+            f"registry: {record.registry} (holds {', '.join(TEST_IMAGES)}); gateway: {record.gateway_url}",
             f"test user: {TEST_USER}; state in {self.layout.root}",
             'use it with: eval "$(ci/cluster env)"',
         ]
@@ -487,6 +558,24 @@ def udiroot_conf(layout: Layout, record: Record) -> str:
     ]) + "\n"
 
 
+def gateway_conf(layout: Layout, record: Record) -> dict:
+    """imagemanager.json: the local registry as default location, system `ci` on .cluster/images."""
+    return {
+        "StateDirectory": str(layout.gateway),
+        "Listen": record.gateway_url.removeprefix("http://"),
+        "LogLevel": "info",
+        "WorkerThreads": 1,
+        "DefaultImageLocation": record.registry,
+        "Locations": {record.registry: {"url": f"http://{record.registry}", "insecure": True}},
+        "Platforms": {SYSTEM: {
+            "accesstype": "local",
+            "admins": ["root"],
+            "mungeSocketPath": str(MUNGE_SOCKET_DIR / "munge.socket.2"),
+            "local": {"imageDir": str(layout.images)},
+        }},
+    }
+
+
 def populate_container_etc(layout: Layout) -> None:
     """etcPath: the passwd, group and nsswitch.conf a container gets (the host's, test user included)."""
     for name in ("passwd", "group", "nsswitch.conf"):
@@ -557,7 +646,7 @@ def main(argv: list[str] | None = None) -> int:
     up_parser.add_argument("--without-plugin", action="store_true",
                            help="leave plugstack.conf empty (to compare against the plugin absent)")
     sub.add_parser("env", help="print shell exports for the cluster")
-    sub.add_parser("status", help="show what runs")
+    sub.add_parser("status", help="show what runs; exit 0 when up, 3 when not")
     sub.add_parser("down", help="stop everything and check for leftovers")
     args = parser.parse_args(argv)
     cluster = Cluster(Layout(REPO / ".cluster"))
@@ -569,6 +658,8 @@ def main(argv: list[str] | None = None) -> int:
             sys.stdout.write(cluster.env_script())
         elif args.command == "status":
             print(cluster.status())
+            record = Record.load(cluster.layout)
+            return 0 if record is not None and cluster.is_running(record) else 3
         elif args.command == "down":
             remains = cluster.down()
             if remains:

@@ -61,8 +61,11 @@ def build(target: Path, cluster_slurm_conf: str) -> None:
     for binary in binaries:
         shutil.copy2(binary, staging / "libexec" / binary.name)
         wrapper = staging / "bin" / binary.name
+        # slurmstepd sets SLURM_CONF to the host's path after the plugin has built the
+        # task's environment, so the wrapper, not the module's siteEnv, has the last word
         wrapper.write_text(
             "#!/bin/sh\n"
+            f"export SLURM_CONF={PREFIX}/etc/slurm.conf\n"
             f"exec {PREFIX}/lib/{loader.name} --library-path {library_path} "
             f'{PREFIX}/libexec/{binary.name} "$@"\n', encoding="utf-8")
         wrapper.chmod(0o755)
@@ -107,8 +110,11 @@ def up_to_date(target: Path, cluster_slurm_conf: str) -> bool:
     try:
         bundled = (target / "libexec" / "srun").stat()
         conf = (target / "etc" / "slurm.conf").read_text(encoding="utf-8")
+        wrapper = (target / "bin" / "srun").read_text(encoding="utf-8")
     except OSError:
         return False
+    if "export SLURM_CONF=" not in wrapper:
+        return False  # made by an older version of this module
     host = Path(shutil.which("srun", path="/usr/bin")).stat()
     return (bundled.st_size, int(bundled.st_mtime)) == (host.st_size, int(host.st_mtime)) and \
         conf == container_slurm_conf(cluster_slurm_conf)

@@ -148,3 +148,11 @@ def test_leaks_finds_netns_links_and_loop_devices(tmp_path):
 def test_snapshot_round_trips_through_json():
     snapshot = leaks.Snapshot.take()
     assert leaks.Snapshot.from_json(snapshot.to_json()) == snapshot
+
+
+@pytest.mark.cluster
+def test_gateway_pulls_the_seeded_image_from_the_local_registry(cluster):
+    pulled = cluster.run(["shifterimg", "pull", "docker:busybox:latest"])
+    assert "READY" in pulled.stdout
+    image_id = cluster.run(["shifterimg", "lookup", "docker:busybox:latest"]).stdout.strip()
+    assert (cluster.layout.images / f"{image_id}.squashfs").is_file()
