@@ -71,7 +71,10 @@ with open(os.path.join(HERE, "shim.c"), encoding="utf-8") as source:
     ffi.set_source(
         "shifter_core._spank",
         source.read(),
-        define_macros=[("SHIFTER_LIBPYTHON", '"%s"' % sysconfig.get_config_var("INSTSONAME"))],
+        define_macros=[
+            ("SHIFTER_LIBPYTHON", '"%s"' % sysconfig.get_config_var("INSTSONAME")),
+            ("SHIFTER_PYTHON_DIR", '"python%s"' % sysconfig.get_config_var("VERSION")),
+        ],
         extra_compile_args=["-Wall", "-Werror=implicit-function-declaration"],
         # cffi adds libpython for embedding only in ffi.compile(), not when
         # built through setuptools: name it here.

@@ -28,8 +28,8 @@
 
 SPANK_PLUGIN(shifter, 1);
 
-#ifndef SHIFTER_LIBPYTHON
-#error "SHIFTER_LIBPYTHON must name the libpython the shim is linked against"
+#if !defined(SHIFTER_LIBPYTHON) || !defined(SHIFTER_PYTHON_DIR)
+#error "SHIFTER_LIBPYTHON and SHIFTER_PYTHON_DIR must name the Python the shim is built for"
 #endif
 
 /* ---- options ---------------------------------------------------------- */
@@ -138,25 +138,40 @@ static const char *plugin_arg(int ac, char **av, const char *key)
     return NULL;
 }
 
-/* The venv runs as root in slurmstepd: it and every directory above it must
- * be root-owned and writable by nobody else. */
+static int root_only(const char *venv, const char *path, struct stat *st)
+{
+    if (stat(path, st) != 0) {
+        slurm_error("shifter: cannot start Python from %s: %s: %s", venv, path, strerror(errno));
+        return 0;
+    }
+    if (st->st_uid != 0 || (st->st_mode & (S_IWGRP | S_IWOTH))) {
+        slurm_error("shifter: refusing to run Python from %s: %s is not root-owned "
+                    "or is writable by group/others", venv, path);
+        return 0;
+    }
+    return 1;
+}
+
+/* The venv runs as root in slurmstepd: it, every directory above it, its
+ * pyvenv.cfg and its site-packages must be root-owned and writable by nobody
+ * else.  A directory that is not a venv is refused, so Python never falls
+ * back to whatever the system's own path holds. */
 static int venv_is_trusted(const char *venv)
 {
     char path[PATH_MAX];
     struct stat st;
+    const char *inside[] = { "pyvenv.cfg", "lib/" SHIFTER_PYTHON_DIR "/site-packages", NULL };
 
-    if (snprintf(path, sizeof path, "%s", venv) >= (int) sizeof path)
-        return 0;
+    for (const char **name = inside; *name; name++) {
+        if (snprintf(path, sizeof path, "%s/%s", venv, *name) >= (int) sizeof path
+            || !root_only(venv, path, &st))
+            return 0;
+    }
+
+    snprintf(path, sizeof path, "%s", venv);
     for (;;) {
-        if (stat(path, &st) != 0) {
-            slurm_error("shifter: venv %s: cannot stat %s: %s", venv, path, strerror(errno));
+        if (!root_only(venv, path, &st))
             return 0;
-        }
-        if (st.st_uid != 0 || (st.st_mode & (S_IWGRP | S_IWOTH))) {
-            slurm_error("shifter: refusing to run Python from %s: %s is not root-owned "
-                        "or is writable by group/others", venv, path);
-            return 0;
-        }
         char *slash = strrchr(path, '/');
         if (slash == NULL || slash == path) {
             if (strcmp(path, "/") == 0)

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import os
+import sys
 import traceback
 
 _ffi = None
@@ -214,10 +216,29 @@ def _on_exception(exc_type, exc_value, tb) -> None:
         log_error(f"shifter: {line}")
 
 
+def _check_code_is_trusted() -> None:
+    """Everything Python may import from runs as root here: refuse a path
+    that a user could write to (the shim checked the venv itself already)."""
+    from .. import config
+    from ..errors import ShifterError
+
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for path in dict.fromkeys([package] + [p for p in sys.path if p and os.path.exists(p)]):
+        try:
+            config.require_root_owned(path, "Python import path")
+        except ShifterError as error:
+            raise ShifterError(f"refusing to run the plugin: {error}") from None
+
+
 def install(ffi, lib) -> None:
     """Attach the extern "Python" entry point; called by the cffi init code."""
     global _ffi, _lib
     _ffi, _lib = ffi, lib
+    try:
+        _check_code_is_trusted()
+    except Exception as error:
+        log_error(f"shifter: {error}")
+        raise
 
     @ffi.def_extern(error=-1, onerror=_on_exception)
     def shifter_py_dispatch(call):

@@ -1,0 +1,183 @@
+"""--image and --autoshift on the 3-node mini-cluster: jobs run inside the
+image as the user, a Python failure fails the job, jobs without shifter
+options never start Python."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.cluster, pytest.mark.root]
+
+IMAGE = "docker:busybox:latest"
+REPORT = 'echo "$(hostname) $(grep PRETTY_NAME /etc/os-release) uid=$(id -u)"'
+
+
+@pytest.fixture(scope="module")
+def image(cluster):
+    cluster.run(["shifterimg", "pull", IMAGE], timeout=300)
+    return IMAGE
+
+
+def _node_lines(text: str) -> dict[str, str]:
+    return {line.split()[0]: line for line in text.splitlines() if re.match(r"^n\d ", line)}
+
+
+def test_sbatch_autoshift_runs_script_and_steps_inside_the_image(cluster, image):
+    job = cluster.sbatch(f"#!/bin/sh\necho batch: $(grep PRETTY_NAME /etc/os-release) uid=$(id -u)\n"
+                         f"srun -N3 sh -c '{REPORT}'\n", "-N3", f"--image={image}", "--autoshift")
+    assert cluster.wait(job) == "COMPLETED", cluster.output(job)
+    out = cluster.output(job)
+    assert f'batch: PRETTY_NAME="shifter-py test image (busybox)" uid={cluster.uid}' in out
+    lines = _node_lines(out)
+    assert sorted(lines) == ["n1", "n2", "n3"], out
+    for line in lines.values():
+        assert 'PRETTY_NAME="shifter-py test image (busybox)"' in line
+        assert line.endswith(f"uid={cluster.uid}")
+    cluster.assert_idle()
+
+
+def test_srun_tasks_have_no_privileges(cluster, image):
+    result = cluster.srun("-N3", f"--image={image}", "--autoshift", "sh", "-c",
+                          "grep -E '^(CapEff|CapPrm|CapBnd|NoNewPrivs)' /proc/self/status")
+    fields = re.findall(r"^(\w+):\s+(\w+)$", result.stdout, re.M)
+    assert len(fields) == 12, result.stdout
+    for name, value in fields:
+        assert value == ("1" if name == "NoNewPrivs" else "0000000000000000"), (name, value)
+
+
+def test_image_without_autoshift_runs_tasks_on_the_host_with_the_pin(cluster, image):
+    result = cluster.srun("-N1", f"--image={image}", "sh", "-c",
+                          "echo $SHIFTER_IMAGE_DIGEST; test -e /etc/debian_version && echo host")
+    digest, where = result.stdout.split()
+    assert re.fullmatch(r"sha256:[0-9a-f]{64}", digest)
+    assert where == "host"
+
+
+def _container_state(cluster, job_id: int, node: str) -> Path:
+    return cluster.layout.root / "run" / "shifter" / f"job{job_id}.{node}.json"
+
+
+def test_python_exception_in_task_hook_fails_the_step_and_never_runs_it_on_the_host(cluster, image):
+    """Corrupt the job's container record so task_init_privileged raises a
+    plain Python exception (not one of ours): the step must fail and its
+    command must not run at all, inside or outside the container."""
+    marker = cluster.home / "ran-anyway"
+    marker.unlink(missing_ok=True)
+    job = cluster.sbatch("#!/bin/sh\nsleep 300\n", "-N1", "-w", "n1", f"--image={image}")
+    try:
+        state = _container_state(cluster, job, "n1")
+        deadline = time.monotonic() + 60
+        while not state.exists():
+            assert time.monotonic() < deadline, "the prolog built no container"
+            time.sleep(0.2)
+        good = state.read_text()
+        state.write_text(good[: len(good) // 2])          # truncated JSON
+        result = cluster.srun(f"--jobid={job}", "-N1", f"--image={image}", "--autoshift",
+                              "touch", str(marker), check=False)
+        state.write_text(good)
+    finally:
+        cluster.run(["scancel", str(job)], as_user=False)
+        cluster.wait(job)
+    assert result.returncode != 0
+    assert "task_init_privileged" in result.stderr or "shifter" in result.stderr, result.stderr
+    assert not marker.exists(), "the task ran although its shifter hook failed"
+    assert "JSONDecodeError" in cluster.log("slurmd-n1") or "Traceback" in cluster.log("slurmd-n1")
+    cluster.assert_idle()
+
+
+@pytest.fixture
+def readable_tmp(cluster):
+    """A root-owned scratch directory the test user can read (pytest's is 0700)."""
+    path = Path(tempfile.mkdtemp(prefix="test-", dir=cluster.layout.root))
+    os.chmod(path, 0o755)
+    yield path
+    subprocess.run(["rm", "-rf", str(path)], check=True)
+
+
+def test_python_that_cannot_start_fails_the_submission(cluster, image, readable_tmp):
+    """A plugin whose venv cannot run Python refuses the job with a clear line."""
+    tmp_path = readable_tmp
+    plugstack = tmp_path / "plugstack.conf"
+    line = (cluster.layout.etc / "plugstack.conf").read_text().strip().splitlines()[-1]
+    bad_venv = tmp_path / "venv"
+    (bad_venv / "bin").mkdir(parents=True)
+    plugstack.write_text(re.sub(r"venv=\S+", f"venv={bad_venv}", line) + "\n")
+    conf = tmp_path / "slurm.conf"
+    conf.write_text(re.sub(r"(?m)^PlugStackConfig=.*$", f"PlugStackConfig={plugstack}",
+                           (cluster.layout.etc / "slurm.conf").read_text()))
+    os.chmod(plugstack, 0o644)
+    os.chmod(conf, 0o644)
+    marker = cluster.home / "ran-without-python"
+    marker.unlink(missing_ok=True)
+    result = cluster.srun("-N1", f"--image={image}", "--autoshift", "touch", str(marker),
+                          check=False, env={"SLURM_CONF": str(conf)})
+    assert result.returncode != 0
+    assert f"shifter: cannot start Python from {bad_venv}" in result.stderr, result.stderr
+    assert not marker.exists()
+    plain = cluster.srun("-N1", "true", env={"SLURM_CONF": str(conf)}, check=False)
+    assert plain.returncode == 0, "jobs without shifter options must not need Python"
+
+
+def _python_opens(trace: str) -> list[str]:
+    """Files whose opening means a Python interpreter started."""
+    return re.findall(r'"([^"]*(?:pyvenv\.cfg|/encodings/__init__\.py|site-packages/shifter_core)[^"]*)"',
+                      trace)
+
+
+def _traced(cluster, pid_of_slurmd: int, argv: list[str]) -> tuple[str, str]:
+    """Run `argv` under strace (client side) while slurmd of n1 and all its
+    children (slurmstepd, prolog, epilog, tasks) are traced too."""
+    with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryDirectory(dir=cluster.home) as mine:
+        os.chown(mine, cluster.uid, -1)
+        node_trace, client_trace = f"{tmp}/node", f"{mine}/client"
+        tracer = subprocess.Popen(["strace", "-f", "-qq", "-e", "trace=openat,open", "-o", node_trace,
+                                   "-p", str(pid_of_slurmd)], stderr=subprocess.DEVNULL)
+        try:
+            time.sleep(1.0)
+            cluster.run(["strace", "-f", "-qq", "-e", "trace=openat,open", "-o", client_trace, *argv])
+            cluster.wait_until_settled()
+            time.sleep(1.0)
+        finally:
+            tracer.terminate()
+            tracer.wait(timeout=30)
+        return Path(node_trace).read_text(), Path(client_trace).read_text()
+
+
+def test_srun_without_shifter_options_starts_no_python(cluster, image):
+    """Traced with strace: srun, and on the node slurmd with every process it
+    forks (slurmstepd, the prolog and epilog, the task), open no file that
+    Python opens when it starts.  The same job with --image does, which
+    shows that the check can see a Python start."""
+    pid = int((cluster.layout.root / "run" / "slurmd-n1.pid").read_text())
+    node, client = _traced(cluster, pid, ["srun", "-N1", "-w", "n1", "true"])
+    assert "slurmstepd" in node or "slurm" in node, "the node trace saw nothing"
+    assert _python_opens(client) == []
+    assert _python_opens(node) == []
+    node, client = _traced(cluster, pid, ["srun", "-N1", "-w", "n1", f"--image={image}", "true"])
+    assert _python_opens(client) and _python_opens(node)
+
+
+def test_no_container_remains_after_jobs(cluster, image):
+    """Every container is gone once the jobs ended: no mount of any process
+    shows the container paths, no loop device, no holder process."""
+    cluster.assert_idle()
+    udi = str(cluster.layout.root / "run")
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                mounts = Path(f"/proc/{entry}/mountinfo").read_text()
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+            except OSError:
+                continue
+            assert f" {udi}/udi" not in mounts, f"process {entry} still sees a container mount"
+            assert not cmdline.startswith(b"shifter-holder"), f"holder {entry} still alive"
+    loops = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
+    assert str(cluster.layout.root / "images") not in loops
+    assert not list((cluster.layout.root / "run" / "shifter").glob("job*.json"))
