@@ -29,6 +29,7 @@ setup(
             "alembic>=1.13",
             "psycopg[binary]>=3.1",
             "gunicorn>=22",
+            "zstandard>=0.22",
         ],
         "test": [
             "pytest>=8",
