@@ -24,7 +24,7 @@ import re
 import struct
 import tempfile
 import time
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 from shifter_core.errors import ConfigError
 
@@ -111,20 +111,25 @@ class LayerCache:
             file.close()
             raise
 
-    @contextlib.contextmanager
-    def create(self, key: str) -> Iterator[BinaryIO]:
-        """Write a new entry; it appears only if the block finishes without error."""
+    def insert(self, key: str, produce: Callable[[BinaryIO], None]) -> Entry:
+        """Let `produce` write a new entry; it appears only if `produce` returns.
+
+        Returns the entry open for reading (no second verification needed).
+        """
         final = self.path(key)
         fd, tmp = tempfile.mkstemp(dir=os.path.join(self.directory, "tmp"), prefix=f"{key}.")
+        raw = os.fdopen(fd, "w+b")
         try:
-            with os.fdopen(fd, "w+b") as raw:
-                writer = _SealingWriter(raw)
-                yield writer
-                writer.seal()
+            writer = _SealingWriter(raw)
+            produce(writer)
+            writer.seal()
             os.replace(tmp, final)
         except BaseException:
+            raw.close()
             _unlink(tmp)
             raise
+        raw.seek(0)
+        return Entry(raw, writer.size)
 
     def evict(self, keep: set[str] = frozenset()) -> list[str]:
         """Remove least recently used entries until the cache fits its limit."""

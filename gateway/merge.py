@@ -13,7 +13,7 @@ squashfs writer reads them from there.  The rules (docs/image-pipeline.md):
 * Hostile entries are refused with ImageContentError: `..` in a name or a
   link target, a write below a symlink (or a file), a hardlink to a path the
   image does not have or to a directory, a bare `.wh.` marker or one used as
-  a directory.  Leading `/`
+  a directory, a path deeper than MAX_DEPTH.  Leading `/`
   is dropped (the path then lies inside the image, as tar does).
 * Device nodes are dropped, and so are xattrs (the reader never keeps them).
 * Owners are not kept: the squashfs is all root's.  Mode bits, including
@@ -27,6 +27,7 @@ from typing import Iterable, Iterator
 
 from shifter_core.errors import ImageContentError
 
+MAX_DEPTH = 200                  # real images stay far below; keeps recursion bounded
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
 
@@ -156,6 +157,8 @@ class Tree:
         parts = [p for p in name.split("/") if p not in ("", ".")]
         if ".." in parts:
             raise self._refuse(layer, entry, "leaves the image root ('..')")
+        if len(parts) > MAX_DEPTH:
+            raise self._refuse(layer, entry, f"is nested deeper than {MAX_DEPTH} directories")
         return parts
 
     def _lookup(self, parts: list[str]) -> Node | None:

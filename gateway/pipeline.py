@@ -4,34 +4,37 @@
                       settings=PipelineSettings(cache_dir=..., scratch_dir=...))
 
 Steps (reported through `progress(status, info)`): resolve the reference to
-a platform manifest (PULLING), fetch missing layers into the layer cache in
-parallel, verifying every byte (PULLING with byte counts), merge the layers
-and write the squashfs (CONVERSION), publish it under the manifest digest
-(TRANSFER), done (READY).  An image whose digest is already published is
-returned at once: two tags of one content give one image.
+a platform manifest (PULLING); for each layer missing from the layer cache,
+download it, verify it (blob digest and diff_id) and compress its files into
+a squashfs pack, layers in parallel (PULLING, with byte counts); merge the
+layers and assemble the squashfs from the packs (CONVERSION); publish it
+under the manifest digest (TRANSFER); done (READY).  An image whose digest is
+already published is returned at once: two tags of one content give one
+image.  Nothing is extracted to disk and nothing needs root.
 """
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import hashlib
+import io
 import os
 import platform as host_platform
 import shutil
-import tarfile
 import tempfile
 import threading
 import zlib
-from typing import Callable, Iterable, Iterator
+from typing import BinaryIO, Callable, Iterable, Iterator
 
 from shifter_core.errors import ConfigError, DigestMismatch, ImageRefError, RegistryError
 from shifter_core.imageref import ImageRef
 from shifter_core.imagestore import ImageMeta, ImageStore
 
 from .layercache import Entry, LayerCache
-from .merge import Tree, member_from_tarinfo
+from .merge import Tree
 from .registry import Image, Location, Platform, RegistryClient
-from .squash import SquashOptions, write_squashfs
+from .squash import Compressor, Pack, pack_layer, write_image
 
 Progress = Callable[[str, dict], None]
 DOCKER_HUB_HOSTS = ("docker.io", "index.docker.io", "registry-1.docker.io")
@@ -41,8 +44,12 @@ GZIP_TYPES = ("application/vnd.oci.image.layer.v1.tar+gzip",
               "application/vnd.docker.image.rootfs.diff.tar.gzip",
               "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
               "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip")
+ZSTD_TYPES = ("application/vnd.oci.image.layer.v1.tar+zstd",
+              "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd")
 PLAIN_TYPES = ("application/vnd.oci.image.layer.v1.tar",
                "application/vnd.oci.image.layer.nondistributable.v1.tar")
+STREAM_BUFFER = 1 << 20
+INFLATE_LIMIT = 4 << 20          # bytes per decompression step: no gzip bomb in memory
 
 
 def default_architecture() -> str:
@@ -85,8 +92,8 @@ class PipelineSettings:
             return registry, self.locations[registry]
         return registry, Location.for_host(registry)
 
-    def squash_options(self) -> SquashOptions:
-        return SquashOptions(self.compressor, self.compression_level, max(1, self.processors))
+    def make_compressor(self) -> Compressor:
+        return Compressor(self.compressor, self.compression_level)
 
 
 def pull_image(ref: ImageRef, *, store: ImageStore, settings: PipelineSettings,
@@ -107,23 +114,21 @@ def pull_image(ref: ImageRef, *, store: ImageStore, settings: PipelineSettings,
         report("READY", {"id": image_id, "message": "already converted"})
         return store.read(image_id)
 
+    compressor = settings.make_compressor()
     cache = LayerCache(settings.cache_dir, settings.cache_size_limit)
-    entries = _fetch_layers(client, image, cache, settings, report)
-    try:
+    with contextlib.ExitStack() as open_entries:
+        packs = _fetch_layers(client, image, cache, compressor, settings, report, open_entries)
         report("CONVERSION", {"message": "Merging layers and writing squashfs"})
         tree = Tree(str(ref))
-        tars = []
-        for index, entry in enumerate(entries):
-            tar = tarfile.open(fileobj=entry.file, mode="r:")
-            tars.append(tar)
-            tree.apply(index, (member_from_tarinfo(info, (tar, info)) for info in tar))
+        for index, pack in enumerate(packs):
+            tree.apply(index, pack.members(index))
         os.makedirs(settings.scratch_dir, exist_ok=True)
         fd, built = tempfile.mkstemp(dir=settings.scratch_dir, prefix=f".{image_id}.",
                                      suffix=".squashfs")
         os.close(fd)
         ready = built
         try:
-            write_squashfs(tree, built, settings.squash_options(), _open_member)
+            write_image(tree, packs, built, compressor)
             report("TRANSFER", {"message": "Publishing image"})
             meta = _image_meta(image)
             ready = _movable_into(built, store.directory)
@@ -132,23 +137,22 @@ def pull_image(ref: ImageRef, *, store: ImageStore, settings: PipelineSettings,
             for path in {built, ready}:
                 if os.path.exists(path):
                     os.unlink(path)
-    finally:
-        for entry in entries:
-            entry.close()
-    cache.evict(keep={_cache_key(d) for d in image.diff_ids})
+    cache.evict(keep={_cache_key(diff_id, compressor) for diff_id in image.diff_ids})
     report("READY", {"id": image_id})
     return meta
 
 
 # --- layers ------------------------------------------------------------------
 
-def _cache_key(diff_id: str) -> str:
-    return diff_id.replace(":", "-") + ".tar"
+def _cache_key(diff_id: str, compressor: Compressor) -> str:
+    """A layer's pack is named by its diff_id and the compression used."""
+    return f"{diff_id.split(':', 1)[1]}.{compressor.key}"
 
 
 def _fetch_layers(client: RegistryClient, image: Image, cache: LayerCache,
-                  settings: PipelineSettings, report: Progress) -> list[Entry]:
-    """Every layer as an open, verified cache entry (uncompressed tar)."""
+                  compressor: Compressor, settings: PipelineSettings, report: Progress,
+                  open_entries: contextlib.ExitStack) -> list[Pack]:
+    """Every layer's pack, from the cache or downloaded and packed; all verified."""
     total = sum(int(layer.get("size", 0)) for layer in image.layers)
     done = [0]
     lock = threading.Lock()
@@ -159,73 +163,131 @@ def _fetch_layers(client: RegistryClient, image: Image, cache: LayerCache,
             current = done[0]
         report("PULLING", {"message": "Pulling layers", "bytes": current, "total": total})
 
-    def fetch(layer: dict, diff_id: str) -> Entry:
-        key = _cache_key(diff_id)
+    def fetch(layer: dict, diff_id: str, pool: concurrent.futures.Executor) -> Entry:
+        key = _cache_key(diff_id, compressor)
         with cache.lock(key):
             entry = cache.open(key)
             if entry is not None:
                 count(int(layer.get("size", 0)))
                 return entry
-            chunks = client.blob_chunks(layer.get("digest", ""), size=layer.get("size"),
-                                        progress=count)
-            with cache.create(key) as out:
-                _decompress_into(chunks, layer.get("mediaType", ""), diff_id, out, client.image)
-            entry = cache.open(key)
-        if entry is None:
-            raise RegistryError(f"image {client.image}: layer {diff_id} vanished from the cache"
-                                " while it was being used; pull again")
-        return entry
+
+            def produce(out: BinaryIO) -> None:
+                chunks = client.blob_chunks(layer.get("digest", ""), size=layer.get("size"),
+                                            progress=count)
+                raw = _LayerStream(chunks, layer.get("mediaType", ""), diff_id, client.image)
+                pack_layer(io.BufferedReader(raw, STREAM_BUFFER), out, compressor, pool,
+                           client.image)
+                raw.finish()
+
+            return cache.insert(key, produce)
 
     workers = max(1, min(settings.download_workers, len(image.layers)))
-    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        futures = [pool.submit(fetch, layer, diff_id)
+    entries, error = [], None
+    with concurrent.futures.ThreadPoolExecutor(max(1, settings.processors)) as compress_pool, \
+            concurrent.futures.ThreadPoolExecutor(workers) as fetch_pool:
+        futures = [fetch_pool.submit(fetch, layer, diff_id, compress_pool)
                    for layer, diff_id in zip(image.layers, image.diff_ids)]
-        entries, error = [], None
         for future in futures:
             try:
-                entries.append(future.result())
-            except BaseException as err:           # keep the first, close the rest
+                entries.append(open_entries.enter_context(future.result()))
+            except BaseException as err:         # keep the first; the rest get closed
                 error = error or err
     if error is not None:
-        for entry in entries:
-            entry.close()
         raise error
-    return entries
+    return [Pack(entry.file, entry.size) for entry in entries]
 
 
-def _decompress_into(chunks: Iterable[bytes], media_type: str, diff_id: str, out,
-                     image: str) -> None:
-    """Write the uncompressed layer to `out`, checking it against `diff_id`."""
-    hasher = hashlib.sha256()
-    for data in _decompressed(chunks, media_type, image):
-        hasher.update(data)
-        out.write(data)
-    if "sha256:" + hasher.hexdigest() != diff_id:
-        raise DigestMismatch(f"image {image}: a layer does not uncompress to its diff_id {diff_id}")
+class _LayerStream(io.RawIOBase):
+    """A layer blob read as its uncompressed tar, checked against the diff_id at the end."""
+
+    def __init__(self, chunks: Iterable[bytes], media_type: str, diff_id: str, image: str):
+        self._pieces = _decompressed(chunks, media_type, image)
+        self._piece, self._offset = b"", 0
+        self._hasher = hashlib.sha256()
+        self.diff_id, self.image = diff_id, image
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while self._offset >= len(self._piece):
+            piece = next(self._pieces, None)
+            if piece is None:
+                return 0
+            self._hasher.update(piece)
+            self._piece, self._offset = piece, 0
+        count = min(len(buffer), len(self._piece) - self._offset)
+        buffer[:count] = self._piece[self._offset:self._offset + count]
+        self._offset += count
+        return count
+
+    def finish(self) -> None:
+        """Read what the tar reader left (end padding), then check the whole."""
+        for piece in self._pieces:
+            self._hasher.update(piece)
+        if "sha256:" + self._hasher.hexdigest() != self.diff_id:
+            raise DigestMismatch(f"image {self.image}: a layer does not uncompress to its"
+                                 f" diff_id {self.diff_id}")
 
 
 def _decompressed(chunks: Iterable[bytes], media_type: str, image: str) -> Iterator[bytes]:
     if media_type in PLAIN_TYPES:
-        yield from chunks
-        return
-    if media_type not in GZIP_TYPES:
-        raise RegistryError(f"image {image}: layer type {media_type!r} is not supported")
-    inflater = zlib.decompressobj(wbits=47)     # gzip or zlib header
+        return iter(chunks)
+    if media_type in GZIP_TYPES:
+        return _gunzip(chunks, image)
+    if media_type in ZSTD_TYPES:
+        return _unzstd(chunks, image)
+    raise RegistryError(f"image {image}: layer type {media_type!r} is not supported")
+
+
+def _gunzip(chunks: Iterable[bytes], image: str) -> Iterator[bytes]:
+    inflater = zlib.decompressobj(wbits=47)     # gzip (or zlib) header
     try:
-        for chunk in chunks:
-            while chunk:
-                yield inflater.decompress(chunk)
-                chunk = inflater.unused_data if inflater.eof else b""
-                if inflater.eof:
-                    inflater = zlib.decompressobj(wbits=47)   # next gzip member
-        yield inflater.flush()
+        for data in chunks:
+            while data:
+                out = inflater.decompress(data, INFLATE_LIMIT)
+                if out:
+                    yield out
+                if not inflater.eof:
+                    data = inflater.unconsumed_tail
+                elif inflater.unused_data.strip(b"\0"):
+                    data = inflater.unused_data        # another gzip member follows
+                    inflater = zlib.decompressobj(wbits=47)
+                else:
+                    data = b""                         # zero padding after the last member
+        tail = inflater.flush()
+        if tail:
+            yield tail
     except zlib.error as err:
         raise RegistryError(f"image {image}: a layer is not valid gzip ({err})") from None
 
 
-def _open_member(source):
-    tar, info = source
-    return tar.extractfile(info)
+def _unzstd(chunks: Iterable[bytes], image: str) -> Iterator[bytes]:
+    import zstandard
+
+    source = _ChunkReader(chunks)
+    try:
+        yield from zstandard.ZstdDecompressor().read_to_iter(
+            source, read_size=STREAM_BUFFER, write_size=INFLATE_LIMIT)
+    except zstandard.ZstdError as err:
+        raise RegistryError(f"image {image}: a layer is not valid zstd ({err})") from None
+
+
+class _ChunkReader:
+    """`read(n)` over an iterator of byte strings."""
+
+    def __init__(self, chunks: Iterable[bytes]):
+        self._chunks = iter(chunks)
+        self._rest = b""
+
+    def read(self, size: int = -1) -> bytes:
+        while not self._rest:
+            self._rest = next(self._chunks, None)
+            if self._rest is None:
+                self._rest = b""
+                return b""
+        data, self._rest = self._rest[:size], self._rest[size:]
+        return data
 
 
 # --- results -----------------------------------------------------------------
