@@ -273,20 +273,37 @@ def _ancestors(pid: int) -> set[int]:
 
 
 def lasting_leaks(before: Snapshot, settle_seconds: float = 1.0) -> Snapshot:
-    """What was added since `before` and is still there `settle_seconds` later.
+    """What the run that called us added since `before` and is still there `settle_seconds` later.
 
-    Processes that merely pass by (and this checker with its ancestors) are not leaks.
+    A leaked process is an orphan (re-parented to PID 1, as daemons and lost
+    children are) or still a descendant of our caller (the run's shell).
+    Processes that merely pass by, this checker and other sessions' process
+    trees are not leaks.
     """
     first = Snapshot.take().since(before)
     time.sleep(settle_seconds)
-    second = Snapshot.take().since(before)
+    now = Snapshot.take()
+    second = now.since(before)
     mine = _ancestors(os.getpid())
+    run_shell = os.getppid()
+    parents = {p.pid: p.ppid for p in now.processes}
+
+    def started_by_run(process: Process) -> bool:
+        if process.ppid == 1:
+            return True
+        pid = process.ppid
+        while pid in parents and pid > 1:
+            if pid == run_shell:
+                return True
+            pid = parents[pid]
+        return False
     return Snapshot(
         mounts=first.mounts & second.mounts,
         loops=first.loops & second.loops,
         netns=first.netns & second.netns,
         links=first.links & second.links,
-        processes=frozenset(p for p in first.processes & second.processes if p.pid not in mine),
+        processes=frozenset(p for p in first.processes & second.processes
+                            if p.pid not in mine and started_by_run(p)),
     )
 
 
