@@ -6,7 +6,8 @@ Shifter's rules live in one place:
 * a tag names one image per system; two tags of one digest share the image;
 * a pull returns the READY image if it was pulled within PullUpdateTimeout
   (and the caller may read it with the same ACLs), the active job if one is
-  running, a FAILURE for RetryBackoff seconds after it happened, and
+  running, a FAILURE for RetryBackoff seconds after it happened (unless the
+  request brings a registry login, which may be what was missing), and
   otherwise queues a new job;
 * ACLs count only for private images (those the registry required a login
   for); a private image is visible only to the users and groups listed;
@@ -114,7 +115,8 @@ class Catalog:
                 and (not image.private or (set(image.user_acl), set(image.group_acl)) == (set(user_acl), set(group_acl))):
             return image
         last = self.queue.latest(session, system, itype, tag)
-        if last is not None and last.status == FAILURE and now < (last.finished or 0) + self.config.retry_backoff:
+        if last is not None and last.status == FAILURE and not caller.registry_logins \
+                and now < (last.finished or 0) + self.config.retry_backoff:
             return last
         return self.queue.submit(session, kind=PULL, system=system, itype=itype, tag=tag, user=caller.user,
                                  uid=caller.uid, gid=caller.gid, user_acl=user_acl, group_acl=group_acl,

@@ -33,9 +33,11 @@ class TransferError(ShifterError):
 class AclStore(ImageStore):
     """An ImageStore that stamps the requested ACLs on private images as they are published.
 
-    An image is private when the pipeline says the registry wanted a login,
-    or when `private` says so: a pull that sent a login, or an import with
-    ACLs.  (Counting every pull with a login as private can only restrict.)
+    Whether an image is private is decided by each pull: one that sent a
+    registry login (or an import with ACLs) makes it private; one that got
+    the same digest anonymously makes it public, since anyone can get it.
+    The pipeline does not report whether the registry insisted on the login,
+    so a login sent to a public repository also counts: that can only restrict.
     """
 
     def __init__(self, directory: str, user_acl, group_acl, private: bool = False):
@@ -46,7 +48,7 @@ class AclStore(ImageStore):
 
     def apply(self, meta: ImageMeta) -> ImageMeta:
         """Shifter's rule: ACLs count only for private images; public ones have none."""
-        meta.private = meta.private or self.private
+        meta.private = self.private
         meta.user_acl = list(self.user_acl) if meta.private else []
         meta.group_acl = list(self.group_acl) if meta.private else []
         return meta

@@ -196,11 +196,25 @@ def client(gateway: GatewayProcess, munged, system: str = SYSTEM, **kw) -> Gatew
     return GatewayClient([gateway.url], system, timeout=10, munge=Munge(munged.socket), **kw)
 
 
+def shared_dir(tmp_path_factory, name: str) -> str:
+    """A temp dir other users can enter (pytest makes its temp dirs 0700)."""
+    path = tmp_path_factory.mktemp(name)
+    os.chmod(path, 0o755)
+    root = tmp_path_factory.getbasetemp().parent
+    for parent in path.parents:
+        if parent == root or parent == parent.parent:
+            break
+        os.chmod(parent, os.stat(parent).st_mode | 0o011)
+    return str(path)
+
+
 def udiroot_conf(workdir: str, gateway_urls: list[str], system: str = SYSTEM) -> str:
+    """A udiRoot.conf naming the gateways; readable by everyone."""
     path = os.path.join(workdir, "udiRoot.conf")
     with open(path, "w") as f:
         f.write(f"udiMount=/var/udiMount\nloopMount=/var/udiLoopMount\nimagePath={workdir}/images\n"
                 f"etcPath=/etc\nsystem={system}\nimageGateway={' '.join(gateway_urls)}\ngatewayTimeout=10\n")
+    os.chmod(path, 0o644)
     return path
 
 
@@ -218,8 +232,10 @@ def credential_as(munged, uid: int, payload: bytes = b"") -> str:
 
 
 def shifterimg(args: list[str], conf: str, munged, user: int | None = None, timeout: float = 120,
-               home: str | None = None) -> subprocess.CompletedProcess:
+               home: str | None = None, input: str | None = None) -> subprocess.CompletedProcess:
+    """Run shifterimg as `user` (uid, its own group), without a terminal."""
     env = {"PATH": "/usr/bin:/bin", "SHIFTER_UDIROOT_CONF": conf, "SHIFTER_MUNGE_SOCKET": munged.socket,
            "HOME": home or "/nonexistent"}
+    ids = {} if user is None else {"user": user, "group": user, "extra_groups": []}
     return subprocess.run([os.path.join(BIN, "shifterimg"), *args], env=env, capture_output=True, text=True,
-                          timeout=timeout, cwd=REPO, user=user)
+                          timeout=timeout, cwd=REPO, input=input, start_new_session=True, **ids)
