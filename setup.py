@@ -1,12 +1,47 @@
 """Build and install shifter-py.
 
-`pip install .` compiles the SPANK shim (spank/build_shim.py, cffi embedding
-mode) into shifter_core/_spank*.so and installs the Python packages and the
-console scripts.  The shim links against the libpython of the interpreter that
-runs pip, so install into a venv made with the distribution's python3 (the one
-whose libpython the loader finds on the compute nodes).
+`pip install .` compiles the SPANK plugin in two parts: shifter_core/
+shifter_spank.so (spank/plugin.c: the file plugstack.conf names, no Python in
+it) and shifter_core/_spank*.so (spank/build_shim.py, cffi embedding mode:
+the Python half it loads only for jobs that use shifter).  Both are built for
+the interpreter that runs pip, so install into a venv made with the
+distribution's python3 (whose libpython the nodes' loader finds).
 """
-from setuptools import find_packages, setup
+import os
+import sysconfig
+
+from setuptools import Extension, find_packages, setup
+from setuptools.command.build_ext import build_ext
+
+PLUGIN = "shifter_core.shifter_spank"
+
+
+class BuildExt(build_ext):
+    """The SPANK plugin is a plain shared object, named without Python's ABI tag."""
+
+    def get_ext_filename(self, fullname):
+        # distutils asks with the full dotted name or with its last part only
+        if fullname in (PLUGIN, PLUGIN.rsplit(".", 1)[1]):
+            return os.path.join(*fullname.split(".")) + ".so"
+        return super().get_ext_filename(fullname)
+
+
+def _c_string(value: str) -> str:
+    return '"%s"' % value
+
+
+plugin = Extension(
+    PLUGIN,
+    sources=["spank/plugin.c"],
+    include_dirs=["spank"],
+    libraries=["dl"],
+    extra_compile_args=["-Wall", "-Werror=implicit-function-declaration"],
+    define_macros=[
+        ("SHIFTER_LIBPYTHON", _c_string(sysconfig.get_config_var("INSTSONAME"))),
+        ("SHIFTER_PYTHON_DIR", _c_string("python" + sysconfig.get_config_var("VERSION"))),
+        ("SHIFTER_MODULE_FILE", _c_string("_spank" + sysconfig.get_config_var("EXT_SUFFIX"))),
+    ],
+)
 
 setup(
     name="shifter-py",
@@ -16,7 +51,9 @@ setup(
     packages=find_packages(include=["shifter_core", "shifter_core.*", "gateway", "gateway.*"]),
     package_data={"gateway": ["*.ini"]},
     setup_requires=["cffi>=1.16"],
+    ext_modules=[plugin],
     cffi_modules=["spank/build_shim.py:ffi"],
+    cmdclass={"build_ext": BuildExt},
     install_requires=[
         "cffi>=1.16",
         "requests>=2.31",

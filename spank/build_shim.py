@@ -1,8 +1,9 @@
-"""cffi builder of the SPANK shim: shifter_core/_spank*.so.
+"""cffi builder of shifter_core._spank, the Python half of the SPANK plugin.
 
-Embedding mode: the module is a Slurm plugin first (spank/shim.c exports the
-slurm_spank_* symbols) and a Python extension second.  `setup.py` builds it
-through `cffi_modules`; run this file directly to build in place.
+Embedding mode: the SPANK plugin (spank/plugin.c) dlopen()s this module when
+a job uses shifter, calls shifter_python_start() (spank/embed.c) and then the
+exported shifter_py_dispatch(), implemented in Python by
+shifter_core.spank.bridge.  `setup.py` builds it through `cffi_modules`.
 
 Not linked against libslurm: the spank_* and slurm_* symbols resolve from the
 Slurm process (srun, sbatch, salloc, slurmd, slurmstepd) that loads the plugin.
@@ -50,9 +51,10 @@ struct shim_call {
     int set[5];
     const char *value[5];
 };
-extern "Python" int shifter_py_dispatch(struct shim_call *);
 void shim_python_ready(void);
 """
+
+EXPORTED = "int shifter_py_dispatch(struct shim_call *);"
 
 # Runs once, inside Slurm, the first time the shim calls into Python.  Its
 # last line tells the C side that the Python code is ready; until then every
@@ -65,20 +67,17 @@ lib.shim_python_ready()
 """
 
 ffi = cffi.FFI()
-ffi.embedding_api("")
 ffi.cdef(CDEF)
-with open(os.path.join(HERE, "shim.c"), encoding="utf-8") as source:
+ffi.embedding_api(EXPORTED)
+with open(os.path.join(HERE, "embed.c"), encoding="utf-8") as source:
     ffi.set_source(
         "shifter_core._spank",
         source.read(),
-        define_macros=[
-            ("SHIFTER_LIBPYTHON", '"%s"' % sysconfig.get_config_var("INSTSONAME")),
-            ("SHIFTER_PYTHON_DIR", '"python%s"' % sysconfig.get_config_var("VERSION")),
-        ],
+        include_dirs=[HERE],
         extra_compile_args=["-Wall", "-Werror=implicit-function-declaration"],
         # cffi adds libpython for embedding only in ffi.compile(), not when
         # built through setuptools: name it here.
-        libraries=["dl", "python" + sysconfig.get_config_var("LDVERSION")],
+        libraries=["python" + sysconfig.get_config_var("LDVERSION")],
         library_dirs=[sysconfig.get_config_var("LIBDIR")],
         py_limited_api=False,
     )

@@ -1,20 +1,19 @@
 /*
- * shifter SPANK shim: the only C in the runtime.
+ * shifter SPANK plugin (shifter_spank.so): the only C the nodes load for
+ * every job.
  *
  * It exports the slurm_spank_* symbols, registers the shifter options and
- * hands every callback to Python (shifter_core.spank.bridge), but only when a
- * shifter option is in play for this job: a job without them never starts
- * Python in srun, sbatch, salloc, slurmstepd or the prolog/epilog.
+ * hands callbacks to Python (shifter_core.spank.bridge), but only when a
+ * shifter option is in play for this job.  Until then nothing of Python is
+ * even loaded: the plugin does not link libpython, it dlopen()s it together
+ * with the module shifter_core._spank (embed.c, build_shim.py) on first
+ * need, so a job without shifter options costs srun, sbatch, slurmstepd and
+ * the prolog no more than loading this small file.
  *
- * Python is started here rather than by cffi so that it runs from the venv
- * named in plugstack.conf and ignores the caller's environment
- * (PYTHONHOME, PYTHONPATH...), and so that any failure to start it, or to
- * load the Python code, fails the callback instead of letting the job run
- * outside its container.
- *
- * This file is compiled as the C part of the cffi module built by
- * spank/build_shim.py; cffi's generated code has included <Python.h> already.
+ * Any failure to start Python or to load its code fails the callback instead
+ * of letting the job run outside its container.
  */
+#define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
 #include <limits.h>
@@ -24,17 +23,15 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <slurm/spank.h>
+#include "shim.h"
 
 SPANK_PLUGIN(shifter, 1);
 
-#if !defined(SHIFTER_LIBPYTHON) || !defined(SHIFTER_PYTHON_DIR)
-#error "SHIFTER_LIBPYTHON and SHIFTER_PYTHON_DIR must name the Python the shim is built for"
+#if !defined(SHIFTER_LIBPYTHON) || !defined(SHIFTER_PYTHON_DIR) || !defined(SHIFTER_MODULE_FILE)
+#error "SHIFTER_LIBPYTHON, SHIFTER_PYTHON_DIR and SHIFTER_MODULE_FILE must name the Python part"
 #endif
 
 /* ---- options ---------------------------------------------------------- */
-
-enum shim_option { OPT_IMAGE, OPT_VOLUME, OPT_MODULE, OPT_CCM, OPT_AUTOSHIFT, OPT_COUNT };
 
 static int opt_set[OPT_COUNT];
 static char *opt_value[OPT_COUNT];
@@ -108,26 +105,9 @@ static int step_inherits_container(spank_t sp)
 
 /* ---- Python ----------------------------------------------------------- */
 
-struct shim_call {
-    const char *callback;
-    spank_t spank;
-    int context;
-    int argc;
-    char **argv;
-    int set[OPT_COUNT];
-    const char *value[OPT_COUNT];
-};
-
-static int shifter_py_dispatch(struct shim_call *call);   /* extern "Python" */
-
 static enum { PY_NOT_STARTED, PY_STARTED, PY_FAILED } py_state = PY_NOT_STARTED;
-static int py_code_ready;
-
-/* Called by the last line of the cffi init code (spank/build_shim.py). */
-static void shim_python_ready(void)
-{
-    py_code_ready = 1;
-}
+static shim_dispatch_fn py_dispatch;
+static shim_ready_fn py_ready;
 
 static const char *plugin_arg(int ac, char **av, const char *key)
 {
@@ -167,7 +147,6 @@ static int venv_is_trusted(const char *venv)
             || !root_only(venv, path, &st))
             return 0;
     }
-
     snprintf(path, sizeof path, "%s", venv);
     for (;;) {
         if (!root_only(venv, path, &st))
@@ -183,11 +162,33 @@ static int venv_is_trusted(const char *venv)
     }
 }
 
+/* The Python module lies next to this plugin. */
+static int module_path(char *buf, size_t size)
+{
+    Dl_info info;
+    if (!dladdr((void *) &slurm_spank_init, &info) || !info.dli_fname)
+        return -1;
+    const char *slash = strrchr(info.dli_fname, '/');
+    int dir = slash ? (int) (slash - info.dli_fname) : 1;
+    const char *base = slash ? info.dli_fname : ".";
+    return snprintf(buf, size, "%.*s/%s", dir, base, SHIFTER_MODULE_FILE) >= (int) size ? -1 : 0;
+}
+
+static void *symbol(void *handle, const char *name, const char *file)
+{
+    void *sym = dlsym(handle, name);
+    if (!sym)
+        slurm_error("shifter: %s lacks %s: %s", file, name, dlerror());
+    return sym;
+}
+
+/* Load libpython and the module (global scope: Slurm loads plugins
+ * RTLD_LOCAL, and C extensions need libpython's symbols), then start Python. */
 static int start_python(int ac, char **av)
 {
-    char exe[PATH_MAX];
-    PyConfig config;
-    PyStatus status;
+    char module[PATH_MAX];
+    void *handle;
+    shim_start_fn start;
 
     if (py_state == PY_STARTED)
         return 0;
@@ -202,34 +203,23 @@ static int start_python(int ac, char **av)
     }
     if (!venv_is_trusted(venv))
         return -1;
-    if (snprintf(exe, sizeof exe, "%s/bin/python3", venv) >= (int) sizeof exe) {
-        slurm_error("shifter: venv path too long: %s", venv);
+    if (module_path(module, sizeof module) < 0) {
+        slurm_error("shifter: cannot locate the plugin's own file");
         return -1;
     }
-    /* Slurm loads plugins RTLD_LOCAL; C extensions need libpython's symbols
-     * in the global scope. */
-    if (dlopen(SHIFTER_LIBPYTHON, RTLD_NOW | RTLD_GLOBAL | RTLD_NOLOAD) == NULL) {
-        slurm_error("shifter: cannot promote %s to global scope: %s", SHIFTER_LIBPYTHON, dlerror());
+    if (!dlopen(SHIFTER_LIBPYTHON, RTLD_NOW | RTLD_GLOBAL)) {
+        slurm_error("shifter: cannot start Python from %s: %s", venv, dlerror());
         return -1;
     }
-    if (!Py_IsInitialized()) {
-        PyConfig_InitIsolatedConfig(&config);
-        config.install_signal_handlers = 0;
-        config.write_bytecode = 0;
-        config.site_import = 1;
-        status = PyConfig_SetBytesString(&config, &config.program_name, exe);
-        if (!PyStatus_Exception(status))
-            status = PyConfig_SetBytesString(&config, &config.executable, exe);
-        if (!PyStatus_Exception(status))
-            status = Py_InitializeFromConfig(&config);
-        PyConfig_Clear(&config);
-        if (PyStatus_Exception(status)) {
-            slurm_error("shifter: cannot start Python from %s: %s", venv,
-                        status.err_msg ? status.err_msg : "unknown error");
-            return -1;
-        }
-        PyEval_SaveThread();
+    if (!(handle = dlopen(module, RTLD_NOW | RTLD_GLOBAL))) {
+        slurm_error("shifter: cannot load %s: %s", module, dlerror());
+        return -1;
     }
+    start = (shim_start_fn) symbol(handle, SHIM_START, module);
+    py_dispatch = (shim_dispatch_fn) symbol(handle, SHIM_DISPATCH, module);
+    py_ready = (shim_ready_fn) symbol(handle, SHIM_READY, module);
+    if (!start || !py_dispatch || !py_ready || start(venv) != 0)
+        return -1;
     py_state = PY_STARTED;
     return 0;
 }
@@ -245,8 +235,8 @@ static int dispatch(const char *callback, spank_t sp, int ac, char **av)
         call.set[i] = opt_set[i];
         call.value[i] = opt_value[i];
     }
-    rc = shifter_py_dispatch(&call);
-    if (!py_code_ready) {
+    rc = py_dispatch(&call);
+    if (!py_ready()) {
         slurm_error("shifter: the plugin's Python code did not load (see the error above); "
                     "failing %s rather than running outside the container", callback);
         return -1;

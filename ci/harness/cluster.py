@@ -18,7 +18,6 @@ import argparse
 import contextlib
 import dataclasses
 import fcntl
-import importlib.util
 import json
 import os
 import pwd
@@ -594,12 +593,14 @@ def _write(path: Path, text: str, mode: int = 0o644) -> None:
 # -- host pieces: shim, user, munge ------------------------------------------
 
 def find_shim() -> str:
-    """Path of the built SPANK shim; it is not imported (it needs Slurm's symbols)."""
-    spec = importlib.util.find_spec("shifter_core._spank")
-    if spec is None or not spec.origin:
-        raise ClusterError("the SPANK shim shifter_core/_spank*.so is not built: run ci/setup "
+    """Path of the built SPANK plugin (shifter_core/shifter_spank.so)."""
+    from shifter_core.cli.admin import plugin_path
+
+    path = plugin_path()
+    if not os.path.exists(path):
+        raise ClusterError(f"the SPANK plugin {path} is not built: run ci/setup "
                            "(pip install -e .), or ci/cluster up --without-plugin")
-    return spec.origin
+    return path
 
 
 def ensure_test_user() -> pwd.struct_passwd:
