@@ -254,6 +254,7 @@ class Cluster:
         if munged is not None:
             record.daemons["munged"] = munged
         record.save(self.layout)
+        self._stop_network()  # what a crashed run may have left under our names
         self._start_network(record)
         self._start_registry(record)
         record.slurmctld_port = _free_port()
@@ -298,12 +299,13 @@ class Cluster:
 
     def _write_configs(self, record: Record) -> None:
         layout = self.layout
-        _write(layout.slurm_conf, slurm_conf(layout, record))
+        cluster_conf = slurm_conf(layout, record)
+        _write(layout.slurm_conf, cluster_conf)
         plugstack = (f"required {record.plugin} venv={REPO / '.venv'} config={layout.udiroot_conf}\n"
                      if record.plugin else "")
         _write(layout.plugstack_conf, "# Written by ci/harness/cluster.py; see slurm.conf.d/.\n" + plugstack)
-        if not slurmclient.up_to_date(layout.slurm_client, slurm_conf(layout, record)):
-            slurmclient.build(layout.slurm_client, slurm_conf(layout, record))
+        if not slurmclient.up_to_date(layout.slurm_client, cluster_conf):
+            slurmclient.build(layout.slurm_client, cluster_conf)
         _write(layout.udiroot_conf, udiroot_conf(layout, record))
         _write(layout.gateway_conf, json.dumps(gateway_conf(layout, record), indent=1) + "\n")
         populate_container_etc(layout)
@@ -325,8 +327,7 @@ class Cluster:
     def _start_gateway(self, record: Record) -> None:
         """shifter-gateway on its embedded SQLite database, serving system `ci` on the bridge."""
         self.layout.gateway.mkdir(parents=True, exist_ok=True)
-        log = open(self.layout.log / "gateway.log", "ab")
-        with log:
+        with open(self.layout.log / "gateway.log", "ab") as log:
             process = subprocess.Popen(
                 [str(REPO / ".venv" / "bin" / "shifter-gateway"), "--config", str(self.layout.gateway_conf)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=self.layout.gateway,
@@ -600,6 +601,15 @@ def find_shim() -> str:
     if not os.path.exists(path):
         raise ClusterError(f"the SPANK plugin {path} is not built: run ci/setup "
                            "(pip install -e .), or ci/cluster up --without-plugin")
+    # The plugin runs Python from the venv as root and refuses one that anyone but
+    # root could change; say so now rather than through failing jobs.
+    venv = REPO / ".venv"
+    for directory in (venv, *venv.parents):
+        st = directory.stat()
+        if st.st_uid != 0 or st.st_mode & 0o022:
+            raise ClusterError(f"the plugin runs Python from {venv} as root, so {directory} must be owned "
+                               "by root and not writable by group or others; fix that or clone the "
+                               "repository under such a directory")
     return path
 
 
