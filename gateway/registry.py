@@ -340,10 +340,13 @@ class RegistryClient:
         detail = _error_codes(response)
         response.close()
         if status == 401:
-            raise RegistryAuthError(
-                f"image {self.image}: access denied by {self.base}"
-                + ("" if self.credentials else "; the repository may be private, give credentials")
-                + (" (the credentials lack pull access)" if self.credentials else ""))
+            if not self.credentials:
+                why = "the repository may be private: give credentials"
+            elif (self._auth_header or "").startswith("Basic"):
+                why = "it refused the credentials: check the user name and password"
+            else:
+                why = f"user {self.credentials[0]!r} may not pull this repository"
+            raise RegistryAuthError(f"image {self.image}: access denied by {self.base}; {why}")
         if status == 403:
             raise RegistryAuthError(f"image {self.image}: {self.base} forbids access")
         if status == 404 or "NAME_UNKNOWN" in detail or "MANIFEST_UNKNOWN" in detail:
