@@ -89,6 +89,7 @@ class RemoteDestination:
     def __init__(self, target: SshTarget, staging_dir: str):
         self.target = target
         self.staging_dir = staging_dir
+        self._answering: str | None = None     # tried first next time
 
     def store(self, user_acl=(), group_acl=(), private: bool = False) -> AclStore:
         os.makedirs(self.staging_dir, exist_ok=True)
@@ -139,7 +140,8 @@ class RemoteDestination:
     def _ssh(self, script: str, *, stdin=None, check: bool = True) -> subprocess.CompletedProcess:
         """Run `script` on the first host that answers."""
         result = None
-        for host in self.target.hosts:
+        hosts = sorted(self.target.hosts, key=lambda h: h != self._answering)
+        for host in hosts:
             if stdin is not None:
                 stdin.seek(0)
             result = subprocess.run(
@@ -148,6 +150,7 @@ class RemoteDestination:
                 capture_output=True, timeout=SSH_TIMEOUT, env={"PATH": "/usr/bin:/bin"},
             )
             if result.returncode != _SSH_UNREACHABLE:
+                self._answering = host
                 break
         if check and result.returncode != 0:
             detail = result.stderr.decode(errors="replace").strip().splitlines()
@@ -157,12 +160,12 @@ class RemoteDestination:
         return result
 
     def _command(self, host: str) -> list[str]:
-        command = [SSH, "-o", "BatchMode=yes", "-o", "ConnectTimeout=10"]
+        """ssh's first value of an option wins: the site's options go before our defaults."""
+        command = [SSH, *self.target.ssh_options, "-o", "BatchMode=yes", "-o", "ConnectTimeout=10"]
         if self.target.key:
             command += ["-i", self.target.key, "-o", "IdentitiesOnly=yes"]
         if self.target.port:
             command += ["-p", str(self.target.port)]
-        command += list(self.target.ssh_options)
         command.append(f"{self.target.user}@{host}" if self.target.user else host)
         return command
 

@@ -52,6 +52,7 @@ class Worker:
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.queue = JobQueue.from_config(config)
         self.catalog = Catalog(config, self.queue)
+        self._destinations = {}
 
     def run(self, stop: threading.Event, wake: threading.Event | None = None) -> None:
         """Work until `stop` is set; `wake` cuts the idle wait short when a job arrives."""
@@ -98,6 +99,12 @@ class Worker:
             self._fail(job, f"internal error in the gateway worker: {type(e).__name__}: {e}", retryable=True)
         return True
 
+    def _destination(self, system: str):
+        """One per system, kept: a remote one remembers which of its hosts answers."""
+        if system not in self._destinations:
+            self._destinations[system] = destination(self.config, self.config.platform(system))
+        return self._destinations[system]
+
     # -- kinds --------------------------------------------------------------------
 
     def _pull(self, job: Job, heartbeat: "_Heartbeat") -> None:
@@ -105,7 +112,7 @@ class Worker:
         from .config import pipeline_settings
 
         ref = imageref.parse(f"{job.itype}:{job.tag}")
-        target = destination(self.config, self.config.platform(job.system))
+        target = self._destination(job.system)
         login = _login(job, ref.registry or self.config.default_location)
         store = target.store(job.user_acl, job.group_acl, private=login is not None)
         meta = pull_image(ref, store=store, settings=pipeline_settings(self.config),
@@ -114,7 +121,7 @@ class Worker:
 
     def _import(self, job: Job, heartbeat: "_Heartbeat") -> None:
         """Publish a squashfs file from the gateway host; its id is its sha256."""
-        target = destination(self.config, self.config.platform(job.system))
+        target = self._destination(job.system)
         store = target.store(job.user_acl, job.group_acl, private=bool(job.user_acl or job.group_acl))
         heartbeat.progress("PULLING", {"message": f"reading {job.import_path}"})
         fd, staged = tempfile.mkstemp(prefix=".import.", dir=store.directory)
@@ -141,7 +148,7 @@ class Worker:
         log.info("job %d: %s:%s is READY on %s as %s", job.pk, job.itype, job.tag, job.system, meta.id)
 
     def _expire(self, job: Job) -> None:
-        target = destination(self.config, self.config.platform(job.system))
+        target = self._destination(job.system)
         with self.db.session() as session:
             image = self.catalog.expiring(session, job.system, job.image_id)
             if image is not None:
