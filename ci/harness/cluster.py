@@ -247,6 +247,7 @@ class Cluster:
             return record
 
     def _start(self, record: Record, with_plugin: bool) -> None:
+        check_test_user_can_reach_the_repository()
         record.plugin = find_shim() if with_plugin else None
         self._prepare_directories()
         ensure_test_user()
@@ -611,6 +612,15 @@ def find_shim() -> str:
                                "by root and not writable by group or others; fix that or clone the "
                                "repository under such a directory")
     return path
+
+
+def check_test_user_can_reach_the_repository() -> None:
+    """The test user's srun reads .cluster/etc and loads the plugin and the venv from the repository."""
+    for directory in (REPO, *REPO.parents):
+        if not directory.stat().st_mode & 0o001:
+            raise ClusterError(f"{TEST_USER} cannot enter {directory} (no x for others), so its jobs "
+                               "cannot read the cluster's configuration; chmod o+x it or clone the "
+                               "repository elsewhere")
 
 
 def ensure_test_user() -> pwd.struct_passwd:
