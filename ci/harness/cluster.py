@@ -3,7 +3,8 @@
     ci/cluster up [--without-plugin]   start it (idempotent) and print a summary
     eval "$(ci/cluster env)"           make sbatch, srun, shifterimg ... use it
     ci/cluster status                  what runs, the nodes' states; exit 0 when up
-    ci/cluster down                    stop it and check that nothing remains
+    ci/cluster down [--force]          stop it and check that nothing remains (--force:
+                                       even while pytest sessions use it)
 
 One munged, slurmctld in the root namespaces and three slurmd "nodes" n1..n3,
 each in its own network, UTS and mount namespace on a private bridge, with the
@@ -387,6 +388,19 @@ class Cluster:
         with self._exclusive():
             return self._down(Record.load(self.layout) or Record())
 
+    def sessions_using_it(self) -> bool:
+        """True while a pytest session's `cluster` fixture holds its shared lock on users.lock."""
+        try:
+            users = open(self.layout.root / "users.lock", "r")
+        except FileNotFoundError:
+            return False
+        with users:
+            try:
+                fcntl.flock(users, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            return False
+
     def _down(self, record: Record) -> list[str]:
         controller = record.daemons.get("slurmctld")
         if controller is not None and controller.alive():
@@ -668,7 +682,8 @@ def main(argv: list[str] | None = None) -> int:
                            help="leave plugstack.conf empty (to compare against the plugin absent)")
     sub.add_parser("env", help="print shell exports for the cluster")
     sub.add_parser("status", help="show what runs; exit 0 when up, 3 when not")
-    sub.add_parser("down", help="stop everything and check for leftovers")
+    down_parser = sub.add_parser("down", help="stop everything and check for leftovers")
+    down_parser.add_argument("--force", action="store_true", help="even while pytest sessions use it")
     args = parser.parse_args(argv)
     cluster = Cluster(Layout(REPO / ".cluster"))
     try:
@@ -682,6 +697,9 @@ def main(argv: list[str] | None = None) -> int:
             record = Record.load(cluster.layout)
             return 0 if record is not None and cluster.is_running(record) else 3
         elif args.command == "down":
+            if not args.force and cluster.sessions_using_it():
+                raise ClusterError("pytest sessions are using the cluster (they hold .cluster/users.lock); "
+                                   "the last one takes it down, or use down --force")
             remains = cluster.down()
             if remains:
                 for line in remains:
