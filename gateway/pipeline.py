@@ -114,6 +114,7 @@ def pull_image(ref: ImageRef, *, store: ImageStore, settings: PipelineSettings,
         report("READY", {"id": image_id, "message": "already converted"})
         return store.read(image_id)
 
+    client.load_config(image)
     compressor = settings.make_compressor()
     cache = LayerCache(settings.cache_dir, settings.cache_size_limit)
     with contextlib.ExitStack() as open_entries:

@@ -119,11 +119,11 @@ class Platform:
 
 @dataclasses.dataclass
 class Image:
-    """A resolved image: the platform manifest, its digest and its config."""
+    """A resolved image: the platform manifest, its digest, and (once loaded) its config."""
 
     digest: str                       # of the platform manifest: the image id
     manifest: dict
-    config: dict
+    config: dict = dataclasses.field(default_factory=dict)
 
     @property
     def layers(self) -> list[dict]:
@@ -170,7 +170,7 @@ class RegistryClient:
 
     # --- manifests -----------------------------------------------------------
     def resolve(self, reference: str, platform: Platform) -> Image:
-        """Tag or `sha256:` digest to the image for `platform`, all verified."""
+        """Tag or `sha256:` digest to the manifest for `platform`, verified."""
         body, media_type, digest = self.manifest(reference)
         document = _json(body, f"manifest of {self.image}")
         if media_type in INDEXES:
@@ -189,12 +189,22 @@ class RegistryClient:
                                 " push it again with a current Docker, podman or skopeo")
         if media_type not in IMAGE_MANIFESTS:
             raise RegistryError(f"image {self.image}: unsupported manifest type {media_type!r}")
-        config_desc = document.get("config") or {}
-        config = _json(self.blob_bytes(config_desc.get("digest", "")), f"config of {self.image}")
-        if len(config.get("rootfs", {}).get("diff_ids", [])) != len(document.get("layers", [])):
-            raise RegistryError(f"image {self.image}: its config lists"
-                                " a different number of layers than its manifest")
-        return Image(digest=digest, manifest=document, config=config)
+        if not isinstance(document.get("layers"), list) or not all(
+                isinstance(layer, dict) and isinstance(layer.get("size"), int)
+                and layer["size"] >= 0 for layer in document["layers"]):
+            raise RegistryError(f"image {self.image}: its manifest has no valid layer list")
+        return Image(digest=digest, manifest=document)
+
+    def load_config(self, image: Image) -> None:
+        """Fetch and check the image config (Env, Cmd, ..., the layers' diff_ids)."""
+        descriptor = image.manifest.get("config") or {}
+        config = _json(self.blob_bytes(descriptor.get("digest", "")), f"config of {self.image}")
+        diff_ids = config.get("rootfs", {}).get("diff_ids", [])
+        if len(diff_ids) != len(image.layers) or not all(
+                isinstance(d, str) and _DIGEST_RE.match(d) for d in diff_ids):
+            raise RegistryError(f"image {self.image}: its config does not list one sha256"
+                                " diff_id per layer of its manifest")
+        image.config = config
 
     def manifest(self, reference: str) -> tuple[bytes, str, str]:
         """(body, media type, digest) of a manifest, verified when the digest is known."""
