@@ -52,7 +52,7 @@ setup(
     package_data={"gateway": ["*.ini"]},
     setup_requires=["cffi>=1.16"],
     ext_modules=[plugin],
-    cffi_modules=["spank/build_shim.py:ffi"],
+    cffi_modules=["spank/build_shim.py:ffi", "spank/build_libc.py:ffi"],
     cmdclass={"build_ext": BuildExt},
     install_requires=[
         "cffi>=1.16",

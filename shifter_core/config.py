@@ -23,12 +23,11 @@ docs/udiRoot.conf.example documents every key.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 import posixpath
 import re
 import stat
-from typing import Any, Callable
+from collections.abc import Callable
 
 from . import imageref, volumes
 from .errors import ConfigError, ModuleError, VolumeError
@@ -187,7 +186,7 @@ def _module_names(value: str, separator: str | None) -> tuple[str, ...]:
 @dataclasses.dataclass(frozen=True)
 class _Key:
     attribute: str
-    convert: Callable[[str], Any]
+    convert: Callable[[str], object]
 
 
 _KEYS: dict[str, _Key] = {
@@ -465,6 +464,8 @@ def _split_key(line: str, source: str, number: int) -> tuple[str, str]:
 
 
 def _unknown(key: str, known, source: str, number: int, what: str = "key") -> ConfigError:
+    import difflib   # only on this error path: the plugin starts faster
+
     close = difflib.get_close_matches(key, list(known), n=1)
     if not close:
         lowered = {k.lower(): k for k in known}
@@ -478,8 +479,8 @@ _MODULE_KEY_RE = re.compile(r"^module_([^_]+)_(.+)$")
 
 def parse(text: str, *, source: str = "udiRoot.conf") -> UdiRootConfig:
     """Parse udiRoot.conf text; `source` names the file in error messages."""
-    values: dict[str, Any] = {}
-    module_values: dict[str, dict[str, Any]] = {}
+    values: dict[str, object] = {}
+    module_values: dict[str, dict[str, object]] = {}
     seen: dict[str, int] = {}
     warnings: list[str] = []
     for number, key, value in _logical_lines(text, source):

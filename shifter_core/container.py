@@ -34,11 +34,8 @@ import dataclasses
 import json
 import os
 import select
-import shutil
 import signal
 import stat
-import subprocess
-import tempfile
 import time
 
 from . import etcfiles, pathsafety, syscalls
@@ -341,6 +338,8 @@ class _Tree:
 
 def _remove_any(host: str) -> None:
     if os.path.isdir(host) and not os.path.islink(host):
+        import shutil   # shutil pulls in the compression modules: only when needed
+
         shutil.rmtree(host)
     elif os.path.lexists(host):
         os.unlink(host)
@@ -374,6 +373,8 @@ def _write_etc(tree: _Tree, cfg, spec: ContainerSpec) -> None:
 
 def _copy_udi_image(tree: _Tree, cfg, spec: ContainerSpec) -> None:
     """Site helpers (/opt/udiImage) and module copyPath trees, world-readable."""
+    import shutil
+
     sources = [(cfg.opt_udi_image, "opt/udiImage")] if cfg.opt_udi_image else []
     sources += [(m.copy_path, f"opt/udiImage/modules/{m.name}") for m in spec.modules if m.copy_path]
     for source, inside in sources:
@@ -462,6 +463,8 @@ def _run_hook(script: str | None, root: str) -> None:
     """A site or module root hook: `/bin/sh <script>` as root, cwd the root."""
     if not script:
         return
+    import subprocess   # hooks are rare; keep it off the prolog's start-up
+
     result = subprocess.run(["/bin/sh", script], cwd=root, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
                             stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False)
     if result.returncode != 0:
@@ -564,8 +567,8 @@ def _cmdline0(pid: int) -> str | None:
 
 
 def _write_file_atomic(path: str, text: str, mode: int) -> None:
-    directory = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp.", dir=directory)
+    tmp = f"{path}.tmp.{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)

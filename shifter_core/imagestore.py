@@ -17,7 +17,6 @@ import dataclasses
 import json
 import os
 import re
-import tempfile
 
 from .errors import ImageNotFound
 
@@ -141,6 +140,8 @@ class ImageStore:
                 pass
 
     def _write_atomic(self, name: str, text: str) -> None:
+        import tempfile   # the gateway writes; nodes only read
+
         fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=self.directory)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:

@@ -24,7 +24,7 @@ import contextlib
 import errno
 import os
 import stat
-from typing import Iterator
+from collections.abc import Iterator
 
 from .errors import VolumeError
 

@@ -50,6 +50,7 @@ struct shim_call {
     char **argv;
     int set[5];
     const char *value[5];
+    long long started_ns;
 };
 void shim_python_ready(void);
 """
@@ -74,6 +75,11 @@ with open(os.path.join(HERE, "embed.c"), encoding="utf-8") as source:
         "shifter_core._spank",
         source.read(),
         include_dirs=[HERE],
+        define_macros=[(name, '"%s"' % value) for name, value in (
+            ("SHIFTER_STDLIB", sysconfig.get_paths()["stdlib"]),
+            ("SHIFTER_DYNLOAD", sysconfig.get_config_var("DESTSHARED")),
+            ("SHIFTER_PYTHON_DIR", "python" + sysconfig.get_config_var("VERSION")),
+        )],
         extra_compile_args=["-Wall", "-Werror=implicit-function-declaration"],
         # cffi adds libpython for embedding only in ffi.compile(), not when
         # built through setuptools: name it here.

@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "shim.h"
@@ -162,16 +163,24 @@ static int venv_is_trusted(const char *venv)
     }
 }
 
-/* The Python module lies next to this plugin. */
-static int module_path(char *buf, size_t size)
+/* The plugin lies in the shifter_core package: the Python module is next to
+ * it, and the package's parent directory is what Python imports it from. */
+static int locate(char *module, char *package_root, size_t size)
 {
     Dl_info info;
-    if (!dladdr((void *) &slurm_spank_init, &info) || !info.dli_fname)
+    char *slash;
+
+    if (!dladdr((void *) &slurm_spank_init, &info) || !info.dli_fname || info.dli_fname[0] != '/'
+        || snprintf(package_root, size, "%s", info.dli_fname) >= (int) size)
         return -1;
-    const char *slash = strrchr(info.dli_fname, '/');
-    int dir = slash ? (int) (slash - info.dli_fname) : 1;
-    const char *base = slash ? info.dli_fname : ".";
-    return snprintf(buf, size, "%.*s/%s", dir, base, SHIFTER_MODULE_FILE) >= (int) size ? -1 : 0;
+    *strrchr(package_root, '/') = '\0';                   /* .../shifter_core */
+    if (snprintf(module, size, "%s/%s", package_root, SHIFTER_MODULE_FILE) >= (int) size)
+        return -1;
+    slash = strrchr(package_root, '/');
+    if (slash == NULL || slash == package_root)
+        return -1;
+    *slash = '\0';                                        /* its parent */
+    return 0;
 }
 
 static void *symbol(void *handle, const char *name, const char *file)
@@ -186,7 +195,7 @@ static void *symbol(void *handle, const char *name, const char *file)
  * RTLD_LOCAL, and C extensions need libpython's symbols), then start Python. */
 static int start_python(int ac, char **av)
 {
-    char module[PATH_MAX];
+    char module[PATH_MAX], package_root[PATH_MAX];
     void *handle;
     shim_start_fn start;
 
@@ -203,7 +212,7 @@ static int start_python(int ac, char **av)
     }
     if (!venv_is_trusted(venv))
         return -1;
-    if (module_path(module, sizeof module) < 0) {
+    if (locate(module, package_root, sizeof module) < 0) {
         slurm_error("shifter: cannot locate the plugin's own file");
         return -1;
     }
@@ -218,7 +227,7 @@ static int start_python(int ac, char **av)
     start = (shim_start_fn) symbol(handle, SHIM_START, module);
     py_dispatch = (shim_dispatch_fn) symbol(handle, SHIM_DISPATCH, module);
     py_ready = (shim_ready_fn) symbol(handle, SHIM_READY, module);
-    if (!start || !py_dispatch || !py_ready || start(venv) != 0)
+    if (!start || !py_dispatch || !py_ready || start(venv, package_root) != 0)
         return -1;
     py_state = PY_STARTED;
     return 0;
@@ -226,8 +235,12 @@ static int start_python(int ac, char **av)
 
 static int dispatch(const char *callback, spank_t sp, int ac, char **av)
 {
-    struct shim_call call = { callback, sp, spank_context(), ac, av, { 0 }, { 0 } };
+    struct shim_call call = { callback, sp, spank_context(), ac, av, { 0 }, { 0 }, 0 };
+    struct timespec now;
     int rc;
+
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    call.started_ns = (long long) now.tv_sec * 1000000000LL + now.tv_nsec;
 
     if (start_python(ac, av) < 0)
         return -1;

@@ -19,10 +19,11 @@ struct shim_call {
     char **argv;
     int set[OPT_COUNT];
     const char *value[OPT_COUNT];
+    long long started_ns;       /* CLOCK_MONOTONIC when the plugin took the call */
 };
 
 /* Exported by the module. */
-typedef int (*shim_start_fn)(const char *venv);            /* 0, or -1 logged */
+typedef int (*shim_start_fn)(const char *venv, const char *package_root); /* 0, or -1 logged */
 typedef int (*shim_dispatch_fn)(struct shim_call *call);    /* the callback's rc */
 typedef int (*shim_ready_fn)(void);                         /* 1 once the Python code loaded */
 

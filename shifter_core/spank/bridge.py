@@ -19,7 +19,7 @@ import dataclasses
 import importlib
 import os
 import sys
-import traceback
+import traceback   # at the top: a task that fails after its chroot can no longer import
 
 _ffi = None
 _lib = None
@@ -48,11 +48,17 @@ class Options:
 class Spank:
     """The SPANK handle of one callback, with the calls our handlers use."""
 
-    def __init__(self, handle, context: str, callback: str, args: dict[str, str]):
+    def __init__(self, handle, context: str, callback: str, args: dict[str, str], started_ns: int = 0):
         self._h = handle
         self.context = context
         self.callback = callback
         self.args = args
+        self.started_ns = started_ns      # CLOCK_MONOTONIC when the C plugin took the call
+
+    def elapsed_ms(self) -> float:
+        """Time since the plugin took this callback, Python's start-up included."""
+        import time
+        return (time.monotonic_ns() - self.started_ns) / 1e6
 
     # items ---------------------------------------------------------------
     def _item(self, item: str, ctype: str):
@@ -201,7 +207,7 @@ def dispatch(call) -> int:
     handler = getattr(module, callback, None)
     if handler is None:
         return 0
-    spank = Spank(call.spank, context, callback, _plugin_args(call))
+    spank = Spank(call.spank, context, callback, _plugin_args(call), call.started_ns)
     try:
         handler(spank, _options(call))
     except ShifterError as error:

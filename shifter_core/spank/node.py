@@ -9,8 +9,6 @@ prolog left.
 from __future__ import annotations
 
 import os
-import socket
-import time
 
 from .. import container, etcfiles, hostlist, imageref, volumes
 from ..errors import AccessDenied, ContainerError
@@ -21,13 +19,12 @@ from .bridge import log_info
 
 def node_name() -> str:
     """This node's name, as the prolog and the tasks both can tell it."""
-    return socket.gethostname().split(".")[0]
+    return os.uname().nodename.split(".")[0]
 
 
 def job_prolog(spank, opts) -> None:
     if not opts.image:
         return
-    started = time.perf_counter()
     cfg = settings.site_config(spank)
     image_id = _pinned_id(opts, cfg)
     store = ImageStore(cfg.image_path)
@@ -41,10 +38,9 @@ def job_prolog(spank, opts) -> None:
         modules=cfg.select_modules(opts.module), hosts=tuple(_hosts()),
         request=os.environ.get("SPANK_SHIFTER_IMAGEREQUEST", opts.image))
     job = container.create(cfg, spec)
-    total = (time.perf_counter() - started) * 1000
     phases = " ".join(f"{k}={v:.1f}ms" for k, v in job.timings.items())
     log_info(f"shifter: job {job.job_id} on {job.node} runs {job.digest} for {user.name} "
-             f"(prolog {total:.1f}ms: {phases})")
+             f"(prolog {spank.elapsed_ms():.1f}ms, Python start included; container {phases})")
 
 
 def job_epilog(spank, opts) -> None:
