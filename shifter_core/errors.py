@@ -63,3 +63,7 @@ class ConversionError(ShifterError):
 
 class ModuleError(ShifterError, ValueError):
     """A --module request names an unknown, disabled or conflicting site module."""
+
+
+class CcmError(ShifterError):
+    """--ccm cannot be honoured: disabled by the site, or no sshd for the job on a node."""
