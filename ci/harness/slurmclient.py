@@ -16,11 +16,12 @@ udiRoot.conf's module `slurm` binds it at /opt/slurm, with /run/munge beside it.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+
+from shifter_core import hostbundle
 
 PREFIX = "/opt/slurm"
 COMMANDS = ("srun", "sbatch", "scontrol", "squeue", "scancel", "sinfo")
@@ -34,7 +35,6 @@ DAEMON_PLUGIN_TYPES = (
     "node_features", "power", "preempt", "priority", "proctrack", "sched", "site_factor", "slurmctld",
     "task",
 )
-_LDD_LINE = re.compile(r"^\s*(?:(\S+) => )?(/\S+) \(0x[0-9a-f]+\)$")
 
 
 def build(target: Path, cluster_slurm_conf: str) -> None:
@@ -44,13 +44,11 @@ def build(target: Path, cluster_slurm_conf: str) -> None:
     for sub in ("bin", "libexec", "lib/slurm", "etc"):
         (staging / sub).mkdir(parents=True)
     binaries = [Path(shutil.which(command, path="/usr/bin")) for command in COMMANDS]
-    plugin_dir = _libraries(binaries[0])["libslurmfull.so"].parent
-    plugins = [p for p in sorted(plugin_dir.glob("*.so")) if _wanted_by_clients(p) and _loads(p)]
+    plugin_dir = hostbundle.libraries(binaries[0])["libslurmfull.so"].parent
+    plugins = [p for p in sorted(plugin_dir.glob("*.so")) if _wanted_by_clients(p) and hostbundle.loads(p)]
 
-    libraries: dict[str, Path] = {}
-    for elf in binaries + plugins:
-        libraries.update(_libraries(elf))
-    loader = next(path for name, path in libraries.items() if name.startswith("ld-linux"))
+    libraries = hostbundle.all_libraries(binaries + plugins)
+    loader = hostbundle.loader(libraries)
     for name, path in libraries.items():
         if path.parent != plugin_dir:
             shutil.copy2(path, staging / "lib" / name)
@@ -60,15 +58,11 @@ def build(target: Path, cluster_slurm_conf: str) -> None:
     library_path = f"{PREFIX}/lib:{PREFIX}/lib/slurm"
     for binary in binaries:
         shutil.copy2(binary, staging / "libexec" / binary.name)
-        wrapper = staging / "bin" / binary.name
         # slurmstepd sets SLURM_CONF to the host's path after the plugin has built the
         # task's environment, so the wrapper, not the module's siteEnv, has the last word
-        wrapper.write_text(
-            "#!/bin/sh\n"
-            f"export SLURM_CONF={PREFIX}/etc/slurm.conf\n"
-            f"exec {PREFIX}/lib/{loader.name} --library-path {library_path} "
-            f'{PREFIX}/libexec/{binary.name} "$@"\n', encoding="utf-8")
-        wrapper.chmod(0o755)
+        hostbundle.write_wrapper(staging / "bin" / binary.name, f"{PREFIX}/libexec/{binary.name}",
+                                 loader_path=f"{PREFIX}/lib/{loader.name}", library_path=library_path,
+                                 exports={"SLURM_CONF": f"{PREFIX}/etc/slurm.conf"})
     (staging / "etc" / "slurm.conf").write_text(container_slurm_conf(cluster_slurm_conf), encoding="utf-8")
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)
@@ -81,28 +75,8 @@ def container_slurm_conf(cluster_slurm_conf: str) -> str:
     return "\n".join(kept + [f"PluginDir={PREFIX}/lib/slurm"]) + "\n"
 
 
-def _libraries(elf: Path) -> dict[str, Path]:
-    """soname -> resolved host path of everything `elf` loads (the loader included)."""
-    listing = subprocess.run(["/usr/bin/ldd", str(elf)], capture_output=True, text=True, check=True,
-                             env={"PATH": "/usr/bin:/bin"}).stdout
-    found = {}
-    for line in listing.splitlines():
-        match = _LDD_LINE.match(line)
-        if match:
-            path = Path(match.group(2))
-            found[match.group(1) or path.name] = path
-    return found
-
-
 def _wanted_by_clients(plugin: Path) -> bool:
     return plugin.stem.endswith("_none") or not plugin.stem.startswith(DAEMON_PLUGIN_TYPES)
-
-
-def _loads(plugin: Path) -> bool:
-    """False for plugins whose libraries the host lacks: Slurm skips those on the host too."""
-    listing = subprocess.run(["/usr/bin/ldd", str(plugin)], capture_output=True, text=True,
-                             env={"PATH": "/usr/bin:/bin"})
-    return listing.returncode == 0 and "not found" not in listing.stdout
 
 
 def up_to_date(target: Path, cluster_slurm_conf: str) -> bool:
