@@ -115,6 +115,11 @@ class ShifterCluster:
         if drained:
             self.run(["scontrol", "update", f"nodename={','.join(drained)}", "state=resume"], as_user=False)
 
+    def restart_slurmd(self, node: str) -> None:
+        """Stop a node's slurmd and start a new one (running jobs and their steps survive)."""
+        self._record.daemons.pop(f"slurmd-{node}").stop()
+        self._cluster._start_slurmd(self._record, node)
+
     def log(self, name: str) -> str:
         """A daemon's log, e.g. log("slurmd-n1") or log("slurmctld")."""
         return (self.layout.log / f"{name}.log").read_text(encoding="utf-8", errors="replace")

@@ -1,0 +1,100 @@
+"""Containers come and go with jobs, whatever happens to the jobs: many jobs in
+a row, cancelled ones, a failing prolog, a slurmd restart in the middle."""
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.cluster, pytest.mark.root, pytest.mark.slow]
+
+IMAGE = "docker:busybox:latest"
+UNKNOWN_ID = "id:" + "0" * 64
+
+
+@pytest.fixture(scope="module")
+def image(cluster):
+    cluster.run(["shifterimg", "pull", IMAGE], timeout=300)
+    return IMAGE
+
+
+def _leftovers(cluster) -> list[str]:
+    """Container mounts in any process, holders, loop devices of images, state files."""
+    found = []
+    udi = f" {cluster.layout.root}/run/udi"
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                continue
+            if udi in Path(f"/proc/{entry}/mountinfo").read_text():
+                found.append(f"process {entry} sees a container mount")
+            if Path(f"/proc/{entry}/cmdline").read_bytes().startswith(b"shifter-holder"):
+                found.append(f"holder {entry} alive")
+        except OSError:
+            continue
+    loops = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
+    found += [line for line in loops.splitlines() if str(cluster.layout.root) in line]
+    found += [str(p) for p in (cluster.layout.root / "run" / "shifter").glob("job*.json")]
+    return found
+
+
+def _holder_of(cluster, job: int, node: str, timeout: float = 60) -> Path:
+    state = cluster.layout.root / "run" / "shifter" / f"job{job}.{node}.json"
+    deadline = time.monotonic() + timeout
+    while not state.exists():
+        assert time.monotonic() < deadline, f"no container for job {job} on {node}"
+        time.sleep(0.2)
+    return state
+
+
+def test_hundred_jobs_leave_nothing_behind(cluster, image):
+    """100 jobs: most run to completion, every tenth is cancelled while it runs,
+    one fails in its prolog (an image id that is not in the image directory)."""
+    finished, cancelled = [], []
+    script = "#!/bin/sh\nsrun -n1 sh -c 'test -r /etc/os-release'\n"
+    long_script = "#!/bin/sh\nsleep 300\n"
+    for i in range(100):
+        if i % 10 == 5:
+            cancelled.append(cluster.sbatch(long_script, "-n1", f"--image={image}", "--autoshift"))
+        else:
+            finished.append(cluster.sbatch(script, "-n1", f"--image={image}", "--autoshift"))
+    broken = cluster.sbatch("#!/bin/sh\ntrue\n", "-N1", "-w", "n3", f"--image={UNKNOWN_ID}")
+    for job in cancelled:                       # cancel each once it runs
+        deadline = time.monotonic() + 300
+        while cluster.job_state(job) == "PENDING":
+            assert time.monotonic() < deadline, f"job {job} never started"
+            time.sleep(0.3)
+        cluster.run(["scancel", str(job)])
+    deadline = time.monotonic() + 120
+    while cluster.job_state(broken) not in ("PENDING", "FAILED", "CANCELLED") \
+            or "n3" not in cluster.run(["sinfo", "-h", "-R", "-o", "%n"], as_user=False).stdout:
+        assert time.monotonic() < deadline, "the failing prolog never drained n3"
+        time.sleep(0.3)
+    assert f"image {'0' * 64} is not in" in cluster.log("slurmd-n3")
+    cluster.run(["scancel", str(broken)], as_user=False)
+    cluster.resume_nodes()
+    states = {job: cluster.wait(job, timeout=600) for job in finished + cancelled}
+    assert all(states[job] == "COMPLETED" for job in finished), states
+    assert all(states[job] == "CANCELLED" for job in cancelled), states
+    cluster.wait(broken)
+    cluster.resume_nodes()
+    cluster.assert_idle()
+    assert _leftovers(cluster) == []
+
+
+def test_epilog_cleans_up_after_a_slurmd_restart(cluster, image):
+    job = cluster.sbatch("#!/bin/sh\nsleep 300\n", "-N1", "-w", "n2", f"--image={image}", "--autoshift")
+    _holder_of(cluster, job, "n2")
+    cluster.restart_slurmd("n2")
+    result = cluster.srun(f"--jobid={job}", "-N1", f"--image={image}", "--autoshift",
+                          "cat", "/etc/os-release")
+    assert "shifter-py test image" in result.stdout
+    cluster.run(["scancel", str(job)])
+    assert cluster.wait(job) == "CANCELLED"
+    cluster.assert_idle()
+    assert _leftovers(cluster) == []
