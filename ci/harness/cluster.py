@@ -411,7 +411,10 @@ class Cluster:
             if daemon is not None:
                 daemon.stop()
         self._stop_network()
-        remains = self.scope(record).remains()
+        # processes an epilog just signalled may need a moment to exit
+        scope = self.scope(record)
+        _wait_until(lambda: not scope.remains(), 5, 0.2)
+        remains = scope.remains()
         self.layout.record_file.unlink(missing_ok=True)
         return remains
 
