@@ -36,6 +36,7 @@ DEFAULT_PATH = "/etc/shifter/udiRoot.conf"
 DEFAULT_RUN_DIR = "/run/shifter"
 DEFAULT_GATEWAY_TIMEOUT = 60.0
 DEFAULT_SSHD_PORT = 1204
+DEFAULT_PULL_WAIT = 10.0
 
 
 class _Invalid(Exception):
@@ -68,6 +69,17 @@ def _float_seconds(value: str) -> float:
         raise _Invalid(f"{value!r} is not a number of seconds") from None
     if not seconds > 0 or seconds == float("inf"):
         raise _Invalid(f"{value!r} must be a positive number of seconds")
+    return seconds
+
+
+def _seconds_or_zero(value: str) -> float:
+    """Like _float_seconds, but 0 (do not wait) is allowed."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise _Invalid(f"{value!r} is not a number of seconds") from None
+    if not 0 <= seconds < float("inf"):
+        raise _Invalid(f"{value!r} must be 0 or a positive number of seconds")
     return seconds
 
 
@@ -223,6 +235,9 @@ _KEYS: dict[str, _Key] = {
     "runDir": _Key("run_dir", _absolute_path),
     "sshdPort": _Key("sshd_port", _port),
     "gatewayCaFile": _Key("gateway_ca_file", _absolute_path),
+    "holdJobsForPull": _Key("hold_jobs_for_pull", _boolean),
+    "pullWaitAtSubmit": _Key("pull_wait_at_submit", _seconds_or_zero),
+    "provenanceDir": _Key("provenance_dir", _absolute_path),
 }
 
 REQUIRED_KEYS = ("udiMount", "loopMount", "imagePath", "etcPath", "system", "imageGateway")
@@ -318,6 +333,9 @@ class UdiRootConfig:
     run_dir: str = DEFAULT_RUN_DIR
     sshd_port: int = DEFAULT_SSHD_PORT
     gateway_ca_file: str | None = None
+    hold_jobs_for_pull: bool = False
+    pull_wait_at_submit: float = DEFAULT_PULL_WAIT
+    provenance_dir: str | None = None
     path: str | None = None
     warnings: tuple[str, ...] = ()
 
