@@ -39,7 +39,7 @@ import stat
 import time
 
 from . import etcfiles, pathsafety, syscalls
-from .errors import ContainerError, ShifterError
+from .errors import ContainerError, ShifterError, VolumeError
 from .imagestore import ImageMeta
 
 HOLDER_NAME = "shifter-holder"
@@ -335,6 +335,43 @@ class _Tree:
             os.close(os.open(host, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644))
         return self.path(inside)
 
+    def user_mount_point(self, inside: str) -> str:
+        """The host path of a user volume's target directory, created if missing.
+
+        A missing target is created only on the container's own layer, never
+        in a node file system bound into it (/tmp, a siteFs home), where it
+        would appear on the node and where the node's users could swap
+        directories under us; an existing one must be a directory of that
+        layer or a mount point of the container.  The policy is checked again
+        on where the target really leads, so a symlink in the image cannot
+        turn an allowed /data into a forbidden /etc.
+        """
+        from . import volumes
+        host = pathsafety.resolve(self.root, inside, missing_ok=True)
+        relative = os.path.relpath(host, os.path.realpath(self.root))
+        real = "/" if relative == "." else "/" + relative
+        if real != inside:
+            try:
+                volumes.parse(f"/:{real}", volumes.USER)
+            except VolumeError:
+                raise VolumeError(f"--volume target {inside} leads to {real} in the container, "
+                                  "where users cannot mount") from None
+        existing = host
+        while not os.path.lexists(existing):
+            existing = os.path.dirname(existing)
+        layer = os.stat(self.root).st_dev
+        if existing != host:
+            allowed = os.stat(existing).st_dev == layer
+        elif not os.path.isdir(host):
+            raise VolumeError(f"--volume target {inside} is not a directory in the container")
+        else:
+            allowed = os.stat(host).st_dev == layer or (
+                os.path.ismount(host) and os.stat(os.path.dirname(host)).st_dev == layer)
+        if not allowed:
+            raise VolumeError(f"cannot mount on {inside}: it lies in a node file system bound into "
+                              "the container; choose a target outside it")
+        return self.makedirs(real)
+
 
 def _remove_any(host: str) -> None:
     if os.path.isdir(host) and not os.path.islink(host):
@@ -423,7 +460,6 @@ def _mount_user_volume(tree: _Tree, volume, spec: ContainerSpec, cfg) -> None:
         from . import pernodecache
         pernodecache.mount(tree, volume, spec, cfg)
         return
-    from . import volumes
     with contextlib.ExitStack() as stack:
         with _as_user(spec.user):
             fd = stack.enter_context(pathsafety.open_resolved(tree.root, volume.source))
@@ -432,11 +468,7 @@ def _mount_user_volume(tree: _Tree, volume, spec: ContainerSpec, cfg) -> None:
                     source, os.R_OK | os.X_OK, effective_ids=True):
                 raise ContainerError(f"--volume source {volume.source} is not a directory "
                                      f"{spec.user.name} can read in the container")
-        target = tree.mount_point(volume.target, is_dir=True)
-        # Re-check the policy on where the target really is: a symlink in the
-        # image must not turn an allowed /data into a forbidden /etc.
-        real_target = "/" + os.path.relpath(target, tree.root)
-        volumes.parse(f"{volume.source}:{real_target}", "user")
+        target = tree.user_mount_point(volume.target)
         syscalls.bind(source, target, readonly=volume.read_only, nodev=True,
                       propagation=_propagation(volume, cfg))
 
