@@ -1,0 +1,119 @@
+"""perNodeCache: a private XFS file system per job and node, for fast scratch I/O.
+
+`--volume=/x:/cache:perNodeCache=size=10G[,bs=4K]` gives the job, on every
+node, a new XFS at /cache owned by the user: small files and fsyncs stay on
+the node instead of hitting the shared file system.  As in Shifter, the
+source is not used (Shifter issue #261) and root gets no cache.
+
+The file system lives in a sparse file created 0600 and O_EXCL in the site's
+perNodeCachePath, formatted with mkfsXfsPath and loop-mounted read-write,
+nosuid, nodev inside the job's mount namespace.  The file is unlinked right
+after the mount: only the loop device still holds it, so its blocks return
+to the node's file system when the namespace dies with the job, and a crashed
+node leaves no file to clean up.  Should the prolog die between creating and
+unlinking it, `discard` removes what is left (the epilog calls it).
+
+    mount(tree, volume, spec, cfg)   # in the prolog, for each cache volume
+    discard(cfg, job_id, node)       # in the epilog
+"""
+from __future__ import annotations
+
+import glob
+import os
+import subprocess
+import tempfile
+
+from . import config, syscalls, volumes
+from .errors import ContainerError, VolumeError
+
+FILE_PREFIX = "perNodeCache"
+MKFS_TIMEOUT = 60.0
+MOUNT_FLAGS = syscalls.MS_NOSUID | syscalls.MS_NODEV
+_TOOL_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def mount(tree, volume: volumes.VolumeMount, spec, cfg) -> None:
+    """Create the cache of `volume` and mount it at its target in `tree` (a container._Tree)."""
+    cache = volume.per_node_cache
+    user = spec.user
+    if user.uid == 0 or user.gid == 0:
+        raise VolumeError("perNodeCache is not available to root (uid or gid 0)")
+    volumes.check_policy((volume,), cfg.cache_policy())
+    directory = _cache_directory(cfg)
+    _require_space(directory, cache.size)
+    target = tree.user_mount_point(volume.target)
+    fd, path = tempfile.mkstemp(prefix=f"{_job_prefix(spec.job_id, spec.node)}uid{user.uid}.",
+                                suffix=".xfs", dir=directory)
+    try:
+        os.ftruncate(fd, cache.size)
+        _make_xfs(cfg.mkfs_xfs_path, fd, cache.block_size, volume.target)
+        try:
+            syscalls.loop_mount(path, target, "xfs", MOUNT_FLAGS)
+        except OSError as error:
+            raise ContainerError(f"cannot mount the perNodeCache at {volume.target}: "
+                                 f"{error.strerror}") from None
+    finally:
+        os.close(fd)
+        os.unlink(path)
+    root = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        os.fchown(root, user.uid, user.gid)
+    finally:
+        os.close(root)
+
+
+def discard(cfg, job_id: int, node: str) -> list[str]:
+    """Remove backing files a failed prolog of this job left on this node; return them."""
+    if not cfg.per_node_cache_path:
+        return []
+    pattern = os.path.join(glob.escape(cfg.per_node_cache_path), glob.escape(_job_prefix(job_id, node)) + "*")
+    removed = []
+    for path in glob.glob(pattern):
+        try:
+            os.unlink(path)
+            removed.append(path)
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+def _job_prefix(job_id: int, node: str) -> str:
+    """Backing files are named per job *and node*: emulated nodes may share one directory."""
+    return f"{FILE_PREFIX}.job{int(job_id)}.{node}."
+
+
+def _cache_directory(cfg) -> str:
+    """perNodeCachePath, created 0700 if missing; root alone may change it."""
+    directory = cfg.per_node_cache_path
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    config.require_root_owned(directory, "perNodeCachePath")
+    return directory
+
+
+def _require_space(directory: str, size: int) -> None:
+    """The file is sparse, but the job may fill it: the space must be free now."""
+    st = os.statvfs(directory)
+    free = st.f_bavail * st.f_frsize
+    if free < size:
+        raise VolumeError(f"a perNodeCache of {volumes.format_bytes(size)} does not fit on this node: "
+                          f"its cache file system has {free / 1024 ** 3:.1f} GiB free; ask for less")
+
+
+def _make_xfs(mkfs: str, fd: int, block_size: int, shown: str) -> None:
+    """mkfs.xfs on the open file, with the block size the user chose (Shifter issue #289).
+
+    A subprocess is fine here: only jobs asking for a cache pay for it.
+    """
+    config.require_root_owned(mkfs, "mkfsXfsPath")
+    try:
+        result = subprocess.run(
+            [mkfs, "-q", "-K", "-b", f"size={block_size}", f"/proc/self/fd/{fd}"],
+            pass_fds=(fd,), env={"PATH": _TOOL_PATH, "LC_ALL": "C"}, stdin=subprocess.DEVNULL,
+            capture_output=True, text=True, timeout=MKFS_TIMEOUT, check=False)
+    except subprocess.TimeoutExpired:
+        raise ContainerError(f"cannot create the perNodeCache at {shown}: {mkfs} took more than "
+                             f"{MKFS_TIMEOUT:.0f} s") from None
+    if result.returncode != 0:
+        detail = (result.stderr or result.stdout).strip().splitlines()
+        raise ContainerError(f"cannot create the perNodeCache at {shown}: {mkfs} failed"
+                             + (f": {detail[-1]}" if detail else f" with status {result.returncode}"))

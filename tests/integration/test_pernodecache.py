@@ -1,0 +1,136 @@
+"""perNodeCache for real: sparse file, mkfs.xfs, loop mount at the target, owned
+by the user, backing file unlinked at once, space back after the job, limits.
+
+The first tests build containers directly (as the prolog does, without
+Slurm); the last ones run jobs on the mini-cluster."""
+from __future__ import annotations
+
+import os
+import re
+import time
+
+import pytest
+
+from shifter_core import etcfiles, pernodecache
+from shifter_core.errors import ShifterError, VolumeError
+from tests.integration.runtime_fixtures import MKFS_XFS, Site, loop_backing_files, mounts_under, run
+
+MiB = 1024 ** 2
+GiB = 1024 ** 3
+
+pytestmark = pytest.mark.root
+
+
+@pytest.fixture
+def site():
+    site = Site()
+    site.cfg = site.config(perNodeCachePath=f"{site.path}/cache", mkfsXfsPath=MKFS_XFS,
+                           perNodeCacheSizeLimit="1G")
+    yield site
+    site.cleanup(site.cfg)
+
+
+def _cache_loops(site) -> dict[str, str]:
+    return {dev: f for dev, f in loop_backing_files().items() if f.startswith(f"{site.path}/cache/")}
+
+
+def test_cache_is_a_private_xfs_owned_by_the_user(site):
+    meta = site.image("cache")
+    job = site.create(site.cfg, meta, 11, volumes="/ignored:/scratch/cache:perNodeCache=size=512M,bs=1K")
+    out = run(job, "grep ' /scratch/cache ' /proc/mounts; stat -c 'owner=%u' /scratch/cache;"
+                   " stat -f -c 'bsize=%S blocks=%b' /scratch/cache;"
+                   " dd if=/dev/zero of=/scratch/cache/data bs=1M count=64 2>/dev/null && sync;"
+                   " ls -l /scratch/cache/data")
+    assert re.search(r" /scratch/cache xfs rw,nosuid,nodev\b", out), out
+    assert f"owner={job.uid}" in out
+    bsize, blocks = map(int, re.search(r"bsize=(\d+) blocks=(\d+)", out).groups())
+    assert 400 * MiB <= bsize * blocks <= 512 * MiB, out   # less XFS's log
+    assert "bsize=1024" in out, "the bs= option must reach mkfs.xfs (Shifter issue #289)"
+    assert "67108864" in out
+    # On the node: no file in the cache directory, only the loop device holds it.
+    assert os.listdir(site.cfg.per_node_cache_path) == []
+    [backing] = _cache_loops(site).values()
+    assert re.fullmatch(rf"{site.path}/cache/perNodeCache\.job11\.nodeA\.uid{job.uid}\.\w+\.xfs \(deleted\)",
+                        backing)
+    assert not mounts_under(f"{site.path}/udi", besides=job), "the cache is visible outside the job"
+
+
+def test_space_is_given_back_when_the_job_ends(site):
+    meta = site.image("cache")
+    cache_dir = site.cfg.per_node_cache_path
+    job = site.create(site.cfg, meta, 12, volumes="/x:/cache:perNodeCache=size=1G")
+    run(job, "dd if=/dev/urandom of=/cache/data bs=1M count=300 2>/dev/null && sync")
+    st = os.statvfs(cache_dir)
+    during = st.f_bfree * st.f_frsize
+    from shifter_core import container
+    assert container.destroy(site.cfg, 12, "nodeA")
+    deadline = time.monotonic() + 10
+    while _cache_loops(site) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _cache_loops(site), "the loop device outlived the job's namespace"
+    st = os.statvfs(cache_dir)
+    after = st.f_bfree * st.f_frsize
+    # 300 MiB were written into the cache; other users of the disk add noise.
+    assert after - during > 200 * MiB, (during, after)
+
+
+def test_block_size_and_target_are_checked_by_the_user_policy(site):
+    with pytest.raises(VolumeError, match="exceeds the site's limit of 1G"):
+        site.cfg.user_volumes("/x:/cache:perNodeCache=size=2G")
+    with pytest.raises(VolumeError, match="total 1536M"):
+        site.cfg.user_volumes("/x:/a:perNodeCache=size=768M;/x:/b:perNodeCache=size=768M")
+    with pytest.raises(VolumeError, match="at least 300M"):
+        site.cfg.user_volumes("/x:/cache:perNodeCache=size=100M")
+    with pytest.raises(VolumeError, match="belongs to the container's setup"):
+        site.cfg.user_volumes("/x:/var/cache:perNodeCache=size=512M")
+
+
+def test_a_cache_larger_than_the_free_space_is_refused(site):
+    cfg = site.config(perNodeCachePath=f"{site.path}/cache", mkfsXfsPath=MKFS_XFS)
+    st = os.statvfs(site.path)
+    too_big = (st.f_bavail * st.f_frsize // GiB + 2) * GiB
+    meta = site.image("cache")
+    with pytest.raises(ShifterError, match=r"does not fit on this node: .* GiB free; ask for less"):
+        site.create(cfg, meta, 13, volumes=f"/x:/cache:perNodeCache=size={too_big}")
+    assert os.listdir(cfg.per_node_cache_path) == []
+    assert not _cache_loops(site)
+
+
+def test_root_gets_no_cache(site):
+    meta = site.image("cache")
+    root = etcfiles.User("root", 0, 0, "", "/root", "/bin/sh", (0,))
+    with pytest.raises(ShifterError, match="not available to root"):
+        site.create(site.cfg, meta, 14, account=root, volumes="/x:/cache:perNodeCache=size=512M")
+    assert not os.path.exists(site.cfg.per_node_cache_path) or not os.listdir(site.cfg.per_node_cache_path)
+
+
+def test_a_failure_after_the_cache_leaves_nothing(site):
+    """The cache is mounted, then the next volume fails: no mount, loop device or file remains."""
+    meta = site.image("cache")
+    with pytest.raises(ShifterError, match="/does does not exist in the container"):
+        site.create(site.cfg, meta, 15,
+                    volumes="/x:/cache:perNodeCache=size=512M;/does/not/exist:/data")
+    assert os.listdir(site.cfg.per_node_cache_path) == []
+    assert not _cache_loops(site)
+    assert not mounts_under(f"{site.path}/udi")
+
+
+def test_cache_directory_must_be_root_only(site):
+    cfg = site.config(perNodeCachePath=f"{site.path}/opencache", mkfsXfsPath=MKFS_XFS)
+    os.mkdir(f"{site.path}/opencache")
+    os.chmod(f"{site.path}/opencache", 0o777)
+    meta = site.image("cache")
+    with pytest.raises(ShifterError, match="perNodeCachePath .* must not be writable by group or others"):
+        site.create(cfg, meta, 16, volumes="/x:/cache:perNodeCache=size=512M")
+    assert os.listdir(f"{site.path}/opencache") == []
+
+
+def test_discard_removes_only_this_jobs_leftovers(site):
+    cache = site.cfg.per_node_cache_path
+    os.makedirs(cache)
+    names = ["perNodeCache.job17.nodeA.uid5.abc.xfs", "perNodeCache.job17.nodeB.uid5.abc.xfs",
+             "perNodeCache.job170.nodeA.uid5.abc.xfs", "unrelated"]
+    for name in names:
+        open(os.path.join(cache, name), "w").close()
+    assert pernodecache.discard(site.cfg, 17, "nodeA") == [os.path.join(cache, names[0])]
+    assert sorted(os.listdir(cache)) == sorted(names[1:])
