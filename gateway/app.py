@@ -33,10 +33,10 @@ from shifter_core.errors import (AccessDenied, AuthenticationError, ImageNotFoun
                                  ShifterError)
 
 from . import auth
-from .catalog import BadRequest, Catalog
+from .catalog import BadRequest, Catalog, ImageView
 from .config import DEFAULT_PATH, GatewayConfig, load
 from .db import Database, DatabaseUnavailable
-from .models import Image, Job
+from .models import Job
 from .queue import JobQueue
 
 CONFIG_ENV = "SHIFTER_GATEWAY_CONFIG"
@@ -97,8 +97,8 @@ def create_app(config: GatewayConfig | str | None = None, *, db: Database | None
     @app.get("/api/lookup/<system>/<itype>/<path:tag>/")
     def lookup(system, itype, tag):
         who = caller(system)
-        with db.session() as session:
-            return jsonify(image_record(catalog.lookup(session, who, system, itype, tag)))
+        with db.connection() as connection:
+            return jsonify(image_record(catalog.lookup(connection, who, system, itype, tag)))
 
     @app.post("/api/pull/<system>/<itype>/<path:tag>/")
     def pull(system, itype, tag):
@@ -182,15 +182,15 @@ def create_app(config: GatewayConfig | str | None = None, *, db: Database | None
     return app
 
 
-def record(result: Image | Job) -> dict:
-    return image_record(result) if isinstance(result, Image) else job_record(result)
+def record(result: ImageView | Job) -> dict:
+    return image_record(result) if isinstance(result, ImageView) else job_record(result)
 
 
-def image_record(image: Image) -> dict:
+def image_record(image: ImageView) -> dict:
     """Shifter's create_response for an image, plus CMD, USER and a few facts of ours."""
     return {
         "id": image.image_id, "system": image.system, "itype": image.itype,
-        "tag": sorted(t.name for t in image.tags), "status": image.status,
+        "tag": image.tags, "status": image.status,
         "userACL": image.user_acl, "groupACL": image.group_acl,
         "ENV": image.env, "ENTRY": image.entrypoint, "WORKDIR": image.workdir, "LABELS": image.labels,
         "last_pull": image.last_pull, "status_message": "",

@@ -15,9 +15,10 @@ Shifter's rules live in one place:
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
@@ -69,28 +70,43 @@ class Catalog:
             query = query.with_for_update(of=Image)
         return session.scalars(query).first()
 
-    def lookup(self, session: Session, caller: auth.Caller, system: str, itype: str, tag: str) -> Image:
-        """The image for a tag, if the caller may see it; extends its expiry."""
+    def lookup(self, connection, caller: auth.Caller, system: str, itype: str, tag: str) -> "ImageView":
+        """The image for a tag, if the caller may see it; extends its expiry.
+
+        The hot path of job start: one SELECT (image and all its tags), and
+        writes only when the expiry moved by more than 1 % or metrics are on.
+        `connection` may be an autocommit Connection or a Session.
+        """
         tag = self.canonical_tag(itype, tag)
-        image = self.find(session, system, itype, tag)
+        image = self._view(connection, system, itype, tag)
         if image is None or not auth.may_read(caller, image.private, image.user_acl, image.group_acl):
             raise ImageNotFound(f"{itype}:{tag} is not available on {system}: pull it first with shifterimg pull")
         now = self.clock()
         timeout = self.config.image_expiration_timeout
-        # Only move the expiry when it moved noticeably: most lookups then write nothing.
         if timeout is not None and (image.expiration or 0) < now + timeout * 0.99:
-            session.execute(update(Image).where(Image.pk == image.pk).values(expiration=now + timeout))
-            image.expiration = now + timeout
+            connection.execute(update(Image).where(Image.pk == image.pk).values(expiration=now + timeout))
+            image = dataclasses.replace(image, expiration=now + timeout)
         if self.config.metrics:
-            session.add(Lookup(user=caller.user, uid=caller.uid, system=system, itype=itype, tag=tag,
-                               image_id=image.image_id, time=now))
+            connection.execute(insert(Lookup).values(user=caller.user, uid=caller.uid, system=system, itype=itype,
+                                                     tag=tag, image_id=image.image_id, time=now))
         return image
 
-    def images(self, session: Session, caller: auth.Caller, system: str) -> list[Image]:
+    @staticmethod
+    def _view(connection, system: str, itype: str, tag: str) -> "ImageView | None":
+        if itype == "id":
+            rows = connection.execute(_BY_ID, {"system": system, "image_id": tag}).all()
+        else:
+            rows = connection.execute(_BY_TAG, {"system": system, "itype": itype, "tag": tag}).all()
+        if not rows:
+            return None
+        fields = {column.key: rows[0]._mapping[column.key] for column in _VIEW_COLUMNS}
+        return ImageView(**fields, tags=sorted({row[-1] for row in rows if row[-1] is not None}))
+
+    def images(self, session: Session, caller: auth.Caller, system: str) -> list["ImageView"]:
         found = session.scalars(
             select(Image).where(Image.system == system, Image.status == READY)
             .options(selectinload(Image.tags)).order_by(Image.pk))
-        return [i for i in found if auth.may_read(caller, i.private, i.user_acl, i.group_acl)]
+        return [ImageView.of(i) for i in found if auth.may_read(caller, i.private, i.user_acl, i.group_acl)]
 
     def metrics(self, session: Session, system: str, limit: int) -> list[Lookup]:
         rows = session.scalars(select(Lookup).where(Lookup.system == system)
@@ -100,7 +116,7 @@ class Catalog:
     # -- requests ---------------------------------------------------------------
 
     def request_pull(self, session: Session, caller: auth.Caller, system: str, itype: str, tag: str,
-                     user_acl: list[int], group_acl: list[int]) -> Image | Job:
+                     user_acl: list[int], group_acl: list[int]) -> "ImageView | Job":
         if itype not in PULLABLE_TYPES:
             raise BadRequest(f"{itype} images cannot be pulled from a registry; only docker images can")
         tag = self.canonical_tag(itype, tag)
@@ -113,7 +129,7 @@ class Catalog:
         if image is not None and now < image.last_pull + self.config.pull_update_timeout \
                 and auth.may_read(caller, image.private, image.user_acl, image.group_acl) \
                 and (not image.private or (set(image.user_acl), set(image.group_acl)) == (set(user_acl), set(group_acl))):
-            return image
+            return ImageView.of(image)
         last = self.queue.latest(session, system, itype, tag)
         if last is not None and last.status == FAILURE and not caller.registry_logins \
                 and now < (last.finished or 0) + self.config.retry_backoff:
@@ -136,13 +152,13 @@ class Catalog:
                                  uid=caller.uid, gid=caller.gid, user_acl=user_acl, group_acl=group_acl,
                                  import_path=path)
 
-    def expire(self, session: Session, caller: auth.Caller, system: str, itype: str, tag: str) -> Image:
+    def expire(self, session: Session, caller: auth.Caller, system: str, itype: str, tag: str) -> "ImageView":
         """Hide the image at once and queue the removal of its files."""
         image = self.find(session, system, itype, self.canonical_tag(itype, tag), lock=True)
         if image is None:
             raise ImageNotFound(f"{itype}:{tag} is not available on {system}")
         self._expire(session, caller, image)
-        return image
+        return ImageView.of(image)
 
     def autoexpire(self, session: Session, caller: auth.Caller, system: str) -> list[str]:
         """Expire every image whose expiry has passed; drop old finished jobs."""
@@ -215,6 +231,61 @@ class Catalog:
     def mark_expired(image: Image) -> None:
         image.status = EXPIRED
         image.expiration = None
+
+
+_VIEW_COLUMNS = (Image.pk, Image.system, Image.itype, Image.image_id, Image.status, Image.format, Image.env,
+                 Image.entrypoint, Image.cmd, Image.workdir, Image.user, Image.labels, Image.arch, Image.os,
+                 Image.size, Image.private, Image.user_acl, Image.group_acl, Image.last_pull, Image.expiration)
+
+
+def _lookup_statements():
+    """The two lookup queries, built once (building a statement costs more than running it)."""
+    images, tags = Image.__table__, Tag.__table__
+    named, others = tags.alias("named"), tags.alias("others")
+    columns = [images.c[column.key] for column in _VIEW_COLUMNS] + [others.c.name]
+    with_tags = images.outerjoin(others, others.c.image_pk == images.c.pk)
+    by_id = select(*columns).select_from(with_tags).where(
+        images.c.system == bindparam("system"), images.c.image_id == bindparam("image_id"),
+        images.c.status == READY)
+    by_tag = select(*columns).select_from(with_tags.join(named, named.c.image_pk == images.c.pk)).where(
+        named.c.system == bindparam("system"), named.c.itype == bindparam("itype"),
+        named.c.name == bindparam("tag"), images.c.status == READY)
+    return by_id, by_tag
+
+
+_BY_ID, _BY_TAG = _lookup_statements()
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageView:
+    """An image as the API shows it: its row plus the names of all its tags."""
+
+    pk: int
+    system: str
+    itype: str
+    image_id: str
+    status: str
+    format: str
+    env: list
+    entrypoint: list | None
+    cmd: list | None
+    workdir: str | None
+    user: str | None
+    labels: dict
+    arch: str | None
+    os: str | None
+    size: int
+    private: bool
+    user_acl: list
+    group_acl: list
+    last_pull: float
+    expiration: float | None
+    tags: list[str]
+
+    @classmethod
+    def of(cls, image: Image) -> "ImageView":
+        fields = {column.key: getattr(image, column.key) for column in _VIEW_COLUMNS}
+        return cls(**fields, tags=sorted(t.name for t in image.tags))
 
 
 def _logins_json(caller: auth.Caller) -> dict | None:

@@ -1,8 +1,10 @@
 """Database engine, sessions and schema migrations.
 
 PostgreSQL in production, SQLite (one file, WAL) as the embedded default.
-Connections are checked before use (`pool_pre_ping`), so after a database
-restart the next request gets a fresh connection instead of a dead one.  The
+Connections are not pinged before use (that would double a lookup's round
+trips): when the database restarts, the first statement on a dead connection
+fails with DatabaseUnavailable (HTTP 503), SQLAlchemy then discards the whole
+pool, and the next request connects afresh.  The
 schema belongs to Alembic: `upgrade()` brings any database, empty or old, to
 the current revision; nothing calls `create_all`.
 """
@@ -37,7 +39,7 @@ def make_engine(uri: str) -> Engine:
                                                   "check_same_thread": False})
         _serialise_sqlite_writers(engine)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10, pool_timeout=10)
+    return create_engine(url, pool_size=5, max_overflow=10, pool_timeout=10)
 
 
 def _serialise_sqlite_writers(engine: Engine) -> None:
@@ -58,7 +60,8 @@ def _serialise_sqlite_writers(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _begin(connection):
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        if connection.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 class Database:
@@ -71,22 +74,24 @@ class Database:
 
     @contextlib.contextmanager
     def session(self):
-        """A transaction; database failures become DatabaseUnavailable."""
-        session: Session = self._sessions()
-        try:
-            yield session
-            session.commit()
-        except DBAPIError as e:
-            _quiet_rollback(session)
-            if isinstance(e, (OperationalError, InterfaceError)) or e.connection_invalidated:
-                raise DatabaseUnavailable(
-                    f"the gateway database is unavailable ({_first_line(e.orig)}); retry in a moment") from e
-            raise
-        except BaseException:
-            _quiet_rollback(session)
-            raise
-        finally:
-            session.close()
+        """An ORM transaction, committed at the end, rolled back on error."""
+        with _unavailable_on_failure():
+            session: Session = self._sessions()
+            try:
+                yield session
+                session.commit()
+            except BaseException:
+                _quiet_rollback(session)
+                raise
+            finally:
+                session.close()
+
+    @contextlib.contextmanager
+    def connection(self):
+        """An autocommit connection: each statement is its own transaction (the fast lookup path)."""
+        with _unavailable_on_failure(), \
+                self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+            yield connection
 
     def upgrade(self, revision: str = "head") -> None:
         command.upgrade(alembic_config(self.uri), revision)
@@ -104,6 +109,18 @@ def alembic_config(uri: str) -> AlembicConfig:
     config.set_main_option("script_location", os.path.normpath(MIGRATIONS))
     config.set_main_option("sqlalchemy.url", uri.replace("%", "%%"))
     return config
+
+
+@contextlib.contextmanager
+def _unavailable_on_failure():
+    """Lost or refused database connections become DatabaseUnavailable (HTTP 503)."""
+    try:
+        yield
+    except DBAPIError as e:
+        if isinstance(e, (OperationalError, InterfaceError)) or e.connection_invalidated:
+            raise DatabaseUnavailable(
+                f"the gateway database is unavailable ({_first_line(e.orig)}); retry in a moment") from e
+        raise
 
 
 def _quiet_rollback(session: Session) -> None:
