@@ -15,6 +15,7 @@ udiRoot.conf's module `slurm` binds it at /opt/slurm, with /run/munge beside it.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -24,6 +25,7 @@ from pathlib import Path
 from shifter_core import hostbundle
 
 PREFIX = "/opt/slurm"
+STAMP = ".built-from"
 COMMANDS = ("srun", "sbatch", "scontrol", "squeue", "scancel", "sinfo")
 # Plugin types that only slurmctld, slurmd or slurmstepd load.  Some pull in large
 # libraries (hdf5 and curl for profiling, rrd with X11 for sensors) that a client in
@@ -64,6 +66,7 @@ def build(target: Path, cluster_slurm_conf: str) -> None:
                                  loader_path=f"{PREFIX}/lib/{loader.name}", library_path=library_path,
                                  exports={"SLURM_CONF": f"{PREFIX}/etc/slurm.conf"})
     (staging / "etc" / "slurm.conf").write_text(container_slurm_conf(cluster_slurm_conf), encoding="utf-8")
+    (staging / STAMP).write_text(_stamp(cluster_slurm_conf), encoding="utf-8")
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)
 
@@ -80,18 +83,20 @@ def _wanted_by_clients(plugin: Path) -> bool:
 
 
 def up_to_date(target: Path, cluster_slurm_conf: str) -> bool:
-    """True when `target` holds a bundle of the installed srun for this slurm.conf."""
+    """True when `target` was built by this code from the installed Slurm for this slurm.conf."""
     try:
-        bundled = (target / "libexec" / "srun").stat()
-        conf = (target / "etc" / "slurm.conf").read_text(encoding="utf-8")
-        wrapper = (target / "bin" / "srun").read_text(encoding="utf-8")
+        return (target / STAMP).read_text(encoding="utf-8") == _stamp(cluster_slurm_conf)
     except OSError:
         return False
-    if "export SLURM_CONF=" not in wrapper:
-        return False  # made by an older version of this module
-    host = Path(shutil.which("srun", path="/usr/bin")).stat()
-    return (bundled.st_size, int(bundled.st_mtime)) == (host.st_size, int(host.st_mtime)) and \
-        conf == container_slurm_conf(cluster_slurm_conf)
+
+
+def _stamp(cluster_slurm_conf: str) -> str:
+    """What the bundle depends on: the host's srun, the configuration and the code that builds it."""
+    srun = Path(shutil.which("srun", path="/usr/bin")).stat()
+    digest = hashlib.sha256(container_slurm_conf(cluster_slurm_conf).encode())
+    for module in (__file__, hostbundle.__file__):
+        digest.update(Path(module).read_bytes())
+    return f"srun {srun.st_size} {srun.st_mtime_ns}\n{digest.hexdigest()}\n"
 
 
 def run_in_minimal_root(bundle: Path, uid: int, gid: int, passwd_line: str, group_line: str,
