@@ -62,6 +62,11 @@ class GatewayClient:
         payload = self._login_payload()
         return self._request("POST", self._image_path("pull", image), body=body, payload=payload)
 
+    def pull_status(self, image) -> dict:
+        """Poll a pull asked for earlier: pull() without registry logins, so a failed
+        pull is reported (for the gateway's RetryBackoff) instead of started again."""
+        return self._request("POST", self._image_path("pull", image), body={})
+
     def images(self) -> list[dict]:
         return self._request("GET", f"/api/list/{self._quote(self.system)}/")["list"]
 
