@@ -21,9 +21,11 @@ Inside that namespace:
 The overlay puts the site's files (/etc/passwd, group, ... , mount points)
 over the image, which is the order Shifter builds by copying; it also lets a
 volume target be created anywhere, on the tmpfs layer (Shifter issue #231).
-Then, in Shifter's order: /proc, /sys, /dev, /tmp, /var/tmp; site /etc files;
-siteFs and module siteFs binds; /opt/udiImage; /var/hostsfile; module root
-hooks; user volumes last; the root optionally remounted read-only.  Every
+Then /dev, an overlay of the node's /dev (so that site device binds need no
+mount point in the node's /dev), and in Shifter's order: siteFs and module
+siteFs binds; site /etc files; /opt/udiImage; /var/hostsfile; module root
+hooks; /proc, /sys, /tmp, /var/tmp; user volumes last; the root optionally
+remounted read-only.  Every
 path inside the root is resolved with pathsafety, so a symlink shipped in the
 image can never redirect a mount or a write to the node's own files.
 """
@@ -254,6 +256,7 @@ def _build(cfg, spec: ContainerSpec) -> dict[str, float]:
             tree.makedirs(directory)
         os.chmod(tree.path("tmp"), 0o1777)
         os.chmod(tree.path("var/empty"), 0o700)
+        _mount_dev(tree, stage)
         _run_hook(cfg.site_pre_mount_hook, root)
         for volume in cfg.site_fs:
             _bind_volume(tree, volume, volume.source, cfg)
@@ -429,10 +432,51 @@ def _mount_system(tree: _Tree) -> None:
     syscalls.mount("proc", tree.path("proc"), "proc",
                    syscalls.MS_NOSUID | syscalls.MS_NODEV | syscalls.MS_NOEXEC)
     syscalls.bind("/sys", tree.path("sys"), readonly=True)
-    syscalls.bind("/dev", tree.path("dev"), recursive=True, nodev=False)
     syscalls.bind("/tmp", tree.path("tmp"))
     if os.path.isdir("/var/tmp"):
         syscalls.bind("/var/tmp", tree.path("var/tmp"))
+
+
+def _mount_dev(tree: _Tree, stage: str) -> None:
+    """/dev: the node's devices, as an overlay whose upper layer is the container's.
+
+    Mount points for site device binds (a GPU's /dev/nvidia0 bound from
+    elsewhere) are created there and never in the node's /dev.  The node's
+    mounts under /dev (pts, shm, mqueue ...) are bound on top.
+    """
+    for sub in ("dev-upper", "dev-work"):
+        os.mkdir(os.path.join(stage, sub), 0o755)
+    syscalls.mount("shifter-dev", tree.path("dev"), "overlay", syscalls.MS_NOSUID,
+                   f"lowerdir=/dev,upperdir={stage}/dev-upper,workdir={stage}/dev-work")
+    for mount_point in _mounts_below("/dev"):
+        syscalls.bind(mount_point, tree.path(mount_point), recursive=True, nodev=False)
+
+
+def _mounts_below(directory: str) -> list[str]:
+    """The outermost mount points strictly below `directory` in this namespace."""
+    found: list[str] = []
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+        for line in f:
+            point = _unescape_mountinfo(line.split()[4])
+            if point.startswith(directory + "/") and point not in found:
+                found.append(point)
+    return [p for p in found if not any(p.startswith(other + "/") for other in found)]
+
+
+def _unescape_mountinfo(field: str) -> str:
+    """mountinfo writes space, tab, newline and backslash as octal escapes."""
+    for code in ("040", "011", "012", "134"):
+        field = field.replace("\\" + code, chr(int(code, 8)))
+    return field
+
+
+def _keeps_devices(source: str) -> bool:
+    """Device nodes stay usable in binds from the node's /dev (as in Shifter)
+    and in binds of one device node the site names (a GPU's, say)."""
+    if source == "/dev" or source.startswith("/dev/"):
+        return True
+    mode = os.stat(source).st_mode
+    return stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
 
 
 def _propagation(volume, cfg) -> int:
@@ -447,7 +491,7 @@ def _bind_volume(tree: _Tree, volume, source: str, cfg) -> None:
             raise ContainerError(f"siteFs source {source} does not exist on this node")
         target = tree.mount_point(volume.target, is_dir=is_dir)
         syscalls.bind(source, target, readonly=volume.read_only, recursive=volume.recursive,
-                      nodev=True, propagation=_propagation(volume, cfg))
+                      nodev=not _keeps_devices(source), propagation=_propagation(volume, cfg))
     except OSError as error:
         raise ContainerError(f"cannot bind {source} on {volume.target}: {error.strerror}") from None
 
