@@ -40,7 +40,7 @@ import signal
 import stat
 import time
 
-from . import etcfiles, pathsafety, syscalls
+from . import config, etcfiles, pathsafety, syscalls
 from .errors import ContainerError, ShifterError, VolumeError
 from .imagestore import ImageMeta
 
@@ -257,10 +257,10 @@ def _build(cfg, spec: ContainerSpec) -> dict[str, float]:
         os.chmod(tree.path("tmp"), 0o1777)
         os.chmod(tree.path("var/empty"), 0o700)
         _mount_dev(tree, stage)
-        _run_hook(cfg.site_pre_mount_hook, root)
+        _run_hook(cfg.site_pre_mount_hook, root, "sitePreMountHook")
         for volume in cfg.site_fs:
             _bind_volume(tree, volume, volume.source, cfg)
-        _run_hook(cfg.site_post_mount_hook, root)
+        _run_hook(cfg.site_post_mount_hook, root, "sitePostMountHook")
         for module in spec.modules:
             for volume in module.site_fs:
                 _bind_volume(tree, volume, volume.source, cfg)
@@ -269,7 +269,7 @@ def _build(cfg, spec: ContainerSpec) -> dict[str, float]:
         if spec.hosts:
             tree.write("var/hostsfile", "".join(f"{h}\n" for h in spec.hosts))
         for module in spec.modules:
-            _run_hook(module.root_hook, root)
+            _run_hook(module.root_hook, root, f"module_{module.name}_roothook")
         _mount_system(tree)
         for volume in spec.volumes:
             _mount_user_volume(tree, volume, spec, cfg)
@@ -415,9 +415,11 @@ def _copy_udi_image(tree: _Tree, cfg, spec: ContainerSpec) -> None:
     """Site helpers (/opt/udiImage) and module copyPath trees, world-readable."""
     import shutil
 
-    sources = [(cfg.opt_udi_image, "opt/udiImage")] if cfg.opt_udi_image else []
-    sources += [(m.copy_path, f"opt/udiImage/modules/{m.name}") for m in spec.modules if m.copy_path]
-    for source, inside in sources:
+    sources = [(cfg.opt_udi_image, "opt/udiImage", "optUdiImage")] if cfg.opt_udi_image else []
+    sources += [(m.copy_path, f"opt/udiImage/modules/{m.name}", f"module_{m.name}_copyPath")
+                for m in spec.modules if m.copy_path]
+    for source, inside, what in sources:
+        _require_root_tree(source, what)
         target = tree.makedirs(inside)
         shutil.copytree(source, target, symlinks=True, dirs_exist_ok=True)
         for directory, dirs, files in os.walk(target):
@@ -426,6 +428,18 @@ def _copy_udi_image(tree: _Tree, cfg, spec: ContainerSpec) -> None:
                 if not os.path.islink(path):
                     mode = os.stat(path).st_mode
                     os.chmod(path, mode | 0o444 | (0o111 if mode & 0o100 or stat.S_ISDIR(mode) else 0))
+
+
+def _require_root_tree(directory: str, what: str) -> None:
+    """Root copies this tree into containers: root alone may have written any of it."""
+    config.require_root_owned(directory, what)
+    for parent, dirs, files in os.walk(directory):
+        for name in dirs + files:
+            path = os.path.join(parent, name)
+            st = os.lstat(path)
+            if st.st_uid != 0 or (not stat.S_ISLNK(st.st_mode) and st.st_mode & 0o022):
+                raise ContainerError(f"{what} {directory} must hold only files that root owns and "
+                                     f"group and others cannot write; {path} is not one")
 
 
 def _mount_system(tree: _Tree) -> None:
@@ -535,10 +549,14 @@ class _as_user:
         return False
 
 
-def _run_hook(script: str | None, root: str) -> None:
-    """A site or module root hook: `/bin/sh <script>` as root, cwd the root."""
+def _run_hook(script: str | None, root: str, what: str) -> None:
+    """A site or module root hook: `/bin/sh <script>` as root, cwd the root.
+
+    Root runs it, so root alone may have written it (`what` names its key).
+    """
     if not script:
         return
+    config.require_root_owned(script, what)
     import subprocess   # hooks are rare; keep it off the prolog's start-up
 
     result = subprocess.run(["/bin/sh", script], cwd=root, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
