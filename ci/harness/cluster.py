@@ -34,7 +34,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ci.harness import leaks, oci, slurmclient
+from ci.harness import leaks, oci, sitemodules, slurmclient
 from ci.harness.registry import Registry
 from shifter_core import config
 from shifter_core.errors import ShifterError
@@ -80,6 +80,8 @@ class Layout:
     udiroot_conf = property(lambda self: self.etc / "udiRoot.conf")
     container_etc = property(lambda self: self.etc / "container-etc")
     slurm_client = property(lambda self: self.root / "slurm-client")
+    site_software = property(lambda self: self.root / "site")
+    node_cache = property(lambda self: self.root / "cache")
     record_file = property(lambda self: self.run / "harness.json")
 
     def pidfile(self, daemon: str) -> Path:
@@ -311,6 +313,7 @@ class Cluster:
         _write(layout.udiroot_conf, udiroot_conf(layout, record))
         _write(layout.gateway_conf, json.dumps(gateway_conf(layout, record), indent=1) + "\n")
         populate_container_etc(layout)
+        sitemodules.populate(layout.site_software)
         config.load(str(layout.udiroot_conf))  # the runtime must accept what we wrote
 
     def _start_registry(self, record: Record) -> None:
@@ -553,6 +556,8 @@ def udiroot_conf(layout: Layout, record: Record) -> str:
 
     Module `slurm` (on by default) puts the Slurm client bundle at /opt/slurm with
     munge's socket, so `srun` works in a batch script that runs inside an image.
+    The other modules bind fake MPI and GPU software (ci/harness/sitemodules.py);
+    perNodeCache volumes of up to 2G live in .cluster/cache.
     """
     home = pwd.getpwnam(TEST_USER).pw_dir
     prefix = slurmclient.PREFIX
@@ -573,6 +578,10 @@ def udiroot_conf(layout: Layout, record: Record) -> str:
         f"module_slurm_siteEnvPrepend=PATH={prefix}/bin",
         f"module_slurm_siteEnv=SLURM_CONF={prefix}/etc/slurm.conf",
         "defaultModules=slurm",
+        *sitemodules.config_lines(layout.site_software),
+        f"perNodeCachePath={layout.node_cache}",
+        f"mkfsXfsPath={shutil.which('mkfs.xfs', path=DAEMON_PATH)}",
+        "perNodeCacheSizeLimit=2G",
     ]) + "\n"
 
 
