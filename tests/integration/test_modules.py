@@ -1,0 +1,98 @@
+"""Site modules (module_<name>_* keys, --module): an MPI library directory and a
+GPU's device node and libraries bound by configuration alone, root hooks,
+copyPath, user hooks, defaults, `none` and conflicts.
+
+The first tests build containers directly (as the prolog does, without
+Slurm) with the fake site software of ci/harness/sitemodules.py; the others
+run jobs on the mini-cluster, whose udiRoot.conf configures the same modules.
+"""
+from __future__ import annotations
+
+import os
+import re
+
+import pytest
+
+from ci.harness import sitemodules
+from shifter_core.errors import ConfigError, ContainerError, ModuleError
+from tests.integration.runtime_fixtures import Site, run
+
+pytestmark = pytest.mark.root
+
+IMAGE = "docker:busybox:latest"
+
+
+@pytest.fixture
+def site():
+    site = Site()
+    sitemodules.populate(site.path / "software")
+    site.cfg = site.config(**dict(line.split("=", 1)
+                                  for line in sitemodules.config_lines(site.path / "software")))
+    yield site
+    site.cleanup(site.cfg)
+
+
+def test_mpi_and_gpu_modules_by_configuration_alone(site):
+    meta = site.image("mods")
+    job = site.create(site.cfg, meta, 21, modules="mpich,gpu")
+    out = run(job, "ls /opt/mpich/lib /opt/gpu/lib; stat -c '%F %t:%T' /dev/fakegpu0;"
+                   " echo data > /dev/fakegpu0 && echo wrote; cat /etc/fakegpu.conf;"
+                   " ls /opt/udiImage/modules/gpu/bin")
+    assert "libmpi.so.12" in out and "libcuda.so.1" in out
+    assert "character special file 1:3" in out
+    assert "wrote" in out, "the GPU device node must be usable in the container"
+    assert "fakegpu0 prepared by uid 0" in out, "the root hook runs as root in the container root"
+    assert "fake-smi" in out
+    assert not os.path.exists("/dev/fakegpu0"), "the device's mount point went to the node's /dev"
+    assert job.modules == ["mpich", "gpu"]
+
+
+def test_container_dev_is_the_nodes_with_its_mounts(site):
+    job = site.create(site.cfg, site.image("mods"), 22)
+    out = run(job, "ls /dev/null /dev/zero /dev/urandom; grep -E ' /dev/(pts|shm) ' /proc/mounts;"
+                   " echo x > /dev/shm/shifter-test-$$ && rm /dev/shm/shifter-test-$$ && echo shm-ok;"
+                   " touch /dev/new 2>/dev/null || echo dev-not-writable")
+    assert re.search(r" /dev/pts devpts ", out) and re.search(r" /dev/shm tmpfs ", out), out
+    assert "shm-ok" in out and "dev-not-writable" in out
+
+
+def test_selection_defaults_none_and_conflicts(site):
+    cfg = site.config(defaultModules="mpich",
+                      **dict(line.split("=", 1) for line in sitemodules.config_lines(site.path / "software")))
+    assert [m.name for m in cfg.select_modules(None)] == ["mpich"]
+    assert cfg.select_modules("none") == ()
+    assert [m.name for m in cfg.select_modules("gpu")] == ["gpu"], "a request replaces the defaults"
+    with pytest.raises(ModuleError, match="modules 'mpich' and 'openmpi' conflict: choose one"):
+        cfg.select_modules("mpich,openmpi")
+    with pytest.raises(ModuleError, match="unknown module 'cuda': this system offers gpu, hookfail, mpich, openmpi"):
+        cfg.select_modules("cuda")
+
+
+@pytest.mark.parametrize("key, target", [
+    ("module_gpu_roothook", "gpu/roothook.sh"),
+    ("module_gpu_copyPath", "gpu/copy/bin/fake-smi"),
+    ("module_gpu_copyPath", "gpu/copy"),
+])
+def test_root_hooks_and_copy_paths_must_be_root_only(site, key, target):
+    """Root runs the hook and copies the tree: a file others can write refuses the container."""
+    path = site.path / "software" / target
+    os.chmod(path, os.stat(path).st_mode | 0o002)
+    with pytest.raises(ContainerError, match=rf"{key} .*(writable by group or others|cannot write)"):
+        site.create(site.cfg, site.image("mods"), 23, modules="gpu")
+
+
+def test_a_copy_path_file_of_a_user_is_refused(site):
+    os.chown(site.path / "software" / "gpu" / "copy" / "userhook.sh", 65534, -1)
+    with pytest.raises(ContainerError, match="module_gpu_copyPath .*/userhook.sh is not one"):
+        site.create(site.cfg, site.image("mods"), 24, modules="gpu")
+
+
+def test_a_failing_root_hook_fails_the_container(site):
+    (site.path / "software" / "gpu" / "roothook.sh").write_text("echo no GPU here >&2; exit 2\n")
+    with pytest.raises(ContainerError, match="roothook.sh failed with status 2: no GPU here"):
+        site.create(site.cfg, site.image("mods"), 25, modules="gpu")
+
+
+def test_an_unknown_module_key_is_a_config_error(site):
+    with pytest.raises(ConfigError, match="unknown module gpu sub-key 'copypath' .*did you mean copyPath"):
+        site.config(module_gpu_copypath=str(site.path))
