@@ -2,8 +2,9 @@
 
 `cluster` (session scope) is the ci/cluster mini-cluster: three Slurm nodes
 n1..n3 with the shifter plugin, munge, the local registry and the gateway.  It
-is brought up if it is not up already and taken down at the end only if this
-session brought it up (then the leak check of `ci/cluster down` must pass).
+is brought up if it is not up already; the last session using it takes it
+down if a session started it (then the leak check of `ci/cluster down` must
+pass), while one started by hand with `ci/cluster up` stays up.
 Tests that ask for it are skipped unless run as root.  It is a ShifterCluster:
 
     def test_three_nodes(cluster):
@@ -16,7 +17,6 @@ node and container sees), with the cluster's client environment.
 """
 from __future__ import annotations
 
-import fcntl
 import os
 import pwd
 import subprocess
@@ -28,7 +28,6 @@ import pytest
 
 from ci.harness import cluster as harness
 
-SESSION_OWNER = "pytest"
 FINISHED_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
                    "PREEMPTED", "BOOT_FAIL", "DEADLINE"}
 
@@ -127,27 +126,9 @@ class ShifterCluster:
 
 @pytest.fixture(scope="session")
 def cluster():
-    """The mini-cluster for this session; see the module docstring.
-
-    Several pytest sessions (people sharing a machine) may use one cluster: each
-    holds a shared lock on .cluster/users.lock while it runs, and the last one
-    out takes down a cluster that a test session started.  One that someone
-    started by hand with `ci/cluster up` stays up.
-    """
+    """The mini-cluster for this session (see the module docstring and Cluster.session)."""
     if os.geteuid() != 0:
         pytest.skip("the mini-cluster needs root")
     cluster = harness.Cluster(harness.Layout(harness.REPO / ".cluster"))
-    cluster.layout.root.mkdir(parents=True, exist_ok=True)
-    with open(cluster.layout.root / "users.lock", "a") as users:
-        fcntl.flock(users, fcntl.LOCK_SH)
-        record = cluster.up(started_by=SESSION_OWNER)
+    with cluster.session("pytest") as record:
         yield ShifterCluster(cluster, record)
-        fcntl.flock(users, fcntl.LOCK_UN)
-        try:
-            fcntl.flock(users, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return  # another session still uses it and will take it down
-        running = harness.Record.load(cluster.layout)
-        if running is not None and running.started_by == SESSION_OWNER:
-            remains = cluster.down()
-            assert not remains, "ci/cluster down left behind:\n" + "\n".join(remains)

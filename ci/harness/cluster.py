@@ -36,7 +36,7 @@ from pathlib import Path
 
 from ci.harness import leaks, oci, sitemodules, slurmclient
 from ci.harness.registry import Registry
-from shifter_core import config
+from shifter_core import config, udiimage
 from shifter_core.errors import ShifterError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -54,6 +54,7 @@ CLUSTER_NAME = "shifterci"
 MUNGE_SOCKET_DIR = Path("/run/munge")
 DAEMON_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 IP = "/usr/sbin/ip"
+BY_HAND = "ci/cluster"  # Record.started_by of a cluster someone started at a shell
 
 
 class ClusterError(ShifterError):
@@ -80,6 +81,8 @@ class Layout:
     udiroot_conf = property(lambda self: self.etc / "udiRoot.conf")
     container_etc = property(lambda self: self.etc / "container-etc")
     slurm_client = property(lambda self: self.root / "slurm-client")
+    udi_image = property(lambda self: self.root / "udiImage")
+    node_hosts = property(lambda self: self.etc / "hosts")
     site_software = property(lambda self: self.root / "site")
     node_cache = property(lambda self: self.root / "cache")
     record_file = property(lambda self: self.run / "harness.json")
@@ -120,7 +123,7 @@ class Daemon:
 class Record:
     """What `up` started and chose, so that `env`, `status` and `down` (other processes) know."""
 
-    started_by: str = "ci/cluster"
+    started_by: str = BY_HAND
     daemons: dict[str, Daemon] = field(default_factory=dict)
     namespaces: list[int] = field(default_factory=list)
     slurmctld_port: int = 0
@@ -227,7 +230,7 @@ class Cluster:
             fcntl.flock(lock, fcntl.LOCK_EX)
             yield
 
-    def up(self, with_plugin: bool = True, started_by: str = "ci/cluster") -> Record:
+    def up(self, with_plugin: bool = True, started_by: str = BY_HAND) -> Record:
         """Start the cluster, or return the running one; `started_by` is kept in the record."""
         if os.geteuid() != 0:
             raise ClusterError("ci/cluster up needs root (daemons, namespaces, mounts)")
@@ -310,6 +313,9 @@ class Cluster:
         _write(layout.plugstack_conf, "# Written by ci/harness/cluster.py; see slurm.conf.d/.\n" + plugstack)
         if not slurmclient.up_to_date(layout.slurm_client, cluster_conf):
             slurmclient.build(layout.slurm_client, cluster_conf)
+        if not udiimage.up_to_date(layout.udi_image):
+            udiimage.build(layout.udi_image)
+        _write(layout.node_hosts, node_hosts())
         _write(layout.udiroot_conf, udiroot_conf(layout, record))
         _write(layout.gateway_conf, json.dumps(gateway_conf(layout, record), indent=1) + "\n")
         populate_container_etc(layout)
@@ -361,12 +367,14 @@ class Cluster:
             raise ClusterError(f"slurmctld does not answer; see {self.layout.log / 'slurmctld.log'}")
 
     def _start_slurmd(self, record: Record, node: str) -> None:
-        """slurmd in the node's netns plus a new UTS and private mount namespace.
+        """slurmd in the node's netns plus a new UTS and private mount namespace,
+        where node_hosts() is /etc/hosts (as a cluster's DNS would name the nodes).
 
         nsenter --net, not `ip netns exec`: the latter remounts /sys and hides
         /sys/fs/cgroup, without which slurmd 22.05 dies.
         """
-        inner = f"hostname {node} && exec /usr/sbin/slurmd -f {shlex.quote(str(self.layout.slurm_conf))} -N {node}"
+        inner = (f"hostname {node} && /usr/bin/mount --bind {shlex.quote(str(self.layout.node_hosts))} /etc/hosts"
+                 f" && exec /usr/sbin/slurmd -f {shlex.quote(str(self.layout.slurm_conf))} -N {node}")
         _run(["/usr/bin/nsenter", f"--net=/run/netns/{node}", "/usr/bin/unshare", "--uts", "--mount",
               "--propagation", "private", "/bin/sh", "-c", inner])
         daemon = Daemon.of(_read_pidfile(self.layout.pidfile(f"slurmd-{node}")))
@@ -390,6 +398,34 @@ class Cluster:
         """Stop everything `up` started; return what of the cluster still remains (empty: clean)."""
         with self._exclusive():
             return self._down(Record.load(self.layout) or Record())
+
+    @contextlib.contextmanager
+    def session(self, name: str):
+        """Use the cluster from a program (a test run, a benchmark); yields the running Record.
+
+            with Cluster(Layout(REPO / ".cluster")).session("bench") as record:
+                ...  # srun with SLURM_CONF from cluster.client_env(record)
+
+        Brings the cluster up if needed.  Every session holds a shared lock on
+        .cluster/users.lock while it runs, so `ci/cluster down` and other sessions
+        know it is in use; the last one out takes down a cluster that a session
+        started, never one started by hand with `ci/cluster up`.  Raises
+        ClusterError listing what that `down` left behind.
+        """
+        self.layout.root.mkdir(parents=True, exist_ok=True)
+        with open(self.layout.root / "users.lock", "a") as users:
+            fcntl.flock(users, fcntl.LOCK_SH)
+            yield self.up(started_by=name)
+            fcntl.flock(users, fcntl.LOCK_UN)
+            try:
+                fcntl.flock(users, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return  # another session still uses it and will take it down
+            record = Record.load(self.layout)
+            if record is not None and record.started_by != BY_HAND:
+                remains = self.down()
+                if remains:
+                    raise ClusterError("ci/cluster down left behind: " + "; ".join(remains))
 
     def sessions_using_it(self) -> bool:
         """True while a pytest session's `cluster` fixture holds its shared lock on users.lock."""
@@ -557,7 +593,8 @@ def udiroot_conf(layout: Layout, record: Record) -> str:
     Module `slurm` (on by default) puts the Slurm client bundle at /opt/slurm with
     munge's socket, so `srun` works in a batch script that runs inside an image.
     The other modules bind fake MPI and GPU software (ci/harness/sitemodules.py);
-    perNodeCache volumes of up to 2G live in .cluster/cache.
+    perNodeCache volumes of up to 2G live in .cluster/cache.  optUdiImage is the
+    host's OpenSSH (shifter_core/udiimage.py), for --ccm.
     """
     home = pwd.getpwnam(TEST_USER).pw_dir
     prefix = slurmclient.PREFIX
@@ -571,6 +608,7 @@ def udiroot_conf(layout: Layout, record: Record) -> str:
         f"runDir={layout.run}/shifter",
         f"udiRootPath={REPO}",
         f"etcPath={layout.container_etc}",
+        f"optUdiImage={layout.udi_image}",
         "rootfsType=tmpfs",
         "defaultImageType=docker",
         f"siteFs={home}",
@@ -601,6 +639,12 @@ def gateway_conf(layout: Layout, record: Record) -> dict:
             "local": {"imageDir": str(layout.images)},
         }},
     }
+
+
+def node_hosts() -> str:
+    """/etc/hosts on the nodes: the host's, plus the nodes' names (ssh n2 under --ccm)."""
+    own = Path("/etc/hosts").read_text(encoding="utf-8")
+    return own.rstrip("\n") + "\n" + "".join(f"{address} {node}\n" for node, address in NODE_ADDRESSES.items())
 
 
 def populate_container_etc(layout: Layout) -> None:
