@@ -428,7 +428,7 @@ class Cluster:
                     raise ClusterError("ci/cluster down left behind: " + "; ".join(remains))
 
     def sessions_using_it(self) -> bool:
-        """True while a pytest session's `cluster` fixture holds its shared lock on users.lock."""
+        """True while a session (see `session`, e.g. the pytest fixture) holds its shared lock."""
         try:
             users = open(self.layout.root / "users.lock", "r")
         except FileNotFoundError:
