@@ -2,6 +2,10 @@
 
     shifter-admin plugstack [--config /etc/shifter/udiRoot.conf]
         prints the plugstack.conf line that installs this shifter-py
+    shifter-admin release-held-jobs [--config ...] [--interval 2] [--once]
+        the daemon that starts jobs held until their image is pulled
+    shifter-admin provenance [--job N] [--digest sha256:...] [--user U] [--json]
+        which jobs ran which image, where, when, and how long each phase took
 """
 from __future__ import annotations
 
@@ -34,3 +38,52 @@ def plugstack(config_path: str) -> None:
     if not os.path.exists(plugin):
         raise click.ClickException(f"{plugin} is not built: reinstall shifter-py (pip install .)")
     click.echo(f"required {plugin} venv={sys.prefix} config={os.path.abspath(config_path)}")
+
+
+@main.command("release-held-jobs")
+@click.option("--config", "config_path", default=config.DEFAULT_PATH, show_default=True,
+              help="udiRoot.conf of the cluster.")
+@click.option("--interval", default=2.0, show_default=True, type=click.FloatRange(min=0.1),
+              help="Seconds between two looks at the held jobs.")
+@click.option("--once", is_flag=True, help="Look once and exit.")
+def release_held_jobs(config_path: str, interval: float, once: bool) -> None:
+    """Release (or end) jobs held until their image is pulled; runs as root."""
+    from .. import releaser
+    from ..errors import ShifterError
+
+    try:
+        releaser.main(config_path, interval, once)
+    except ShifterError as error:
+        raise click.ClickException(str(error)) from None
+
+
+@main.command()
+@click.option("--config", "config_path", default=config.DEFAULT_PATH, show_default=True,
+              help="udiRoot.conf naming provenanceDir.")
+@click.option("--dir", "directory", help="Read this provenance directory instead.")
+@click.option("--job", type=int, help="Only this job.")
+@click.option("--digest", help="Only jobs that ran this image (sha256:...).")
+@click.option("--user", help="Only jobs of this user.")
+@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON records.")
+def provenance(config_path: str, directory: str | None, job: int | None, digest: str | None,
+               user: str | None, as_json: bool) -> None:
+    """Which jobs ran which image, on which nodes, when, with phase timings (ms)."""
+    from .. import provenance as records
+    from ..errors import ShifterError
+
+    if directory is None:
+        try:
+            directory = config.load(config_path).provenance_dir
+        except ShifterError as error:
+            raise click.ClickException(str(error)) from None
+        if not directory:
+            raise click.ClickException(f"{config_path} sets no provenanceDir: no provenance is recorded")
+    found, unreadable = records.read(directory)
+    rows = records.summarize(found, job=job, digest=digest, user=user)
+    if as_json:
+        for line in records.lines_of(found, rows):
+            click.echo(line)
+    else:
+        click.echo(records.table(rows))
+    if unreadable:
+        click.echo(f"shifter-admin: {unreadable} line(s) of {directory} could not be read", err=True)
