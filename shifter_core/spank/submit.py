@@ -8,36 +8,58 @@ option fails the submission with one line.
 The pin travels two ways: in the job's environment (SHIFTER_* variables, seen
 by the batch script, by the steps and by an srun started inside the job) and
 as job-control variables, which the prolog and epilog see as SPANK_SHIFTER_*.
+SHIFTER_LOOKUP_MS carries the time this lookup took to the prolog's records.
+
+An image the gateway has not converted yet is pulled now.  The submission
+waits (pullWaitAtSubmit) until the pull is done, has failed (the submission
+then fails with its reason) or has found the image in its registry; then,
+with holdJobsForPull, the job is queued held and pinned when the pull
+completes (shifter_core/pullhold.py), otherwise the submission is refused
+until the image is READY.
 """
 from __future__ import annotations
 
 import os
+import time
 
-from .. import imageref, volumes
-from ..errors import ShifterError
+from .. import ccm, imageref, pullhold, volumes
+from ..errors import ImageNotFound, ShifterError
 from ..gwclient import GatewayClient
 from . import settings
+from .bridge import log_info
 
 PINNED = ("SHIFTER_IMAGEREQUEST", "SHIFTER_IMAGE", "SHIFTER_IMAGETYPE", "SHIFTER_IMAGE_DIGEST")
+LOOKUP_VAR = "SHIFTER_LOOKUP_MS"
+POLL_INTERVAL = 0.25
 
 
 def init_post_opt(spank, opts) -> None:
     cfg = settings.site_config(spank)
+    if opts.ccm:
+        ccm.require_enabled(settings.parse_args(spank.args))
     if not opts.image:
         given = [f"--{n}" for n in ("volume", "module", "autoshift", "ccm") if getattr(opts, n)]
         raise ShifterError(f"{', '.join(given)} needs --image")
     ref = imageref.parse(opts.image, cfg.default_image_type)
     mounts = volumes.parse(opts.volume or "", "user", cfg.cache_policy())
     modules = cfg.select_modules(opts.module)
-    pin = _inherited_pin(str(ref)) or _resolve(cfg, ref)
-    export = dict(pin)
+    export = _inherited_pin(str(ref))
+    if export is None:
+        started = time.monotonic()
+        export = _resolve(cfg, ref, new_job=spank.context == "allocator" or not os.environ.get("SLURM_JOB_ID"))
+        export[LOOKUP_VAR] = f"{(time.monotonic() - started) * 1000:.1f}"
+    export.setdefault(pullhold.PENDING_VAR, "")
     export["SHIFTER_VOLUME"] = volumes.render(mounts)
     export["SHIFTER_MODULE"] = ",".join(m.name for m in modules)
-    export["SHIFTER_AUTOSHIFT"] = "1" if opts.autoshift else "0"
+    # CCM jobs run in their containers, as in Shifter
+    export["SHIFTER_AUTOSHIFT"] = "1" if opts.autoshift or opts.ccm else "0"
     export["SHIFTER_CCM"] = "1" if opts.ccm else "0"
     for name, value in export.items():
         os.environ[name] = value
         spank.job_control_setenv(name, value)
+    if opts.ccm:
+        # for the prolog only: not in the job's environment
+        spank.job_control_setenv(ccm.SECRET_VARIABLE, ccm.new_secret())
 
 
 def _inherited_pin(request: str) -> dict[str, str] | None:
@@ -48,12 +70,45 @@ def _inherited_pin(request: str) -> dict[str, str] | None:
     return None
 
 
-def _resolve(cfg, ref: imageref.ImageRef) -> dict[str, str]:
-    if ref.type == "id":
-        image_id = ref.image_id
-    else:
-        client = GatewayClient(cfg.image_gateway, cfg.system, cfg.gateway_timeout,
-                               ca_file=cfg.gateway_ca_file, default_type=cfg.default_image_type)
-        image_id = client.lookup(ref)["id"]
+def _pinned(ref: imageref.ImageRef, image_id: str) -> dict[str, str]:
     return {"SHIFTER_IMAGEREQUEST": str(ref), "SHIFTER_IMAGE": image_id, "SHIFTER_IMAGETYPE": "id",
             "SHIFTER_IMAGE_DIGEST": f"sha256:{image_id}"}
+
+
+def _resolve(cfg, ref: imageref.ImageRef, *, new_job: bool) -> dict[str, str]:
+    """The pin for `ref`; for an image not pulled yet, start the pull (see the module doc)."""
+    if ref.type == "id":
+        return _pinned(ref, ref.image_id)
+    client = GatewayClient(cfg.image_gateway, cfg.system, cfg.gateway_timeout,
+                           ca_file=cfg.gateway_ca_file, default_type=cfg.default_image_type)
+    try:
+        return _pinned(ref, client.lookup(ref)["id"])
+    except ImageNotFound:
+        if ref.type != "docker":
+            raise
+    record = _pull(client, ref, cfg.pull_wait_at_submit)
+    if record.get("status") == "READY":
+        return _pinned(ref, record["id"])
+    if record.get("status") == "FAILURE":
+        raise ImageNotFound(f"{ref} cannot be pulled: {record.get('status_message') or 'the pull failed'}")
+    state = pullhold.progress(record)
+    if not (cfg.hold_jobs_for_pull and new_job):
+        raise ImageNotFound(f"{ref} is not ready on {cfg.system} yet: the gateway is pulling it ({state});"
+                            f" submit again once `shifterimg lookup {ref}` finds it")
+    log_info(f"shifter: the gateway is pulling {ref} ({state}); the job is queued held"
+             " and starts once the image is ready")
+    return {"SHIFTER_IMAGEREQUEST": str(ref), "SHIFTER_IMAGE": "", "SHIFTER_IMAGETYPE": "id",
+            "SHIFTER_IMAGE_DIGEST": "", pullhold.PENDING_VAR: str(ref)}
+
+
+def _pull(client: GatewayClient, ref: imageref.ImageRef, wait: float) -> dict:
+    """Ask for the pull (with the user's registry logins), then poll it for up to `wait` s."""
+    deadline = time.monotonic() + wait
+    record = client.pull(ref)
+    while record.get("status") not in ("READY", "FAILURE") and not pullhold.found_in_registry(record):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        time.sleep(min(POLL_INTERVAL, remaining))
+        record = client.pull_status(ref)
+    return record
