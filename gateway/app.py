@@ -97,8 +97,7 @@ def create_app(config: GatewayConfig | str | None = None, *, db: Database | None
     @app.get("/api/lookup/<system>/<itype>/<path:tag>/")
     def lookup(system, itype, tag):
         who = caller(system)
-        with db.connection() as connection:
-            return jsonify(image_record(catalog.lookup(connection, who, system, itype, tag)))
+        return jsonify(image_record(catalog.lookup(db.connection, who, system, itype, tag)))
 
     @app.post("/api/pull/<system>/<itype>/<path:tag>/")
     def pull(system, itype, tag):

@@ -11,11 +11,15 @@ Shifter's rules live in one place:
   otherwise queues a new job;
 * ACLs count only for private images (those the registry required a login
   for); a private image is visible only to the users and groups listed;
-* a lookup extends the image's expiry; `autoexpire` removes expired images.
+* a lookup extends the image's expiry; `autoexpire` removes expired images;
+* a found image is remembered LookupCacheSeconds per process, so a moved
+  tag or an expired image may still be answered for that long.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import threading
 import time
 
 from sqlalchemy import bindparam, insert, select, update
@@ -44,6 +48,7 @@ class Catalog:
         self.config = config
         self.queue = queue
         self.clock = clock
+        self._recent = _RecentLookups(config.lookup_cache_seconds)
 
     # -- names ------------------------------------------------------------------
 
@@ -70,25 +75,38 @@ class Catalog:
             query = query.with_for_update(of=Image)
         return session.scalars(query).first()
 
-    def lookup(self, connection, caller: auth.Caller, system: str, itype: str, tag: str) -> "ImageView":
+    def lookup(self, connect, caller: auth.Caller, system: str, itype: str, tag: str) -> "ImageView":
         """The image for a tag, if the caller may see it; extends its expiry.
 
-        The hot path of job start: one SELECT (image and all its tags), and
-        writes only when the expiry moved by more than 1 % or metrics are on.
-        `connection` may be an autocommit Connection or a Session.
+        The hot path of job start, when thousands of nodes ask for one tag
+        at once: the answer is kept LookupCacheSeconds in this process; a
+        miss costs one SELECT (image and all its tags).  It writes only when
+        the expiry moved by more than 1 % or when metrics are on.  `connect()`
+        gives a connection (Database.connection, or a session in tests).
         """
         tag = self.canonical_tag(itype, tag)
-        image = self._view(connection, system, itype, tag)
-        if image is None or not auth.may_read(caller, image.private, image.user_acl, image.group_acl):
-            raise ImageNotFound(f"{itype}:{tag} is not available on {system}: pull it first with shifterimg pull")
-        now = self.clock()
-        timeout = self.config.image_expiration_timeout
-        if timeout is not None and (image.expiration or 0) < now + timeout * 0.99:
-            connection.execute(update(Image).where(Image.pk == image.pk).values(expiration=now + timeout))
-            image = dataclasses.replace(image, expiration=now + timeout)
-        if self.config.metrics:
-            connection.execute(insert(Lookup).values(user=caller.user, uid=caller.uid, system=system, itype=itype,
-                                                     tag=tag, image_id=image.image_id, time=now))
+        key = (system, itype, tag)
+        image = self._recent.get(key)
+        with contextlib.ExitStack() as stack:
+            connection = None
+            if image is None:
+                connection = stack.enter_context(connect())
+                image = self._view(connection, system, itype, tag)
+                if image is not None:
+                    self._recent.put(key, image)
+            if image is None or not auth.may_read(caller, image.private, image.user_acl, image.group_acl):
+                raise ImageNotFound(f"{itype}:{tag} is not available on {system}: pull it first with shifterimg pull")
+            now = self.clock()
+            timeout = self.config.image_expiration_timeout
+            if timeout is not None and (image.expiration or 0) < now + timeout * 0.99:
+                connection = connection or stack.enter_context(connect())
+                connection.execute(update(Image).where(Image.pk == image.pk).values(expiration=now + timeout))
+                image = dataclasses.replace(image, expiration=now + timeout)
+                self._recent.put(key, image)
+            if self.config.metrics:
+                connection = connection or stack.enter_context(connect())
+                connection.execute(insert(Lookup).values(user=caller.user, uid=caller.uid, system=system,
+                                                         itype=itype, tag=tag, image_id=image.image_id, time=now))
         return image
 
     @staticmethod
@@ -231,6 +249,33 @@ class Catalog:
     def mark_expired(image: Image) -> None:
         image.status = EXPIRED
         image.expiration = None
+
+
+class _RecentLookups:
+    """Found images by (system, type, tag), each kept `seconds` (a miss is never kept,
+    so an image is visible as soon as its pull ends).  Bounded; thread-safe."""
+
+    MAX_ENTRIES = 4096
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self._entries: dict[tuple, tuple[float, "ImageView"]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple) -> "ImageView | None":
+        if self.seconds <= 0:
+            return None
+        with self._lock:
+            entry = self._entries.get(key)
+        return entry[1] if entry is not None and entry[0] > time.monotonic() else None
+
+    def put(self, key: tuple, image: "ImageView") -> None:
+        if self.seconds <= 0:
+            return
+        with self._lock:
+            if len(self._entries) >= self.MAX_ENTRIES:
+                self._entries.clear()
+            self._entries[key] = (time.monotonic() + self.seconds, image)
 
 
 _VIEW_COLUMNS = (Image.pk, Image.system, Image.itype, Image.image_id, Image.status, Image.format, Image.env,

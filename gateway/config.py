@@ -16,7 +16,7 @@ A site moving from Shifter keeps its file.  Differences, all deliberate:
 Our keys: `StateDirectory` (default home of the SQLite database, cache and
 scratch), `DatabaseURI` (SQLAlchemy URL; PostgreSQL in production),
 `Listen`, `HeartbeatInterval`, `HeartbeatTimeout`, `MaxAttempts`,
-`RetryBackoff`, `Compressor`, `CompressionLevel`, `Processors`, `Architecture`,
+`RetryBackoff`, `LookupCacheSeconds`, `Compressor`, `CompressionLevel`, `Processors`, `Architecture`,
 `CacheSizeLimit`; `Locations.<name>.insecure`; `Platforms.<name>.ssh.port`.
 docs/gateway.md lists them all.
 """
@@ -94,6 +94,7 @@ class GatewayConfig:
     heartbeat_timeout: float = 60.0
     max_attempts: int = 3
     retry_backoff: float = 5.0
+    lookup_cache_seconds: float = 1.0
     warnings: tuple[str, ...] = ()
 
     def platform(self, name: str) -> Platform:
@@ -202,6 +203,7 @@ class _Reader:
             heartbeat_timeout=float(take(d, "HeartbeatTimeout", (int, float), 60.0)),
             max_attempts=self._positive(take(d, "MaxAttempts", int, 3), "MaxAttempts"),
             retry_backoff=float(take(d, "RetryBackoff", (int, float), 5.0)),
+            lookup_cache_seconds=float(take(d, "LookupCacheSeconds", (int, float), 1.0)),
             warnings=tuple(self.warnings),
         )
         self._no_leftovers(d, "")

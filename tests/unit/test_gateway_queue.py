@@ -1,6 +1,7 @@
 """gateway.queue and gateway.catalog rules on a migrated SQLite database (no services)."""
 from __future__ import annotations
 
+import contextlib
 import json
 
 import pytest
@@ -45,6 +46,7 @@ def config(tmp_path):
         "Platforms": {"sys": {"accesstype": "local", "admins": ["root"], "local": {"imageDir": "images"}}},
         "PullUpdateTimeout": 100, "ImageExpirationTimeout": 1000, "Metrics": True, "ImportUsers": ["alice"],
         "RetryBackoff": 5, "MaxAttempts": 3, "HeartbeatInterval": 1, "HeartbeatTimeout": 10,
+        "LookupCacheSeconds": 0,
     }))
     return gwconfig.load(str(path))
 
@@ -63,6 +65,11 @@ def catalog(config, queue, clock):
 def caller(uid=1000, gid=1000, user="alice", groups=None):
     return Caller(user=user, uid=uid, gid=gid, groups=frozenset(groups or {gid}), system="sys",
                   registry_logins={})
+
+
+def within(session):
+    """Catalog.lookup's connection factory, answering with an open session."""
+    return lambda: contextlib.nullcontext(session)
 
 
 def pull(db, catalog, who=None, tag="busybox:1", users=(), groups=()):
@@ -163,7 +170,7 @@ def test_pull_lifecycle_and_lookup(db, catalog, queue, clock):
     pull(db, catalog)
     finish(db, catalog, queue)
     with db.session() as s:
-        image = catalog.lookup(s, caller(), "sys", "docker", "busybox:1")
+        image = catalog.lookup(within(s), caller(), "sys", "docker", "busybox:1")
         assert image.status == READY and image.env == ["A=1"] and image.tags == ["busybox:1"]
         assert image.expiration == clock.now + 1000
     assert pull(db, catalog)[0] is ImageView             # recent: no new pull
@@ -171,7 +178,7 @@ def test_pull_lifecycle_and_lookup(db, catalog, queue, clock):
     kind, _, status = pull(db, catalog)                  # stale: pull again (the tag may have moved)
     assert (kind, status) == (Job, PENDING)
     with db.session() as s:                              # the old image stays available meanwhile
-        assert catalog.lookup(s, caller(), "sys", "docker", "busybox:1").image_id == DIGEST[7:]
+        assert catalog.lookup(within(s), caller(), "sys", "docker", "busybox:1").image_id == DIGEST[7:]
 
 
 def test_bare_name_means_latest_and_bad_names_are_refused(db, catalog):
@@ -202,7 +209,7 @@ def test_two_tags_one_digest_share_one_image(db, catalog, queue):
     pull(db, catalog, tag="busybox:stable")
     finish(db, catalog, queue)
     with db.session() as s:
-        image = catalog.lookup(s, caller(), "sys", "docker", "busybox:stable")
+        image = catalog.lookup(within(s), caller(), "sys", "docker", "busybox:stable")
         assert image.tags == ["busybox:1", "busybox:stable"]
         assert s.query(Image).count() == 1
 
@@ -215,8 +222,8 @@ def test_retagging_moves_the_tag(db, catalog, queue, clock):
     other = ImageMeta(digest="sha256:" + "cd" * 32)
     finish(db, catalog, queue, meta=other)
     with db.session() as s:
-        assert catalog.lookup(s, caller(), "sys", "docker", "busybox:1").image_id == other.id
-        assert catalog.lookup(s, caller(), "sys", "id", "ab" * 32).tags == []
+        assert catalog.lookup(within(s), caller(), "sys", "docker", "busybox:1").image_id == other.id
+        assert catalog.lookup(within(s), caller(), "sys", "id", "ab" * 32).tags == []
 
 
 def test_private_image_acl(db, catalog, queue):
@@ -228,9 +235,9 @@ def test_private_image_acl(db, catalog, queue):
                                               group_acl=[1000, 3000]))
     with db.session() as s:
         for who in (caller(uid=1000), caller(uid=1001, gid=5), caller(uid=7, gid=7, groups={7, 3000})):
-            assert catalog.lookup(s, who, "sys", "docker", "busybox:1")
+            assert catalog.lookup(within(s), who, "sys", "docker", "busybox:1")
         with pytest.raises(ImageNotFound):
-            catalog.lookup(s, caller(uid=7, gid=7), "sys", "docker", "busybox:1")
+            catalog.lookup(within(s), caller(uid=7, gid=7), "sys", "docker", "busybox:1")
         assert catalog.images(s, caller(uid=7, gid=7), "sys") == []
     # an outsider asking for it starts a pull (the registry decides), it is not handed the image
     assert pull(db, catalog, who=caller(uid=7, gid=7))[0] is Job
@@ -255,7 +262,7 @@ def test_metrics_keep_the_last_lookups_in_order(db, catalog, queue, clock):
     with db.session() as s:
         for n in range(25):
             clock.now += 1
-            catalog.lookup(s, caller(uid=1000 + n), "sys", "docker", "busybox:1")
+            catalog.lookup(within(s), caller(uid=1000 + n), "sys", "docker", "busybox:1")
     with db.session() as s:
         rows = catalog.metrics(s, "sys", 20)
         assert [r.uid for r in rows] == list(range(1005, 1025))
@@ -274,7 +281,7 @@ def test_expire_and_autoexpire(db, catalog, queue, clock):
         job = queue.claim(s, "w1")
         assert (job.kind, job.tag) == ("expire", DIGEST[7:])
         with pytest.raises(ImageNotFound):
-            catalog.lookup(s, caller(), "sys", "docker", "busybox:1")
+            catalog.lookup(within(s), caller(), "sys", "docker", "busybox:1")
     with db.session() as s:
         image = catalog.expiring(s, "sys", DIGEST[7:])
         catalog.mark_expired(image)
@@ -290,3 +297,23 @@ def test_import_is_gated_by_import_users(db, catalog):
         catalog.request_import(s, caller(user="bob"), "sys", "custom", "mine", "/x", "squashfs", [], [])
     with db.session() as s, pytest.raises(BadRequest):
         catalog.request_import(s, caller(), "sys", "custom", "mine", "relative", "squashfs", [], [])
+
+
+def test_lookup_cache_keeps_hits_not_misses(db, config, queue, clock):
+    import dataclasses
+    cached = Catalog(dataclasses.replace(config, lookup_cache_seconds=60, metrics=False), queue, clock=clock)
+    with db.session() as s, pytest.raises(ImageNotFound):
+        cached.lookup(within(s), caller(), "sys", "docker", "busybox:1")
+    pull(db, cached)
+    finish(db, cached, queue)
+    with db.session() as s:                              # found at once: misses are not remembered
+        assert cached.lookup(within(s), caller(), "sys", "docker", "busybox:1").image_id == DIGEST[7:]
+    with db.session() as s:
+        s.query(Image).delete()
+    with db.session() as s:                              # remembered: no database needed
+        assert cached.lookup(within(None), caller(), "sys", "docker", "busybox:1").image_id == DIGEST[7:]
+        with pytest.raises(ImageNotFound):               # the ACL is still checked per caller
+            private = dataclasses.replace(cached._recent.get(("sys", "docker", "busybox:1")), private=True,
+                                          user_acl=[1])
+            cached._recent.put(("sys", "docker", "busybox:1"), private)
+            cached.lookup(within(None), caller(), "sys", "docker", "busybox:1")
