@@ -46,6 +46,9 @@ def job_prolog(spank, opts) -> None:
 def job_epilog(spank, opts) -> None:
     cfg = settings.site_config(spank)
     container.destroy(cfg, spank.job_id, node_name())
+    if cfg.per_node_cache_path:
+        from .. import pernodecache   # only where the site offers caches
+        pernodecache.discard(cfg, spank.job_id, node_name())
 
 
 def _pinned_id(opts, cfg) -> str:

@@ -5,8 +5,14 @@ single-threaded: it joins the container the prolog built on this node,
 chroots into it, fixes the environment, and leaves Slurm to drop to the user
 and exec the command inside the image.  A task that cannot enter fails: it
 never runs on the host instead.
+
+task_init then runs in the same process, already chrooted, as the user, just
+before the exec: the place for the modules' user hooks, which Shifter runs
+as the user inside the container before the command.
 """
 from __future__ import annotations
+
+import os
 
 from .. import container, enter, environ
 from ..errors import ContainerError
@@ -14,6 +20,8 @@ from . import settings
 from .node import node_name
 
 BATCH_STEP = 0xFFFFFFFB
+
+_entered: container.JobContainer | None = None   # this task's container, once it is inside
 
 
 def task_init_privileged(spank, opts) -> None:
@@ -29,8 +37,44 @@ def task_init_privileged(spank, opts) -> None:
     argv = spank.argv
     batch_script = argv[0] if spank.step_id == BATCH_STEP and argv else None
     enter.enter(job, batch_script=batch_script)
+    global _entered
+    _entered = job
     for name, value in env.items():
         spank.setenv(name, value)
+
+
+def task_init(spank, opts) -> None:
+    """Run each active module's userhook as `/bin/sh <hook>`; a failure fails the task.
+
+    The configuration comes from this process's cache, loaded before the
+    chroot (the node's files are out of reach now).  The hook gets the
+    task's environment, standard input and output.
+    """
+    if _entered is None:
+        return
+    cfg = settings.site_config(spank)
+    modules = [cfg.modules[name] for name in _entered.modules if name in cfg.modules]
+    hooks = [(module.name, module.user_hook) for module in modules if module.user_hook]
+    if not hooks:
+        return
+    env = spank.env
+    for name, hook in hooks:
+        status = _run_as_task(["/bin/sh", hook], env)
+        if status != 0:
+            raise ContainerError(f"module {name}'s userhook {hook} failed with status {status}; "
+                                 "the task does not run")
+
+
+def _run_as_task(argv: list[str], env: dict[str, str]) -> int:
+    """fork and exec `argv`, and wait for it (no subprocess: nothing can be imported here)."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.execve(argv[0], argv, env)
+        finally:
+            os._exit(127)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
 
 
 def _task_environment(spank, cfg, job: container.JobContainer) -> dict[str, str]:
