@@ -18,10 +18,7 @@ unlinking it, `discard` removes what is left (the epilog calls it).
 """
 from __future__ import annotations
 
-import glob
 import os
-import subprocess
-import tempfile
 
 from . import config, syscalls, volumes
 from .errors import ContainerError, VolumeError
@@ -42,6 +39,8 @@ def mount(tree, volume: volumes.VolumeMount, spec, cfg) -> None:
     directory = _cache_directory(cfg)
     _require_space(directory, cache.size)
     target = tree.user_mount_point(volume.target)
+    import tempfile   # as subprocess below: only jobs with a cache pay for these imports
+
     fd, path = tempfile.mkstemp(prefix=f"{_job_prefix(spec.job_id, spec.node)}uid{user.uid}.",
                                 suffix=".xfs", dir=directory)
     try:
@@ -64,16 +63,20 @@ def mount(tree, volume: volumes.VolumeMount, spec, cfg) -> None:
 
 def discard(cfg, job_id: int, node: str) -> list[str]:
     """Remove backing files a failed prolog of this job left on this node; return them."""
-    if not cfg.per_node_cache_path:
+    directory = cfg.per_node_cache_path
+    try:
+        names = os.listdir(directory) if directory else []
+    except FileNotFoundError:
         return []
-    pattern = os.path.join(glob.escape(cfg.per_node_cache_path), glob.escape(_job_prefix(job_id, node)) + "*")
     removed = []
-    for path in glob.glob(pattern):
-        try:
-            os.unlink(path)
-            removed.append(path)
-        except FileNotFoundError:
-            pass
+    for name in names:
+        if name.startswith(_job_prefix(job_id, node)):
+            path = os.path.join(directory, name)
+            try:
+                os.unlink(path)
+                removed.append(path)
+            except FileNotFoundError:
+                pass
     return removed
 
 
@@ -104,6 +107,8 @@ def _make_xfs(mkfs: str, fd: int, block_size: int, shown: str) -> None:
 
     A subprocess is fine here: only jobs asking for a cache pay for it.
     """
+    import subprocess
+
     config.require_root_owned(mkfs, "mkfsXfsPath")
     try:
         result = subprocess.run(
