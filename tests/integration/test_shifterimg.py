@@ -64,3 +64,16 @@ def test_unreachable_gateway_is_reported(tmp_path, munged):
     result = shifterimg(["images"], conf, munged)
     assert result.returncode == 1
     assert "no image gateway answered" in result.stderr
+
+
+def test_gateways_are_tried_in_order(gateway, munged, busybox, tmp_path_factory):
+    from tests.integration.gateway_fixtures import shared_dir
+    conf = udiroot_conf(shared_dir(tmp_path_factory, "failover"), ["http://127.0.0.1:1", gateway.url])
+    result = shifterimg(["images"], conf, munged)
+    assert result.returncode == 0, result.stderr
+
+
+def test_pull_output_when_not_a_terminal(gateway, conf, munged, busybox):
+    result = shifterimg(["-v", "pull", busybox], conf, munged)
+    assert result.returncode == 0
+    assert "Message: {" in result.stderr and "\x1b[2K" not in result.stdout
