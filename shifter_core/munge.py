@@ -41,6 +41,7 @@ void free(void *ptr);
 # From munge.h (munge 0.5.x): options and the error numbers we tell apart.
 _OPT_TTL = 4
 _OPT_SOCKET = 8
+_OPT_UID_RESTRICTION = 9
 _ERR_SOCKET = 6
 _ERR_BAD_CRED = 8
 _ERR_CRED_INVALID = 14
@@ -92,12 +93,17 @@ class Munge:
     def __init__(self, socket: str = DEFAULT_SOCKET):
         self.socket = socket
 
-    def encode(self, payload: bytes = b"", ttl: int | None = None) -> str:
-        """A new credential for the calling process carrying `payload`."""
+    def encode(self, payload: bytes = b"", ttl: int | None = None, *, decoder_uid: int | None = None) -> str:
+        """A new credential for the calling process carrying `payload`; with
+        `decoder_uid`, munged decodes it only for that uid (the payload stays secret)."""
         lib = _library()
         with self._context(lib) as ctx:
             if ttl is not None:
                 err = lib.munge_ctx_set(ctx, _OPT_TTL, _ffi.cast("int", ttl))
+                if err:
+                    self._raise(lib, ctx, err, "configure")
+            if decoder_uid is not None:
+                err = lib.munge_ctx_set(ctx, _OPT_UID_RESTRICTION, _ffi.cast("uid_t", decoder_uid))
                 if err:
                     self._raise(lib, ctx, err, "configure")
             cred = _ffi.new("char **")
