@@ -58,6 +58,7 @@ setup(
         "cffi>=1.16",
         "requests>=2.31",
         "click>=8.1",
+        "cryptography>=41",
     ],
     extras_require={
         "gateway": [
@@ -71,7 +72,6 @@ setup(
         "test": [
             "pytest>=8",
             "hypothesis>=6.100",
-            "cryptography>=41",
         ],
     },
     entry_points={
