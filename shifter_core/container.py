@@ -67,6 +67,7 @@ class ContainerSpec:
     modules: tuple = ()              # config.Module, already selected
     hosts: tuple[str, ...] = ()      # /var/hostsfile, one line per task
     request: str = ""                # the descriptor the user asked for
+    ccm_secret: bytes | None = None  # --ccm: the job's key secret; an sshd is started (ccm.py)
 
 
 @dataclasses.dataclass
@@ -192,11 +193,13 @@ def _read_reply(fd: int, timeout: float) -> dict:
 
 def _holder_main(cfg, spec: ContainerSpec, path: str, reply_fd: int) -> None:
     """In the forked child: build, report, then hold the namespace forever."""
+    namespace = None
     try:
         os.setsid()
         _to_devnull()
         started = time.perf_counter()
         syscalls.unshare(syscalls.CLONE_NEWNS)
+        namespace = _mntns(os.getpid())
         syscalls.mount(None, "/", None, syscalls.MS_REC | syscalls.PROPAGATION[cfg.mount_propagation_style])
         timings = _build(cfg, spec)
         timings["total"] = time.perf_counter() - started
@@ -212,6 +215,8 @@ def _holder_main(cfg, spec: ContainerSpec, path: str, reply_fd: int) -> None:
     except BaseException as error:          # noqa: BLE001 - report everything, then die
         message = str(error) if isinstance(error, (ShifterError, OSError)) else repr(error)
         try:
+            if namespace is not None:     # what the build started there (a CCM sshd) dies too
+                _kill_namespace(namespace, spare=os.getpid())
             os.write(reply_fd, json.dumps({"error": message}).encode())
         finally:
             os._exit(1)
@@ -273,12 +278,19 @@ def _build(cfg, spec: ContainerSpec) -> dict[str, float]:
         _mount_system(tree)
         for volume in spec.volumes:
             _mount_user_volume(tree, volume, spec, cfg)
+        if spec.ccm_secret is not None:
+            from . import ccm
+            ccm.prepare(tree, cfg, spec)
         tree.write(CONFIG_MARKER, json.dumps(_marker(spec), sort_keys=True) + "\n")
         if not cfg.mount_udi_root_writable:
             syscalls.mount(None, root, None, syscalls.MS_REMOUNT | ROOT_FLAGS | syscalls.MS_RDONLY)
     finally:
         os.umask(old_umask)
     timings["setup"] = time.perf_counter() - mark
+    if spec.ccm_secret is not None:
+        mark = time.perf_counter()
+        ccm.start(tree, cfg, spec)
+        timings["sshd"] = time.perf_counter() - mark
     return timings
 
 
@@ -588,15 +600,29 @@ def destroy(cfg, job_id: int, node: str) -> bool:
         if _cmdline0(pid) == name:
             holders.add((pid, _mntns(pid)))
     for holder_pid, mntns in holders:
-        for pid in _pids():
-            if pid != holder_pid and mntns is not None and _mntns(pid) == mntns:
-                _kill(pid)
+        if mntns is not None:
+            _kill_namespace(mntns, spare=holder_pid)
         _kill(holder_pid)
     try:
         os.unlink(path)
     except FileNotFoundError:
         pass
     return bool(holders)
+
+
+def _kill_namespace(mntns: int, spare: int, timeout: float = 10.0) -> None:
+    """Kill every process of mount namespace `mntns` but `spare`, until none is
+    left: a process may fork (an sshd accepting a login) while we scan."""
+    deadline = time.monotonic() + timeout
+    while True:
+        victims = [pid for pid in _pids()
+                   if pid != spare and _mntns(pid) == mntns and _proc_state(pid) not in (None, "Z", "X")]
+        if not victims:
+            return
+        if time.monotonic() > deadline:
+            raise ContainerError(f"processes {victims} of the container keep appearing")
+        for pid in victims:
+            _kill(pid)
 
 
 def _kill(pid: int, timeout: float = 10.0) -> None:
