@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import os
 
-from .. import container, etcfiles, hostlist, imageref, volumes
-from ..errors import AccessDenied, ContainerError
+from .. import ccm, container, etcfiles, hostlist, imageref, volumes
+from ..errors import AccessDenied, CcmError, ContainerError
 from ..imagestore import ImageStore
 from . import settings
-from .bridge import log_info
+from .bridge import log_error, log_info
 
 
 def node_name() -> str:
@@ -31,13 +31,22 @@ def job_prolog(spank, opts) -> None:
     meta = store.read(image_id)
     user = etcfiles.User.lookup(spank.uid)
     _check_acl(meta, user)
+    ccm_secret = None
+    if opts.ccm:
+        ccm.require_enabled(settings.parse_args(spank.args))
+        ccm_secret = ccm.open_secret(os.environ.get(f"SPANK_{ccm.SECRET_VARIABLE}", ""), user.uid)
     spec = container.ContainerSpec(
         job_id=spank.job_id, node=node_name(), image=meta,
         image_file=store.image_path(meta.id, meta.format), user=user,
         volumes=volumes.parse(opts.volume or "", "user", cfg.cache_policy()),
         modules=cfg.select_modules(opts.module), hosts=tuple(_hosts()),
-        request=os.environ.get("SPANK_SHIFTER_IMAGEREQUEST", opts.image))
+        request=os.environ.get("SPANK_SHIFTER_IMAGEREQUEST", opts.image), ccm_secret=ccm_secret)
     job = container.create(cfg, spec)
+    if opts.ccm:
+        try:
+            ccm.check(cfg, job.job_id, job.node)
+        except CcmError as error:
+            log_error(f"shifter: {error} (the job's tasks will refuse to start)")
     phases = " ".join(f"{k}={v:.1f}ms" for k, v in job.timings.items())
     log_info(f"shifter: job {job.job_id} on {job.node} runs {job.digest} for {user.name} "
              f"(prolog {spank.elapsed_ms():.1f}ms, Python start included; container {phases})")
@@ -49,6 +58,7 @@ def job_epilog(spank, opts) -> None:
     if cfg.per_node_cache_path:
         from .. import pernodecache   # only where the site offers caches
         pernodecache.discard(cfg, spank.job_id, node_name())
+    ccm.forget(cfg, spank.job_id, node_name())
 
 
 def _pinned_id(opts, cfg) -> str:
