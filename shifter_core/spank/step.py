@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 
-from .. import container, enter, environ
+from .. import ccm, container, enter, environ
 from ..errors import ContainerError
 from . import settings
 from .node import node_name
@@ -25,10 +25,12 @@ _entered: container.JobContainer | None = None   # this task's container, once i
 
 
 def task_init_privileged(spank, opts) -> None:
-    if not opts.autoshift:
+    if not (opts.autoshift or opts.ccm):       # CCM jobs run in their containers
         return
     cfg = settings.site_config(spank)
     job = container.find(cfg, spank.job_id, node_name())
+    if opts.ccm:
+        ccm.check(cfg, job.job_id, job.node)
     wanted = spank.getenv("SHIFTER_IMAGE_DIGEST")
     if wanted and wanted != job.digest:
         raise ContainerError(f"this step asks for image {wanted}, but job {job.job_id}'s container"
