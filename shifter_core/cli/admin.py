@@ -6,6 +6,8 @@
         the daemon that starts jobs held until their image is pulled
     shifter-admin provenance [--job N] [--digest sha256:...] [--user U] [--json]
         which jobs ran which image, where, when, and how long each phase took
+    shifter-admin udiimage DIR
+        builds optUdiImage: this host's OpenSSH, runnable in any image (for --ccm)
 """
 from __future__ import annotations
 
@@ -87,3 +89,20 @@ def provenance(config_path: str, directory: str | None, job: int | None, digest:
         click.echo(records.table(rows))
     if unreadable:
         click.echo(f"shifter-admin: {unreadable} line(s) of {directory} could not be read", err=True)
+
+
+@main.command()
+@click.argument("directory", type=click.Path(file_okay=False))
+def udiimage(directory: str) -> None:
+    """Build DIR for udiRoot.conf's optUdiImage: the sshd --ccm runs in containers."""
+    from pathlib import Path
+
+    from .. import udiimage as bundle
+    from ..errors import ShifterError
+
+    target = Path(directory).absolute()
+    try:
+        bundle.build(target)
+    except ShifterError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(f"built {target}; set optUdiImage={target} in udiRoot.conf")
