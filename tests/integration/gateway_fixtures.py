@@ -142,6 +142,14 @@ class GatewayProcess:
         self.workers: list[Service] = []
 
     def start(self) -> "GatewayProcess":
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self) -> None:
         gateway = [os.path.join(BIN, "shifter-gateway"), "--config", self.config_path]
         if not self.production:
             self.api = Service(gateway + ["--listen", f"127.0.0.1:{self.port}"], self._log("embedded")).start()
@@ -154,7 +162,6 @@ class GatewayProcess:
             for _ in range(self.worker_count):
                 self.add_worker()
         self.wait_answering()
-        return self
 
     def add_worker(self) -> Service:
         argv = [os.path.join(BIN, "shifter-gateway"), "--config", self.config_path, "worker"]
