@@ -11,9 +11,11 @@ no log without it), one per event:
     enter     a task entered it: step, task, `ms.enter` (setns, chroot, checks)
     teardown  the epilog removed it: `ms.epilog`
 
-A local append-only file because nodes must not need the gateway, or any
-other service, while a job starts; JSON lines so that a site can ship them to
-its log system.  An admin reads them back with
+The lookup is timed by the submitting client and reaches the prolog as the
+job-control variable SHIFTER_LOOKUP_MS.  A local append-only file because
+nodes must not need the gateway, or any other service, while a job starts;
+JSON lines so that a site can ship them to its log system.  An admin reads
+them back with
 
     shifter-admin provenance --job 42            one row per node of job 42
     shifter-admin provenance --digest sha256:... every job that ran an image
@@ -33,6 +35,7 @@ from collections.abc import Iterable, Iterator
 from .errors import ContainerError
 
 SUFFIX = ".jsonl"
+LOOKUP_VAR = "SHIFTER_LOOKUP_MS"    # job-control variable: the submit's lookup time, for the prolog
 EVENTS = ("setup", "enter", "teardown")
 _PHASES = ("lookup", "mount", "setup", "prolog", "enter")
 

@@ -29,7 +29,6 @@ from . import settings
 from .bridge import log_info
 
 PINNED = ("SHIFTER_IMAGEREQUEST", "SHIFTER_IMAGE", "SHIFTER_IMAGETYPE", "SHIFTER_IMAGE_DIGEST")
-LOOKUP_VAR = "SHIFTER_LOOKUP_MS"
 POLL_INTERVAL = 0.25
 
 
@@ -43,11 +42,12 @@ def init_post_opt(spank, opts) -> None:
     ref = imageref.parse(opts.image, cfg.default_image_type)
     mounts = volumes.parse(opts.volume or "", "user", cfg.cache_policy())
     modules = cfg.select_modules(opts.module)
-    export = _inherited_pin(str(ref))
+    new_job = spank.context == "allocator" or not os.environ.get("SLURM_JOB_ID")
+    export = _inherited_pin(str(ref), new_job)
     if export is None:
         started = time.monotonic()
-        export = _resolve(cfg, ref, new_job=spank.context == "allocator" or not os.environ.get("SLURM_JOB_ID"))
-        export[LOOKUP_VAR] = f"{(time.monotonic() - started) * 1000:.1f}"
+        export = _resolve(cfg, ref, new_job=new_job)
+        export[provenance.LOOKUP_VAR] = f"{(time.monotonic() - started) * 1000:.1f}"
     export.setdefault(pullhold.PENDING_VAR, "")
     export["SHIFTER_VOLUME"] = volumes.render(mounts)
     export["SHIFTER_MODULE"] = ",".join(m.name for m in modules)
@@ -62,17 +62,31 @@ def init_post_opt(spank, opts) -> None:
         spank.job_control_setenv(ccm.SECRET_VARIABLE, ccm.new_secret())
 
 
-def _inherited_pin(request: str) -> dict[str, str] | None:
-    """Inside a job that pinned this same request, reuse its pin."""
-    if os.environ.get("SLURM_JOB_ID") and os.environ.get("SHIFTER_IMAGEREQUEST") == request \
-            and all(os.environ.get(name) for name in PINNED):
+def _inherited_pin(request: str, new_job: bool) -> dict[str, str] | None:
+    """Inside a job that pinned this same request, reuse its pin.
+
+    A step of a job that was held for its pull knows no digest (its
+    environment was made at submit): it pins nothing and runs in the job's
+    container, whatever the pull gave.
+    """
+    if not os.environ.get("SLURM_JOB_ID") or os.environ.get("SHIFTER_IMAGEREQUEST") != request:
+        return None
+    if all(os.environ.get(name) for name in PINNED):
         return {name: os.environ[name] for name in PINNED}
+    if not new_job and os.environ.get(pullhold.PENDING_VAR) == request:
+        return _pending(request)
     return None
 
 
 def _pinned(ref: imageref.ImageRef, image_id: str) -> dict[str, str]:
     return {"SHIFTER_IMAGEREQUEST": str(ref), "SHIFTER_IMAGE": image_id, "SHIFTER_IMAGETYPE": "id",
             "SHIFTER_IMAGE_DIGEST": f"sha256:{image_id}"}
+
+
+def _pending(request: str) -> dict[str, str]:
+    """No pin yet: the releaser pins the job once its image is pulled."""
+    return {"SHIFTER_IMAGEREQUEST": request, "SHIFTER_IMAGE": "", "SHIFTER_IMAGETYPE": "id",
+            "SHIFTER_IMAGE_DIGEST": "", pullhold.PENDING_VAR: request}
 
 
 def _resolve(cfg, ref: imageref.ImageRef, *, new_job: bool) -> dict[str, str]:
@@ -97,8 +111,7 @@ def _resolve(cfg, ref: imageref.ImageRef, *, new_job: bool) -> dict[str, str]:
                             f" submit again once `shifterimg lookup {ref}` finds it")
     log_info(f"shifter: the gateway is pulling {ref} ({state}); the job is queued held"
              " and starts once the image is ready")
-    return {"SHIFTER_IMAGEREQUEST": str(ref), "SHIFTER_IMAGE": "", "SHIFTER_IMAGETYPE": "id",
-            "SHIFTER_IMAGE_DIGEST": "", pullhold.PENDING_VAR: str(ref)}
+    return _pending(str(ref))
 
 
 def _pull(client: GatewayClient, ref: imageref.ImageRef, wait: float) -> dict:
