@@ -754,7 +754,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0 if record is not None and cluster.is_running(record) else 3
         elif args.command == "down":
             if not args.force and cluster.sessions_using_it():
-                raise ClusterError("pytest sessions are using the cluster (they hold .cluster/users.lock); "
+                raise ClusterError("sessions (pytest runs, benchmarks) are using the cluster (.cluster/users.lock); "
                                    "the last one takes it down, or use down --force")
             remains = cluster.down()
             if remains:
