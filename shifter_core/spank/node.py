@@ -1,16 +1,18 @@
 """Node side: the job prolog and epilog, as root, once per job on every node.
 
-The prolog builds the job's container from the digest pinned at submit; the
-node never asks the gateway.  It re-checks everything the submitting client
-checked (image ACL, volume policy, modules): the client runs as the user and
-is not trusted.  The epilog tears the container down, whatever state the
-prolog left.
+The prolog builds the job's container from the digest pinned at submit, or
+for a job held until its image was pulled, from the pin the releaser put in
+the job's comment (shifter_core/pullhold.py): the node never asks the
+gateway.  It re-checks everything the submitting client checked (image ACL,
+volume policy, modules): the client runs as the user and is not trusted.
+The epilog tears the container down, whatever state the prolog left.  Both
+append what they did to the provenance log.
 """
 from __future__ import annotations
 
 import os
 
-from .. import ccm, container, etcfiles, hostlist, imageref, volumes
+from .. import ccm, container, etcfiles, hostlist, imageref, provenance, pullhold, volumes
 from ..errors import AccessDenied, CcmError, ContainerError
 from ..imagestore import ImageStore
 from . import settings
@@ -26,7 +28,7 @@ def job_prolog(spank, opts) -> None:
     if not opts.image:
         return
     cfg = settings.site_config(spank)
-    image_id = _pinned_id(opts, cfg)
+    image_id, pinned = _pinned_id(opts, cfg)
     store = ImageStore(cfg.image_path)
     meta = store.read(image_id)
     user = etcfiles.User.lookup(spank.uid)
@@ -47,29 +49,54 @@ def job_prolog(spank, opts) -> None:
             ccm.check(cfg, job.job_id, job.node)
         except CcmError as error:
             log_error(f"shifter: {error} (the job's tasks will refuse to start)")
+    elapsed = spank.elapsed_ms()
     phases = " ".join(f"{k}={v:.1f}ms" for k, v in job.timings.items())
     log_info(f"shifter: job {job.job_id} on {job.node} runs {job.digest} for {user.name} "
-             f"(prolog {spank.elapsed_ms():.1f}ms, Python start included; container {phases})")
+             f"(prolog {elapsed:.1f}ms, Python start included; container {phases})")
+    provenance.record(
+        cfg.provenance_dir, job.node, "setup", job.job_id, user=user.name, uid=user.uid,
+        request=spec.request, digest=job.digest, pinned=pinned, nodes=os.environ.get("SLURM_NODELIST", ""),
+        ms=provenance.milliseconds(lookup=_lookup_ms(), mount=job.timings.get("mount"),
+                                   setup=job.timings.get("setup"), prolog=elapsed))
 
 
 def job_epilog(spank, opts) -> None:
     cfg = settings.site_config(spank)
-    container.destroy(cfg, spank.job_id, node_name())
+    if container.destroy(cfg, spank.job_id, node_name()):
+        provenance.record(cfg.provenance_dir, node_name(), "teardown", spank.job_id,
+                          ms=provenance.milliseconds(epilog=spank.elapsed_ms()))
     if cfg.per_node_cache_path:
         from .. import pernodecache   # only where the site offers caches
         pernodecache.discard(cfg, spank.job_id, node_name())
     ccm.forget(cfg, spank.job_id, node_name())
 
 
-def _pinned_id(opts, cfg) -> str:
+def _pinned_id(opts, cfg) -> tuple[str, str]:
+    """The id of the image the job runs, and when it was pinned: "submit" or "pull"."""
     digest = os.environ.get("SPANK_SHIFTER_IMAGE_DIGEST", "")
     if digest.startswith("sha256:"):
-        return digest.split(":", 1)[1]
+        return digest.split(":", 1)[1], "submit"
+    pending = os.environ.get(f"SPANK_{pullhold.PENDING_VAR}")
+    if pending:
+        pinned = pullhold.pinned_digest(os.environ.get("SLURM_JOB_COMMENT"))
+        if pinned is None:
+            raise ContainerError(f"the job started before its image {pending} was pulled and pinned; is"
+                                 " slurm.conf.d/job_submit.lua installed in slurmctld's configuration?")
+        return pinned.split(":", 1)[1], "pull"
     ref = imageref.parse(opts.image, cfg.default_image_type)
     if ref.type == "id":
-        return ref.image_id
+        return ref.image_id, "submit"
     raise ContainerError(f"the job's image {opts.image} was not pinned to a digest at submit;"
                          " is the shifter plugin configured on the submit host?")
+
+
+def _lookup_ms() -> float | None:
+    """How long the lookup at submit took (the submitting client measured it)."""
+    try:
+        value = float(os.environ.get(f"SPANK_{provenance.LOOKUP_VAR}", ""))
+    except ValueError:
+        return None
+    return value if 0 <= value < 1e9 else None
 
 
 def _check_acl(meta, user: etcfiles.User) -> None:
