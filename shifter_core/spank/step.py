@@ -4,7 +4,8 @@ task_init_privileged runs in each forked task while it is still root and
 single-threaded: it joins the container the prolog built on this node,
 chroots into it, fixes the environment, and leaves Slurm to drop to the user
 and exec the command inside the image.  A task that cannot enter fails: it
-never runs on the host instead.
+never runs on the host instead.  How long entering took goes to the
+provenance log, opened before the chroot hides the node's files.
 
 task_init then runs in the same process, already chrooted, as the user, just
 before the exec: the place for the modules' user hooks, which Shifter runs
@@ -13,8 +14,9 @@ as the user inside the container before the command.
 from __future__ import annotations
 
 import os
+import time
 
-from .. import ccm, container, enter, environ
+from .. import ccm, container, enter, environ, provenance
 from ..errors import ContainerError
 from . import settings
 from .node import node_name
@@ -38,7 +40,17 @@ def task_init_privileged(spank, opts) -> None:
     env = _task_environment(spank, cfg, job)
     argv = spank.argv
     batch_script = argv[0] if spank.step_id == BATCH_STEP and argv else None
-    enter.enter(job, batch_script=batch_script)
+    log = provenance.Log.open(cfg.provenance_dir, job.node)
+    try:
+        started = time.monotonic()
+        enter.enter(job, batch_script=batch_script)
+        if log is not None:
+            log.write("enter", job.job_id, step="batch" if spank.step_id == BATCH_STEP else spank.step_id,
+                      task=spank.local_task_id, digest=job.digest,
+                      ms=provenance.milliseconds(enter=(time.monotonic() - started) * 1000))
+    finally:
+        if log is not None:
+            log.close()
     global _entered
     _entered = job
     for name, value in env.items():
