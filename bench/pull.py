@@ -214,6 +214,28 @@ def measure(bench: Bench, runs: int, with_charliecloud: bool) -> dict[str, list[
     return times
 
 
+SWEEP = (("zstd", 1), ("zstd", 3), ("zstd", 9), ("zstd", 15), ("gzip", 6), ("gzip", 9), ("xz", 6))
+
+
+def sweep(bench: Bench, runs: int) -> dict[str, dict]:
+    """Our cold pull and image size for each compressor setting (the default's evidence)."""
+    results = {}
+    for compressor, level in SWEEP:
+        bench.compressor, bench.level = compressor, level
+        seconds, size = [], 0
+        for _ in range(runs):
+            work = bench.fresh(f"sweep-{compressor}{level}")
+            seconds.append(timed(lambda: bench.ours(work, "v1")))
+            images = os.path.join(work, "images")
+            size = sum(os.path.getsize(os.path.join(images, n)) for n in os.listdir(images)
+                       if n.endswith(".squashfs"))
+            shutil.rmtree(work)
+        results[f"{compressor} {level}"] = {"seconds": statistics.median(seconds), "bytes": size}
+        print(f"  {compressor} {level:<3} {statistics.median(seconds):7.3f} s"
+              f" {size / 1e6:7.1f} MB", flush=True)
+    return results
+
+
 def report(times: dict[str, list[float]], args) -> dict:
     median = {name: statistics.median(values) for name, values in times.items()}
     ratios = {
@@ -262,6 +284,8 @@ def main() -> int:
     parser.add_argument("--level", type=int, default=3)
     parser.add_argument("--processors", type=int, default=os.cpu_count())
     parser.add_argument("--no-charliecloud", action="store_true")
+    parser.add_argument("--sweep", action="store_true",
+                        help="also time our cold pull with each compressor setting")
     args = parser.parse_args()
     if os.geteuid() != 0:
         parser.error("run as root: building the image uses debootstrap, chroot and overlayfs")
@@ -276,6 +300,9 @@ def main() -> int:
                           args.processors)
             os.makedirs(bench.scratch)
             result = report(measure(bench, args.runs, not args.no_charliecloud), args)
+            if args.sweep:
+                print("\ncompressor sweep (ours, cold):")
+                result["sweep"] = sweep(bench, args.runs)
     os.makedirs(os.path.join(REPO, "bench", "results"), exist_ok=True)
     out = os.path.join(REPO, "bench", "results", time.strftime("pull-%Y%m%d-%H%M%S.json"))
     with open(out, "w") as f:
