@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import time
 
-from .. import ccm, imageref, pullhold, volumes
+from .. import ccm, imageref, provenance, pullhold, volumes
 from ..errors import ImageNotFound, ShifterError
 from ..gwclient import GatewayClient
 from . import settings
