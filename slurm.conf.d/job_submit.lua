@@ -83,12 +83,12 @@ function shifter.modify(job_desc, job_rec, modify_uid)
     local releasing = job_desc.priority ~= nil and job_desc.priority ~= slurm.NO_VAL
         and job_desc.priority ~= 0
     if waiting and current == "" and releasing then
-        slurm.log_user("shifter: job %u waits until its image is pulled; it is released then"
-                       .. " (scontrol show job %u: AdminComment)", job_rec.job_id, job_rec.job_id)
+        slurm.log_user("shifter: job %d waits until its image is pulled; it is released then"
+                       .. " (scontrol show job %d: AdminComment)", job_rec.job_id, job_rec.job_id)
         return slurm.ERROR
     end
     if job_desc.comment ~= nil and modify_uid ~= 0 and pins(job_desc.comment) ~= current then
-        slurm.log_user("shifter: the shifter-pin= token of job %u's comment is set by shifter only",
+        slurm.log_user("shifter: the shifter-pin= token of job %d's comment is set by shifter only",
                        job_rec.job_id)
         return slurm.ERROR
     end
