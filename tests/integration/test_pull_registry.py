@@ -166,6 +166,7 @@ def test_tls_without_the_ca_fails_even_if_the_environment_trusts_it(tls_registry
              location=Location(url=tls_registry.url))
 
 
+@pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
 def test_insecure_location_skips_certificate_checks(tls_registry, tmp_path):
     meta, store = pull(None, f"{tls_registry.host}/test/busybox:latest", tmp_path,
                        location=Location(url=tls_registry.url, insecure=True))
@@ -199,17 +200,15 @@ def test_wrong_password(private_registry, tmp_path):
              credentials=("alice", "wrong"))
 
 
+@pytest.mark.parametrize("private_registry", ["token"], indirect=True)
 def test_anonymous_pull_of_public_repository_behind_token_auth(private_registry, tmp_path):
-    if private_registry.auth != "token":
-        pytest.skip("htpasswd has no anonymous access")
     meta, store = pull(private_registry, f"{private_registry.host}/public/busybox:latest",
                        tmp_path)
     assert store.exists(meta.id)
 
 
+@pytest.mark.parametrize("private_registry", ["htpasswd"], indirect=True)
 def test_basic_auth_sent_up_front_when_configured(private_registry, tmp_path):
-    if private_registry.auth != "htpasswd":
-        pytest.skip("basic auth only")
     location = Location(url=private_registry.url, insecure=True, auth_method="basic")
     meta, store = pull(None, f"{private_registry.host}/private/busybox:latest", tmp_path,
                        location=location, credentials=CREDS)
