@@ -11,6 +11,7 @@ import pwd
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 from shifter_core import config, container, etcfiles
@@ -105,3 +106,86 @@ def loop_backing_files() -> dict[str, str]:
         except OSError:
             pass
     return devices
+
+
+# --- on the mini-cluster ------------------------------------------------------
+
+FAILING_NODE = "n3"      # jobs whose prolog is meant to fail run here, and the node is resumed
+
+
+def push_image(cluster, name: str, extra_entries: list) -> str:
+    """Push a busybox image with `extra_entries` to the cluster's registry, pull it
+    through the gateway, and return its descriptor (docker:<name>:latest)."""
+    from ci.harness import oci
+    with tempfile.TemporaryDirectory(prefix="oci-") as tmp:
+        layout = oci.Layout(tmp)
+        layer = layout.add_layer(oci.busybox_entries() + list(extra_entries))
+        layout.add_image([layer], oci.busybox_config(), tag="build")
+        layout.push("build", f"{cluster.registry}/{name}:latest")
+    descriptor = f"docker:{name}:latest"
+    cluster.run(["shifterimg", "pull", descriptor], timeout=300)
+    return descriptor
+
+
+def failed_prolog(cluster, *sbatch_args: str) -> tuple[int, str]:
+    """Submit a job whose prolog must fail on FAILING_NODE; return its id and the
+    shifter error it logged.  Slurm drains the node and holds the job: the job is cancelled and
+    the node resumed, and the cluster must be idle again afterwards."""
+    log = cluster.layout.log / f"slurmd-{FAILING_NODE}.log"
+    start = log.stat().st_size
+    job = cluster.sbatch("#!/bin/sh\necho the job ran\n", "-w", FAILING_NODE, *sbatch_args)
+    deadline = time.monotonic() + 60
+    try:
+        while "drain" not in cluster.node_states()[FAILING_NODE]:
+            assert time.monotonic() < deadline, f"the prolog of job {job} did not fail"
+            time.sleep(0.2)
+    finally:
+        cluster.run(["scancel", str(job)], as_user=False)
+        cluster.wait(job)
+        cluster.resume_nodes()
+    assert_in_service(cluster, FAILING_NODE)
+    with open(log, encoding="utf-8", errors="replace") as f:
+        f.seek(start)
+        errors = [line.split("error: shifter: ", 1)[1].strip() for line in f if "error: shifter: " in line]
+    assert errors, f"no shifter error in {log}"
+    assert not os.path.exists(cluster.home / f"slurm-{job}.out") or \
+        "the job ran" not in (cluster.home / f"slurm-{job}.out").read_text()
+    return job, errors[0]
+
+
+def assert_in_service(cluster, node: str, timeout: float = 30) -> None:
+    """`node` takes jobs (other sessions' jobs may be running on it): not drained,
+    not down, responding (a resumed node may show `idle*` until slurmctld pings it)."""
+    deadline = time.monotonic() + timeout
+    while (state := cluster.node_states()[node]) not in ("idle", "mixed", "allocated"):
+        assert time.monotonic() < deadline, f"{node} is {state}"
+        time.sleep(0.3)
+
+
+def assert_no_container_left(cluster, job_id: int) -> None:
+    """Job `job_id` has no holder left, no process outside the containers of
+    other live jobs sees a container mount, and no cache file or loop device remains."""
+    holders = {pid: _cmdline(pid) for pid in os.listdir("/proc")
+               if pid.isdigit() and _cmdline(pid).startswith("shifter-holder:")}
+    assert not [c for c in holders.values() if c.startswith(f"shifter-holder:{job_id}:")]
+    others = {os.stat(f"/proc/{pid}/ns/mnt").st_ino for pid in holders if os.path.exists(f"/proc/{pid}")}
+    udi = str(cluster.layout.run / "udiMount")
+    for pid in os.listdir("/proc"):
+        try:
+            if not pid.isdigit() or os.stat(f"/proc/{pid}/ns/mnt").st_ino in others:
+                continue
+            with open(f"/proc/{pid}/mountinfo") as f:
+                assert not [line for line in f if f" {udi}" in line], f"process {pid} sees a container"
+        except OSError:
+            pass
+    cache = str(cluster.layout.node_cache)
+    assert not [f for f in loop_backing_files().values() if f.startswith(cache + "/")]
+    assert not os.path.isdir(cache) or os.listdir(cache) == []
+
+
+def _cmdline(pid: str) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().split(b"\0", 1)[0].decode(errors="replace")
+    except OSError:
+        return ""

@@ -15,7 +15,7 @@ import pytest
 
 from ci.harness import sitemodules
 from shifter_core.errors import ConfigError, ContainerError, ModuleError
-from tests.integration.runtime_fixtures import Site, run
+from tests.integration.runtime_fixtures import Site, assert_no_container_left, run
 
 pytestmark = pytest.mark.root
 
@@ -96,3 +96,73 @@ def test_a_failing_root_hook_fails_the_container(site):
 def test_an_unknown_module_key_is_a_config_error(site):
     with pytest.raises(ConfigError, match="unknown module gpu sub-key 'copypath' .*did you mean copyPath"):
         site.config(module_gpu_copypath=str(site.path))
+
+
+# --- on the mini-cluster ------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def image(cluster):
+    cluster.run(["shifterimg", "pull", IMAGE], timeout=300)
+    return IMAGE
+
+
+@pytest.mark.cluster
+def test_a_job_uses_mpi_and_gpu_through_modules(cluster, image):
+    """sbatch --module=slurm,mpich,gpu: the batch script and an srun step in it see
+    the MPI directory, the GPU device and libraries, the environment, the root
+    hook's work, and the user hook runs as the user before each of them."""
+    script = ("#!/bin/sh\necho batch: PATH=$PATH LD_LIBRARY_PATH=$LD_LIBRARY_PATH\n"
+              "mpichversion\nsrun -n1 sh -c 'fake-smi; echo step uid=$(id -u) cvd=$CUDA_VISIBLE_DEVICES;"
+              " echo data > /dev/fakegpu0 && echo gpu-write-ok; cat /etc/fakegpu.conf;"
+              " ls /opt/mpich/lib /opt/gpu/lib'\n")
+    job = cluster.sbatch(script, "-N1", f"--image={image}", "--autoshift", "--module=slurm,mpich,gpu")
+    assert cluster.wait(job) == "COMPLETED", cluster.output(job)
+    out = cluster.output(job)
+    assert out.count(f"gpu userhook: uid={cluster.uid} CUDA_VISIBLE_DEVICES=0") == 2, out
+    assert out.index("gpu userhook") < out.index("batch:")
+    assert "LD_LIBRARY_PATH=/opt/gpu/lib:/opt/mpich/lib" in out
+    assert re.search(r"PATH=/opt/udiImage/modules/gpu/bin:/opt/mpich/bin:/opt/slurm/bin:", out), out
+    assert "mpich version 0.0-fake from /opt/mpich/bin/mpichversion" in out
+    assert "GPU 0: fake GPU on 1:3" in out and f"step uid={cluster.uid} cvd=0" in out
+    assert "gpu-write-ok" in out and "fakegpu0 prepared by uid 0" in out
+    assert "libmpi.so.12" in out and "libcuda.so.1" in out
+    assert_no_container_left(cluster, job)
+
+
+@pytest.mark.cluster
+def test_defaults_none_and_a_request_replacing_them(cluster, image):
+    probe = "test -d /opt/slurm && echo slurm-module; test -d /opt/mpich && echo mpich-module; echo end"
+    runs = {request: cluster.srun("-N1", f"--image={image}", "--autoshift", *args, "sh", "-c", probe).stdout
+            for request, args in [("default", []), ("none", ["--module=none"]),
+                                  ("mpich", ["--module=mpich"])]}
+    assert runs["default"].split() == ["slurm-module", "end"]
+    assert runs["none"].split() == ["end"]
+    assert runs["mpich"].split() == ["mpich-module", "end"]
+
+
+@pytest.mark.cluster
+@pytest.mark.parametrize("request_, message", [
+    ("mpich,openmpi", "modules 'mpich' and 'openmpi' conflict: choose one"),
+    ("openmpi,gpu,mpich", "modules 'openmpi' and 'mpich' conflict: choose one"),
+    ("cuda", "unknown module 'cuda': this system offers"),
+    ("gpu_x", "invalid --module"),
+])
+def test_conflicting_and_unknown_modules_are_refused_at_submit(cluster, image, request_, message):
+    for command in (["srun", "-N1", "true"], ["sbatch", "--wrap", "true"]):
+        result = cluster.run([command[0], f"--image={image}", f"--module={request_}", *command[1:]],
+                             check=False)
+        assert result.returncode != 0
+        lines = [line for line in result.stderr.splitlines() if "shifter: " in line]
+        assert len(lines) == 1 and message in lines[0], result.stderr
+
+
+@pytest.mark.cluster
+def test_a_failing_user_hook_fails_the_task_before_it_runs(cluster, image):
+    marker = cluster.home / f"hook-ran-{os.getpid()}"
+    result = cluster.srun("-N1", f"--image={image}", "--autoshift", "--module=hookfail",
+                          "touch", str(marker), check=False)
+    assert result.returncode != 0
+    assert "hookfail: refusing" in result.stderr
+    assert ("module hookfail's userhook /opt/udiImage/modules/hookfail/userhook.sh failed with status 3"
+            in result.stderr), result.stderr
+    assert not marker.exists(), "the task ran although its module's user hook failed"

@@ -13,7 +13,8 @@ import pytest
 
 from shifter_core import etcfiles, pernodecache
 from shifter_core.errors import ShifterError, VolumeError
-from tests.integration.runtime_fixtures import MKFS_XFS, Site, loop_backing_files, mounts_under, run
+from tests.integration.runtime_fixtures import (MKFS_XFS, Site, assert_no_container_left, loop_backing_files,
+                                                mounts_under, run)
 
 MiB = 1024 ** 2
 GiB = 1024 ** 3
@@ -134,3 +135,60 @@ def test_discard_removes_only_this_jobs_leftovers(site):
         open(os.path.join(cache, name), "w").close()
     assert pernodecache.discard(site.cfg, 17, "nodeA") == [os.path.join(cache, names[0])]
     assert sorted(os.listdir(cache)) == sorted(names[1:])
+
+
+# --- on the mini-cluster (udiRoot.conf: perNodeCachePath=.cluster/cache, limit 2G) ------
+
+@pytest.mark.cluster
+def test_a_job_writes_into_its_cache_and_the_space_comes_back(cluster):
+    """The batch script fills 400 MiB of a 1G cache and waits; meanwhile the
+    node shows the unlinked file held by a loop device; after the job both are
+    gone and the space is free again."""
+    image = "docker:busybox:latest"
+    cluster.run(["shifterimg", "pull", image], timeout=300)
+    cache_dir = str(cluster.layout.node_cache)
+    go = cluster.home / f"go-{os.getpid()}"
+    ready = cluster.home / f"ready-{os.getpid()}"
+    script = (f"#!/bin/sh\nset -e\ngrep ' /scratch ' /proc/mounts\nstat -c 'owner=%u mode=%a' /scratch\n"
+              f"busybox dd if=/dev/urandom of=/scratch/data bs=1M count=400 2>/dev/null\nsync\n"
+              f"touch {ready}\nwhile [ ! -e {go} ]; do sleep 0.2; done\nls -l /scratch/data\n")
+    job = cluster.sbatch(script, "-N1", "-w", "n2", f"--image={image}", "--autoshift",
+                         "--volume=/unused:/scratch:perNodeCache=size=1G")
+    try:
+        deadline = time.monotonic() + 120
+        while not ready.exists():
+            assert cluster.job_state(job) in ("PENDING", "CONFIGURING", "RUNNING"), cluster.output(job)
+            assert time.monotonic() < deadline, "the job never filled its cache"
+            time.sleep(0.2)
+        st = os.statvfs(cache_dir)
+        during = st.f_bfree * st.f_frsize
+        held = [f for f in loop_backing_files().values() if f.startswith(cache_dir + "/")]
+        assert len(held) == 1 and held[0].endswith(" (deleted)"), held
+        assert os.listdir(cache_dir) == []
+    finally:
+        go.touch()
+        state = cluster.wait(job)
+        go.unlink()
+        ready.unlink(missing_ok=True)
+    out = cluster.output(job)
+    assert state == "COMPLETED", out
+    assert re.search(r" /scratch xfs rw,nosuid,nodev\b", out), out
+    assert f"owner={cluster.uid}" in out and "419430400" in out
+    assert not [f for f in loop_backing_files().values() if f.startswith(cache_dir + "/")]
+    st = os.statvfs(cache_dir)
+    after = st.f_bfree * st.f_frsize
+    assert after - during > 300 * MiB, f"only {(after - during) / MiB:.0f} MiB came back"
+    assert_no_container_left(cluster, job)
+
+
+@pytest.mark.cluster
+@pytest.mark.parametrize("volume, message", [
+    ("/x:/c:perNodeCache=size=3G", "exceeds the site's limit of 2G"),
+    ("/x:/a:perNodeCache=size=1536M;/x:/b:perNodeCache=size=1536M", "more than the site's limit of 2G"),
+    ("/x:/c:perNodeCache=size=200M", "at least 300M"),
+])
+def test_cache_limits_are_refused_at_submit(cluster, volume, message):
+    result = cluster.srun("-N1", "--image=docker:busybox:latest", f"--volume={volume}", "true", check=False)
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if "shifter: " in line]
+    assert len(lines) == 1 and message in lines[0], result.stderr
