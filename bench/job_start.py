@@ -1,0 +1,128 @@
+"""Job start with a cached image, on the mini-cluster, in one run.
+
+Reports, side by side:
+- the prolog per node: the whole job_prolog callback (Python's start-up
+  included) and the container build inside it (loop mount, overlay, site
+  files, binds), medians over many jobs, from the lines the prolog logs
+  (target for the container: <= 50 ms);
+- `srun --image --autoshift -n2 true` against `srun -n2 true`, interleaved,
+  ratio of the medians (target <= 1.10);
+- when Charliecloud is installed, `srun -n2 ch-run <squashfs> -- true` with
+  the same image, as a peer.
+
+    python -m bench.job_start [--runs 30]
+
+Needs root; a session of the cluster (brought up if needed, see
+ci/harness/cluster.py: Cluster.session).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+from ci.harness import cluster as harness
+
+IMAGE = "docker:busybox:latest"
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+PROLOG_LINE = re.compile(r"shifter: job (\d+) on (\w+) runs .* \(prolog ([\d.]+)ms, Python start included;"
+                         r" container mount=([\d.]+)ms setup=([\d.]+)ms total=([\d.]+)ms\)")
+
+
+class Bench:
+    def __init__(self, cl: harness.Cluster, record):
+        self.cl = cl
+        self.env = cl.client_env(record, {"PATH": harness.DAEMON_PATH, "HOME": "/tmp"})
+
+    def run(self, *argv: str) -> float:
+        started = time.perf_counter()
+        subprocess.run(["/usr/sbin/runuser", "-u", harness.TEST_USER, "--", *argv], env=self.env,
+                       cwd="/tmp", check=True, stdout=subprocess.DEVNULL)
+        return time.perf_counter() - started
+
+
+def _median_ms(values: list[float]) -> float:
+    return round(statistics.median(values) * 1000, 2)
+
+
+def _prolog_times(layout: harness.Layout, since: int) -> dict[str, list[float]]:
+    times = {"prolog_ms": [], "container_ms": []}
+    for node in harness.NODES:
+        text = (layout.log / f"slurmd-{node}.log").read_text(errors="replace")
+        for match in PROLOG_LINE.finditer(text):
+            if int(match.group(1)) > since:
+                times["prolog_ms"].append(float(match.group(3)))
+                times["container_ms"].append(float(match.group(6)))
+    return times
+
+
+def _last_job_id(bench: Bench) -> int:
+    out = subprocess.run(["scontrol", "-o", "show", "jobs"], env=bench.env, capture_output=True,
+                         text=True).stdout
+    ids = [int(m) for m in re.findall(r"JobId=(\d+)", out)]
+    return max(ids, default=0)
+
+
+def _charliecloud_peer(bench: Bench, layout: harness.Layout, image_file: str, runs: int) -> dict | None:
+    ch_run = shutil.which("ch-run")
+    if not ch_run:
+        return None
+    shared = layout.root / "bench-peer.sqfs"
+    shutil.copyfile(image_file, shared)
+    os.chmod(shared, 0o644)
+    try:
+        times = [bench.run("srun", "-n2", ch_run, str(shared), "--", "/bin/true") for _ in range(runs)]
+    finally:
+        shared.unlink()
+    return {"srun -n2 ch-run <sqfs> -- true": _median_ms(times)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=30)
+    args = parser.parse_args(argv)
+    cl = harness.Cluster(harness.Layout(harness.REPO / ".cluster"))
+    with cl.session("bench/job_start") as record:
+        bench = Bench(cl, record)
+        bench.run("shifterimg", "pull", IMAGE)
+        first_job = _last_job_id(bench)
+        plain, shifted = [], []
+        for _ in range(3):          # warm-up: caches, the image's loop device
+            bench.run("srun", "-n2", "true")
+            bench.run("srun", f"--image={IMAGE}", "--autoshift", "-n2", "true")
+        for _ in range(args.runs):
+            plain.append(bench.run("srun", "-n2", "true"))
+            shifted.append(bench.run("srun", f"--image={IMAGE}", "--autoshift", "-n2", "true"))
+        prolog = _prolog_times(cl.layout, first_job)
+        images = [f for f in os.listdir(cl.layout.root / "images") if f.endswith(".squashfs")]
+        peer = _charliecloud_peer(bench, cl.layout, str(cl.layout.root / "images" / images[0]),
+                                  args.runs) if images else None
+    report = {
+        "benchmark": "job start with a cached image (3-node mini-cluster)",
+        "runs": args.runs,
+        "prolog_per_node_median_ms": statistics.median(prolog["prolog_ms"]),
+        "container_build_per_node_median_ms": statistics.median(prolog["container_ms"]),
+        "prolog_samples": len(prolog["prolog_ms"]),
+        "target_container_build_ms": "<= 50",
+        "srun -n2 true median_ms": _median_ms(plain),
+        "srun --image --autoshift -n2 true median_ms": _median_ms(shifted),
+        "ratio_autoshift_over_plain": round(statistics.median(shifted) / statistics.median(plain), 4),
+        "target_ratio": "<= 1.10",
+        "peers": peer or "charliecloud not installed",
+        "load_average": os.getloadavg(),
+    }
+    os.makedirs(RESULTS, exist_ok=True)
+    with open(os.path.join(RESULTS, "job_start.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    print(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""What the plugin costs a job that uses no shifter option.
+
+Runs `srun -N1 true` (as the test user) on the mini-cluster with the plugin
+absent from plugstack.conf and with it installed but unused, in alternating
+blocks of one run (each block restarts the cluster, since slurmd decides at
+start whether the plugin stack has prolog/epilog hooks), and reports the
+ratio of the medians.  Target: <= 1.02.
+
+    python -m bench.srun_overhead [--runs 40] [--blocks 4]
+
+Needs root.  It takes the cluster to itself: it waits until no session
+(test run, benchmark) uses it, keeps new ones out while it runs, and leaves
+the cluster down.
+"""
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+from ci.harness import cluster as harness
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def _time_sruns(cl: harness.Cluster, record, runs: int, warmup: int = 5) -> list[float]:
+    env = cl.client_env(record, {"PATH": harness.DAEMON_PATH, "HOME": "/tmp"})
+    argv = ["/usr/sbin/runuser", "-u", harness.TEST_USER, "--", "srun", "-N1", "-w", "n1", "true"]
+    times = []
+    for i in range(warmup + runs):
+        started = time.perf_counter()
+        subprocess.run(argv, env=env, cwd="/tmp", check=True, stdout=subprocess.DEVNULL)
+        if i >= warmup:
+            times.append(time.perf_counter() - started)
+    return times
+
+
+def _measure(cl: harness.Cluster, args, samples: dict[str, list[float]]) -> None:
+    cl.down()
+    try:
+        for block in range(args.blocks):
+            variant = "absent" if block % 2 == 0 else "installed"
+            record = cl.up(with_plugin=(variant == "installed"), started_by="bench/srun_overhead")
+            samples[variant] += _time_sruns(cl, record, args.runs)
+            leftovers = cl.down()
+            if leftovers:
+                raise SystemExit("cluster down left: " + "; ".join(leftovers))
+    finally:
+        cl.down()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=40, help="timed sruns per block")
+    parser.add_argument("--blocks", type=int, default=4, help="blocks, alternating absent/installed")
+    args = parser.parse_args(argv)
+    cl = harness.Cluster(harness.Layout(harness.REPO / ".cluster"))
+    cl.layout.root.mkdir(parents=True, exist_ok=True)
+    samples: dict[str, list[float]] = {"absent": [], "installed": []}
+    with open(cl.layout.root / "users.lock", "a") as users:
+        fcntl.flock(users, fcntl.LOCK_EX)          # alone on the cluster
+        _measure(cl, args, samples)
+    medians = {k: statistics.median(v) for k, v in samples.items()}
+    report = {
+        "benchmark": "srun -N1 true, plugin installed but unused vs absent",
+        "runs_per_variant": {k: len(v) for k, v in samples.items()},
+        "median_ms": {k: round(v * 1000, 2) for k, v in medians.items()},
+        "p90_ms": {k: round(statistics.quantiles(v, n=10)[-1] * 1000, 2) for k, v in samples.items()},
+        "ratio_installed_over_absent": round(medians["installed"] / medians["absent"], 4),
+        "target": "<= 1.02",
+    }
+    os.makedirs(RESULTS, exist_ok=True)
+    with open(os.path.join(RESULTS, "srun_overhead.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    print(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
