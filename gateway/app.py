@@ -88,25 +88,33 @@ def create_app(config: GatewayConfig | str | None = None, *, db: Database | None
     def index():
         return Response("{lookup,pull,expire,list}\n", mimetype="text/plain")
 
+    def in_session(work):
+        """work(session) in a transaction, repeated once after a database restart."""
+        def attempt():
+            with db.session() as session:
+                return work(session)
+        return db.retry_if_reconnected(attempt)
+
     @app.get("/api/list/<system>/")
     def list_images(system):
         who = caller(system)
-        with db.session() as session:
-            return jsonify({"list": [image_record(i) for i in catalog.images(session, who, system)]})
+        images = in_session(lambda session: catalog.images(session, who, system))
+        return jsonify({"list": [image_record(i) for i in images]})
 
     @app.get("/api/lookup/<system>/<itype>/<path:tag>/")
     def lookup(system, itype, tag):
         who = caller(system)
-        return jsonify(image_record(catalog.lookup(db.connection, who, system, itype, tag)))
+        image = db.retry_if_reconnected(lambda: catalog.lookup(db.connection, who, system, itype, tag))
+        return jsonify(image_record(image))
 
     @app.post("/api/pull/<system>/<itype>/<path:tag>/")
     def pull(system, itype, tag):
         who = caller(system)
         body = _json_body()
         users, groups = _id_list(body, "allowed_uids"), _id_list(body, "allowed_gids")
-        with db.session() as session:
-            result = queued(catalog.request_pull(session, who, system, itype, tag, users, groups))
-            return jsonify(record(result))
+        result = in_session(lambda session: record(
+            queued(catalog.request_pull(session, who, system, itype, tag, users, groups))))
+        return jsonify(result)
 
     @app.post("/api/doimport/<system>/<itype>/<path:tag>/")
     def doimport(system, itype, tag):
@@ -116,27 +124,23 @@ def create_app(config: GatewayConfig | str | None = None, *, db: Database | None
         if missing:
             raise BadRequest(f"the import request needs {' and '.join(missing)} in its JSON body")
         users, groups = _id_list(body, "allowed_uids"), _id_list(body, "allowed_gids")
-        with db.session() as session:
-            job = queued(catalog.request_import(session, who, system, itype, tag, body["filepath"],
-                                                body["format"], users, groups))
-            return jsonify(job_record(job))
+        return jsonify(in_session(lambda session: job_record(queued(catalog.request_import(
+            session, who, system, itype, tag, body["filepath"], body["format"], users, groups)))))
 
     @app.get("/api/expire/<system>/<itype>/<path:tag>/")
     def expire(system, itype, tag):
         who = caller(system)
         auth.require_admin(who, config.platform(system))
-        with db.session() as session:
-            image = catalog.expire(session, who, system, itype, tag)
-            if job_submitted is not None:
-                job_submitted.set()
-            return jsonify({"status": True, "id": image.image_id})
+        image = in_session(lambda session: catalog.expire(session, who, system, itype, tag))
+        if job_submitted is not None:
+            job_submitted.set()
+        return jsonify({"status": True, "id": image.image_id})
 
     @app.get("/api/autoexpire/<system>/")
     def autoexpire(system):
         who = caller(system)
         auth.require_admin(who, config.platform(system))
-        with db.session() as session:
-            expired = catalog.autoexpire(session, who, system)
+        expired = in_session(lambda session: catalog.autoexpire(session, who, system))
         if expired and job_submitted is not None:
             job_submitted.set()
         return jsonify({"status": expired})
@@ -148,18 +152,18 @@ def create_app(config: GatewayConfig | str | None = None, *, db: Database | None
         limit = request.args.get("limit", str(DEFAULT_METRICS_LIMIT))
         if not limit.isdigit() or int(limit) < 1:
             raise BadRequest("limit must be a positive whole number")
-        with db.session() as session:
-            rows = catalog.metrics(session, system, int(limit))
-            return jsonify([{"user": m.user, "uid": m.uid, "system": m.system, "type": m.itype, "tag": m.tag,
-                             "id": m.image_id, "time": m.time} for m in rows])
+        rows = in_session(lambda session: [
+            {"user": m.user, "uid": m.uid, "system": m.system, "type": m.itype, "tag": m.tag,
+             "id": m.image_id, "time": m.time} for m in catalog.metrics(session, system, int(limit))])
+        return jsonify(rows)
 
     @app.get("/api/queue/<system>/")
     def queue(system):
         caller(system)
-        with db.session() as session:
-            jobs = catalog.queue.queued(session, system)
-            return jsonify({"list": [{"status": j.status, "image": f"{j.itype}:{j.tag}", "kind": j.kind,
-                                      "status_message": j.status_message} for j in jobs]})
+        jobs = in_session(lambda session: [
+            {"status": j.status, "image": f"{j.itype}:{j.tag}", "kind": j.kind,
+             "status_message": j.status_message} for j in catalog.queue.queued(session, system)])
+        return jsonify({"list": jobs})
 
     @app.errorhandler(ShifterError)
     def shifter_error(error: ShifterError):

@@ -29,6 +29,9 @@ import shlex
 
 from shifter_core.errors import ConfigError
 
+from .pipeline import PipelineSettings
+from .registry import Location as RegistryLocation
+
 DEFAULT_PATH = "/etc/shifter/imagemanager.json"
 DEFAULT_STATE_DIRECTORY = "/var/lib/shifter-gateway"
 
@@ -388,9 +391,6 @@ class _Reader:
 
 def pipeline_settings(config: GatewayConfig):
     """The pull pipeline's settings (gateway.pipeline.PipelineSettings) from this configuration."""
-    from .pipeline import PipelineSettings
-    from .registry import Location as RegistryLocation
-
     optional = {
         "compressor": config.compressor, "compression_level": config.compression_level,
         "processors": config.processors, "architecture": config.architecture,

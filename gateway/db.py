@@ -2,9 +2,10 @@
 
 PostgreSQL in production, SQLite (one file, WAL) as the embedded default.
 Connections are not pinged before use (that would double a lookup's round
-trips): when the database restarts, the first statement on a dead connection
-fails with DatabaseUnavailable (HTTP 503), SQLAlchemy then discards the whole
-pool, and the next request connects afresh.  The
+trips).  When the database has restarted, the first statement on a pooled
+connection fails; SQLAlchemy then discards the whole pool, and
+`retry_if_reconnected` runs the work once more on a fresh connection.  When
+the database is down, work fails with DatabaseUnavailable (HTTP 503).  The
 schema belongs to Alembic: `upgrade()` brings any database, empty or old, to
 the current revision; nothing calls `create_all`.
 """
@@ -28,6 +29,10 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 class DatabaseUnavailable(ShifterError):
     """The database cannot be reached or refused the statement."""
+
+    def __init__(self, message: str, *, stale_connection: bool = False):
+        super().__init__(message)
+        self.stale_connection = stale_connection
 
 
 def make_engine(uri: str) -> Engine:
@@ -93,6 +98,19 @@ class Database:
                 self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
             yield connection
 
+    @staticmethod
+    def retry_if_reconnected(work):
+        """work(), run once more if it failed on a connection the database had dropped.
+
+        `work` must be safe to repeat (its transaction was rolled back).
+        """
+        try:
+            return work()
+        except DatabaseUnavailable as e:
+            if not e.stale_connection:
+                raise
+            return work()
+
     def upgrade(self, revision: str = "head") -> None:
         command.upgrade(alembic_config(self.uri), revision)
 
@@ -119,7 +137,8 @@ def _unavailable_on_failure():
     except DBAPIError as e:
         if isinstance(e, (OperationalError, InterfaceError)) or e.connection_invalidated:
             raise DatabaseUnavailable(
-                f"the gateway database is unavailable ({_first_line(e.orig)}); retry in a moment") from e
+                f"the gateway database is unavailable ({_first_line(e.orig)}); retry in a moment",
+                stale_connection=e.connection_invalidated) from e
         raise
 
 

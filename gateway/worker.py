@@ -28,9 +28,10 @@ from shifter_core.imagestore import ImageMeta
 
 from . import models
 from .catalog import Catalog
-from .config import GatewayConfig
+from .config import GatewayConfig, pipeline_settings
 from .db import Database, DatabaseUnavailable
 from .models import EXPIRE, IMPORT, PULL, Job
+from .pipeline import pull_image
 from .queue import JobQueue, LostJob
 from .transfer import destination
 
@@ -88,6 +89,8 @@ class Worker:
                     self._import(job, heartbeat)
                 elif job.kind == EXPIRE:
                     self._expire(job)
+                else:
+                    raise ShifterError(f"unknown job kind {job.kind!r}")
         except LostJob as e:
             log.warning("job %d: %s", job.pk, e)
         except DatabaseUnavailable:
@@ -108,9 +111,6 @@ class Worker:
     # -- kinds --------------------------------------------------------------------
 
     def _pull(self, job: Job, heartbeat: "_Heartbeat") -> None:
-        from .pipeline import pull_image   # the heavy part; only workers need it
-        from .config import pipeline_settings
-
         ref = imageref.parse(f"{job.itype}:{job.tag}")
         target = self._destination(job.system)
         login = _login(job, ref.registry or self.config.default_location)

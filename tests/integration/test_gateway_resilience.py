@@ -129,6 +129,7 @@ def test_postgres_restart(deploy, munged, registry, postgres, tmp_path):
 
     assert lookup().status_code == 200
     postgres.stop()
+    time.sleep(1.2)                                     # past LookupCacheSeconds
     try:
         for _ in range(3):
             response = lookup()
