@@ -104,18 +104,19 @@ def pull_image(ref: ImageRef, *, store: ImageStore, settings: PipelineSettings,
     if ref.type != "docker":
         raise ImageRefError(f"{ref} is not a registry image; only docker: images can be pulled")
     name, location = settings.location_for(ref.registry)
+    platform = Platform.parse(settings.architecture)
+    compressor = settings.make_compressor()
     client = RegistryClient(location, _repository(name, location, ref.repository),
                             image=str(ref), credentials=credentials,
                             timeout=settings.timeout, retries=settings.retries)
     report("PULLING", {"message": "Getting manifest"})
-    image = client.resolve(ref.digest or ref.tag, Platform.parse(settings.architecture))
+    image = client.resolve(ref.digest or ref.tag, platform)
     image_id = image.digest.split(":", 1)[1]
     if store.exists(image_id):
         report("READY", {"id": image_id, "message": "already converted"})
         return store.read(image_id)
 
     client.load_config(image)
-    compressor = settings.make_compressor()
     cache = LayerCache(settings.cache_dir, settings.cache_size_limit)
     with contextlib.ExitStack() as open_entries:
         packs = _fetch_layers(client, image, cache, compressor, settings, report, open_entries)

@@ -300,7 +300,8 @@ class RegistryClient:
                                     verify=self.location.verify(), allow_redirects=True)
         except requests.exceptions.SSLError as err:
             raise RegistryError(f"image {self.image}: TLS to {self.base} failed ({_reason(err)});"
-                                " configure the registry's CA file") from None
+                                " configure the registry's CA file, or mark it insecure if it"
+                                " speaks plain http") from None
         except requests.RequestException as err:
             raise RegistryError(f"image {self.image}: registry {self.base} unreachable:"
                                 f" {_reason(err)}") from None
@@ -331,9 +332,9 @@ class RegistryClient:
             raise RegistryError(f"image {self.image}: token server {params['realm']}"
                                 f" unreachable: {_reason(err)}") from None
         if response.status_code in (401, 403):
-            raise RegistryAuthError(f"image {self.image}: the registry refused the"
-                                    f" {'credentials' if self.credentials else 'anonymous access'};"
-                                    " check the user name and password")
+            why = ("refused the credentials: check the user name and password" if self.credentials
+                   else "refused anonymous access: give credentials")
+            raise RegistryAuthError(f"image {self.image}: the registry's token server {why}")
         if response.status_code != 200:
             raise RegistryError(f"image {self.image}: token server answered"
                                 f" {response.status_code}")
