@@ -363,10 +363,13 @@ def _state_path(cfg, job_id: int, node: str) -> str:
 
 
 def _record(cfg, spec, *, sshd_pid: int | None = None, error: str | None = None) -> None:
+    """Write the record whole (a reader never sees half of it)."""
     path = _state_path(cfg, spec.job_id, spec.node)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    partial = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         json.dump({"port": cfg.sshd_port, "sshd_pid": sshd_pid, "error": error}, f)
+    os.replace(partial, path)
 
 
 def _load(cfg, job_id: int, node: str) -> dict:
