@@ -181,84 +181,101 @@ def pack_layer(stream: BinaryIO, out, compressor: Compressor,
 
     Files smaller than a block go into fragment blocks shared by the layer;
     larger files get whole blocks (the last one short).  All-zero blocks are
-    stored as holes.
+    stored as holes.  Compression runs on `pool`.
     """
-    writer = _OrderedWriter(out, pool, window=PACK_WINDOW)
-    members: list[list] = []
-    fragments: list[list[int]] = []
-    fragment_buffer = bytearray()
-    fragment_users: list[list] = []
-    zero_block = bytes(block_size)
+    packer = _Packer(out, compressor, pool, image, block_size)
+    try:
+        tar = tarfile.open(fileobj=stream, mode="r|")
+        for info in tar:
+            packer.add(member_from_tarinfo(info), tar.extractfile(info) if info.isreg() else None)
+    except tarfile.TarError as err:
+        raise ImageContentError(f"image {image}: a layer is not a valid tar archive ({err})") \
+            from None
+    packer.finish()
 
-    def compress_data(data: bytes) -> tuple[bytes, int]:
-        return compressor.block(data, UNCOMPRESSED_BLOCK)
 
-    def flush_fragment() -> None:
-        if not fragment_buffer:
+class _Packer:
+    """The state of one pack being written: entries so far, the open fragment block."""
+
+    def __init__(self, out, compressor: Compressor, pool: concurrent.futures.Executor,
+                 image: str, block_size: int):
+        self.out, self.image, self.block_size = out, image, block_size
+        self.writer = _OrderedWriter(out, pool, window=PACK_WINDOW)
+        self.compress = lambda data: compressor.block(data, UNCOMPRESSED_BLOCK)
+        self.members: list[list] = []
+        self.fragments: list[list[int]] = []           # [pack offset, size word]
+        self.fragment_buffer = bytearray()
+        self.fragment_users: list[list] = []
+        self.zero_block = bytes(block_size)
+
+    def add(self, member: Member, content) -> None:
+        """Record an entry; a regular file's `content` is read and compressed.
+
+        A file's record is [start, block size words, fragment number, offset
+        in the fragment]; the write callbacks fill it in as blocks land.
+        """
+        record = None
+        if member.kind == FILE and member.size:
+            if member.size < self.block_size:
+                record = self._add_to_fragment(member, content)
+            else:
+                record = self._add_blocks(member, content)
+        self.members.append([member.name, member.kind, member.mode, _u32(member.mtime),
+                             member.size, member.linkname, record])
+
+    def finish(self) -> None:
+        self._flush_fragment()
+        self.writer.drain()
+        for record in (m[6] for m in self.members):
+            if record is not None and record[0] is None:
+                record[0] = 0                        # a file made only of holes
+        index = json.dumps({"version": PACK_VERSION, "block_size": self.block_size,
+                            "fragments": self.fragments, "members": self.members}).encode()
+        self.out.write(index)
+        self.out.write(_PACK_TAIL.pack(len(index)))
+
+    def _add_to_fragment(self, member: Member, content) -> list:
+        if len(self.fragment_buffer) + member.size > self.block_size:
+            self._flush_fragment()
+        record = [0, [], -1, len(self.fragment_buffer)]
+        self.fragment_buffer += _read_exactly(content, member.size, member.name, self.image)
+        self.fragment_users.append(record)
+        return record
+
+    def _flush_fragment(self) -> None:
+        if not self.fragment_buffer:
             return
         entry = [0, 0]
-        fragments.append(entry)
-        number = len(fragments) - 1
-        for record in fragment_users:
-            record[2] = number
+        self.fragments.append(entry)
+        for record in self.fragment_users:
+            record[2] = len(self.fragments) - 1
 
         def done(position: int, word: int) -> None:
             entry[0], entry[1] = position, word
 
-        writer.submit(compress_data, bytes(fragment_buffer), done)
-        fragment_buffer.clear()
-        fragment_users.clear()
+        self.writer.submit(self.compress, bytes(self.fragment_buffer), done)
+        self.fragment_buffer.clear()
+        self.fragment_users.clear()
 
-    try:
-        tar = tarfile.open(fileobj=stream, mode="r|")
-        for info in tar:
-            member = member_from_tarinfo(info)
-            record = None
-            if member.kind == FILE and member.size:
-                source = tar.extractfile(info)
-                if member.size < block_size:
-                    if len(fragment_buffer) + member.size > block_size:
-                        flush_fragment()
-                    record = [0, [], -1, len(fragment_buffer)]
-                    fragment_buffer += _read_exactly(source, member.size, member.name, image)
-                    fragment_users.append(record)
-                else:
-                    record = [None, [], -1, 0]
-                    _pack_blocks(source, member, record, writer, compress_data, zero_block,
-                                 block_size, image)
-            members.append([member.name, member.kind, member.mode, _u32(member.mtime),
-                            member.size, member.linkname, record])
-        flush_fragment()
-        writer.drain()
-    except tarfile.TarError as err:
-        raise ImageContentError(f"image {image}: a layer is not a valid tar archive ({err})") \
-            from None
-    for record in (m[6] for m in members):
-        if record is not None and record[0] is None:
-            record[0] = 0       # a file made only of holes
-    index = json.dumps({"version": PACK_VERSION, "block_size": block_size,
-                        "fragments": fragments, "members": members}).encode()
-    out.write(index)
-    out.write(_PACK_TAIL.pack(len(index)))
+    def _add_blocks(self, member: Member, content) -> list:
+        record = [None, [], -1, 0]
+        words = record[1]
+        remaining = member.size
+        while remaining:
+            data = _read_exactly(content, min(self.block_size, remaining), member.name,
+                                 self.image)
+            remaining -= len(data)
+            words.append(0)                      # a hole unless data is stored below
+            if data == self.zero_block:
+                continue
 
+            def done(position: int, word: int, slot: int = len(words) - 1) -> None:
+                if record[0] is None:            # the first stored block fixes the start
+                    record[0] = position
+                words[slot] = word
 
-def _pack_blocks(source, member: Member, record: list, writer: _OrderedWriter,
-                 compress_data, zero_block: bytes, block_size: int, image: str) -> None:
-    words = record[1]
-    remaining = member.size
-    while remaining:
-        data = _read_exactly(source, min(block_size, remaining), member.name, image)
-        remaining -= len(data)
-        words.append(0)                       # a hole unless data is stored below
-        if data == zero_block:
-            continue
-
-        def done(position: int, word: int, slot: int = len(words) - 1) -> None:
-            if record[0] is None:             # the first stored block fixes the start
-                record[0] = position
-            words[slot] = word
-
-        writer.submit(compress_data, data, done)
+            self.writer.submit(self.compress, data, done)
+        return record
 
 
 def _read_exactly(source, size: int, name: str, image: str) -> bytes:
