@@ -4,7 +4,9 @@
                       settings=PipelineSettings(cache_dir=..., scratch_dir=...))
 
 Steps (reported through `progress(status, info)`): resolve the reference to
-a platform manifest (PULLING); for each layer missing from the layer cache,
+a platform manifest (PULLING; then `info` has the `digest` and
+`login_required`, true when the registry refused anonymous access so the
+image is not public); for each layer missing from the layer cache,
 download it, verify it (blob digest and diff_id) and compress its files into
 a squashfs pack, layers in parallel (PULLING, with byte counts); merge the
 layers and assemble the squashfs from the packs (CONVERSION); publish it
@@ -112,6 +114,8 @@ def pull_image(ref: ImageRef, *, store: ImageStore, settings: PipelineSettings,
     report("PULLING", {"message": "Getting manifest"})
     image = client.resolve(ref.digest or ref.tag, platform)
     image_id = image.digest.split(":", 1)[1]
+    report("PULLING", {"message": "Resolved manifest", "digest": image.digest,
+                       "login_required": client.login_required})
     if store.exists(image_id):
         report("READY", {"id": image_id, "message": "already converted"})
         return store.read(image_id)

@@ -163,9 +163,11 @@ class RegistryClient:
         adapter = requests.adapters.HTTPAdapter(max_retries=retry, pool_maxsize=16)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
+        self._auth_kind: str | None = None      # "basic", "anonymous" or "token"
         self._auth_header: str | None = None
+        self.login_required = False             # the registry refused us without credentials
         if credentials and location.auth_method == "basic":
-            self._auth_header = _basic(credentials)
+            self._use("basic", _basic(credentials), login=True)
         self._auth_lock = threading.Lock()
 
     # --- manifests -----------------------------------------------------------
@@ -281,13 +283,14 @@ class RegistryClient:
     # --- HTTP with authentication ------------------------------------------
     def _get(self, path: str, *, headers: dict | None = None, stream: bool = False):
         url = f"{self.base}/v2/{self.repository}{path}"
-        for attempt in (1, 2):
+        for _ in range(3):
             response = self._request(url, headers, stream)
-            if response.status_code != 401 or attempt == 2:
+            if response.status_code != 401:
                 break
             challenge = response.headers.get("WWW-Authenticate", "")
+            if not self._authenticate(challenge):
+                break
             response.close()
-            self._authenticate(challenge)
         self._check(response, path)
         return response
 
@@ -306,25 +309,49 @@ class RegistryClient:
             raise RegistryError(f"image {self.image}: registry {self.base} unreachable:"
                                 f" {_reason(err)}") from None
 
-    def _authenticate(self, challenge: str) -> None:
-        scheme, _, params_text = challenge.partition(" ")
-        params = dict(_CHALLENGE_PARAM.findall(params_text))
+    def _authenticate(self, challenge: str) -> bool:
+        """Answer a 401's challenge; False when there is nothing new to try.
+
+        Like Shifter, a bearer challenge is first answered with an anonymous
+        token, and the credentials are used only if the registry insists:
+        `login_required` then records that the repository is not public.
+        """
+        scheme, _, rest = challenge.partition(" ")
+        scheme, params = scheme.lower(), dict(_CHALLENGE_PARAM.findall(rest))
         with self._auth_lock:
-            if scheme.lower() == "basic":
+            if scheme == "basic":
                 if not self.credentials:
                     raise RegistryAuthError(f"image {self.image}: registry {self.base} needs a"
                                             " user name and password")
-                self._auth_header = _basic(self.credentials)
-            elif scheme.lower() == "bearer" and params.get("realm"):
-                self._auth_header = "Bearer " + self._fetch_token(params)
-            else:
+                if self._auth_kind == "basic":
+                    return False
+                self._use("basic", _basic(self.credentials), login=True)
+                return True
+            if scheme != "bearer" or not params.get("realm"):
                 raise RegistryAuthError(f"image {self.image}: registry {self.base} asks for"
                                         f" unsupported authentication {challenge!r}")
+            lacks_scope = params.get("error", "insufficient_scope") == "insufficient_scope"
+            if self._auth_kind == "token" and lacks_scope:
+                return False
+            if self._auth_kind != "token" and not (self._auth_kind == "anonymous" and lacks_scope):
+                token = self._fetch_token(params, anonymous=True)
+                if token:
+                    self._use("anonymous", "Bearer " + token)
+                    return True
+            if not self.credentials:
+                return False
+            self._use("token", "Bearer " + self._fetch_token(params, anonymous=False), login=True)
+            return True
 
-    def _fetch_token(self, params: dict) -> str:
+    def _use(self, kind: str, header: str, login: bool = False) -> None:
+        self._auth_kind, self._auth_header = kind, header
+        self.login_required = self.login_required or login
+
+    def _fetch_token(self, params: dict, anonymous: bool) -> str | None:
+        """A token from the challenge's realm; None if anonymous is refused but we have credentials."""
         query = {"service": params.get("service", "")}
         query["scope"] = params.get("scope") or f"repository:{self.repository}:pull"
-        headers = {"Authorization": _basic(self.credentials)} if self.credentials else {}
+        headers = {} if anonymous else {"Authorization": _basic(self.credentials)}
         try:
             response = self.session.get(params["realm"], params=query, headers=headers,
                                         timeout=self.timeout, verify=self.location.verify())
@@ -332,8 +359,10 @@ class RegistryClient:
             raise RegistryError(f"image {self.image}: token server {params['realm']}"
                                 f" unreachable: {_reason(err)}") from None
         if response.status_code in (401, 403):
-            why = ("refused the credentials: check the user name and password" if self.credentials
-                   else "refused anonymous access: give credentials")
+            if anonymous and self.credentials:
+                return None
+            why = ("refused anonymous access: give credentials" if anonymous
+                   else "refused the credentials: check the user name and password")
             raise RegistryAuthError(f"image {self.image}: the registry's token server {why}")
         if response.status_code != 200:
             raise RegistryError(f"image {self.image}: token server answered"
@@ -353,7 +382,7 @@ class RegistryClient:
         if status == 401:
             if not self.credentials:
                 why = "the repository may be private: give credentials"
-            elif (self._auth_header or "").startswith("Basic"):
+            elif self._auth_kind == "basic":
                 why = "it refused the credentials: check the user name and password"
             else:
                 why = f"user {self.credentials[0]!r} may not pull this repository"

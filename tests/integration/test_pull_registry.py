@@ -194,6 +194,21 @@ def test_private_repository_without_credentials(private_registry, tmp_path):
         pull(private_registry, f"{private_registry.host}/private/busybox:latest", tmp_path)
 
 
+@pytest.mark.parametrize("repository", ["private", "public"])
+def test_login_required_tells_whether_the_registry_insisted(private_registry, tmp_path,
+                                                            repository):
+    seen = []
+    store = ImageStore(str(tmp_path))
+    location = Location(url=private_registry.url, insecure=True)
+    settings = PipelineSettings(cache_dir=str(tmp_path / "c"), scratch_dir=str(tmp_path / "s"),
+                                locations={private_registry.host: location})
+    pull_image(parse(f"{private_registry.host}/{repository}/busybox:latest"), store=store,
+               settings=settings, credentials=CREDS,
+               progress=lambda status, info: seen.append(info.get("login_required")))
+    insisted = private_registry.auth == "htpasswd" or repository == "private"
+    assert [flag for flag in seen if flag is not None] == [insisted]
+
+
 def test_wrong_password(private_registry, tmp_path):
     with pytest.raises(RegistryAuthError, match="check the user name and password"):
         pull(private_registry, f"{private_registry.host}/private/busybox:latest", tmp_path,
