@@ -13,7 +13,8 @@ squashfs writer reads them from there.  The rules (docs/image-pipeline.md):
 * Hostile entries are refused with ImageContentError: `..` in a name or a
   link target, a write below a symlink (or a file), a hardlink to a path the
   image does not have or to a directory, a bare `.wh.` marker or one used as
-  a directory, a path deeper than MAX_DEPTH.  Leading `/`
+  a directory, a path deeper than MAX_DEPTH, NUL bytes in names or symlink
+  targets, an empty symlink target.  Leading `/`
   is dropped (the path then lies inside the image, as tar does).
 * Device nodes are dropped, and so are xattrs (the reader never keeps them).
 * Owners are not kept: the squashfs is all root's.  Mode bits, including
@@ -122,6 +123,8 @@ class Tree:
             self._remove(parent, base)
             return
         else:
+            if member.kind == SYMLINK and (not member.linkname or "\0" in member.linkname):
+                raise self._refuse(layer, member.name, "is a symlink with an empty or NUL target")
             node = Node(member.kind, member.mode, member.mtime, size=member.size,
                         target=member.linkname if member.kind == SYMLINK else "",
                         source=member.source)
@@ -154,6 +157,8 @@ class Tree:
 
     # --- paths -----------------------------------------------------------------
     def _clean(self, name: str, layer: int, entry: str) -> list[str]:
+        if "\0" in name:
+            raise self._refuse(layer, entry, "has a NUL byte in a name")
         parts = [p for p in name.split("/") if p not in ("", ".")]
         if ".." in parts:
             raise self._refuse(layer, entry, "leaves the image root ('..')")

@@ -145,6 +145,10 @@ def test_root_entry_sets_root_metadata_and_utf8_names_survive():
     ([[d("dir"), hard("h", "dir")]], "hardlink to a directory"),
     ([[d("etc"), f("etc/.wh.")]], "malformed whiteout"),
     ([[f(".wh..wh.x")]], "malformed whiteout"),
+    ([[f("a\0b")]], "NUL byte"),
+    ([[link("l", "a\0b")]], "NUL target"),
+    ([[link("l", "")]], "empty or NUL target"),
+    ([[f("/".join(["d"] * 201))]], "deeper than 200"),
 ])
 def test_hostile_entries_refuse_the_image(layers, why):
     with pytest.raises(ImageContentError, match=why) as info:
