@@ -128,7 +128,8 @@ class GatewayProcess:
     """
 
     def __init__(self, workdir: str, config: dict, *, production: bool = False, api_processes: int = 2,
-                 workers: int = 1, port: int | None = None):
+                 workers: int = 1, port: int | None = None,
+                 gunicorn_options: tuple[str, ...] = ("-k", "gthread", "--threads", "4")):
         self.workdir = workdir
         self.config_path = os.path.join(workdir, "imagemanager.json")
         with open(self.config_path, "w") as f:
@@ -138,6 +139,7 @@ class GatewayProcess:
         self.production = production
         self.api_processes = api_processes
         self.worker_count = workers
+        self.gunicorn_options = list(gunicorn_options)
         self.api: Service | None = None
         self.workers: list[Service] = []
 
@@ -156,8 +158,8 @@ class GatewayProcess:
         else:
             subprocess.run(gateway + ["migrate"], check=True, capture_output=True, cwd=REPO)
             env = {"PATH": "/usr/bin:/bin", "SHIFTER_GATEWAY_CONFIG": self.config_path}
-            self.api = Service([os.path.join(BIN, "gunicorn"), "-w", str(self.api_processes), "-k", "gthread",
-                                "--threads", "4", "-b", f"127.0.0.1:{self.port}", "--no-control-socket",
+            self.api = Service([os.path.join(BIN, "gunicorn"), "-w", str(self.api_processes),
+                                *self.gunicorn_options, "-b", f"127.0.0.1:{self.port}", "--no-control-socket",
                                 "gateway.app:create_app()"], self._log("api"), env=env).start()
             for _ in range(self.worker_count):
                 self.add_worker()
