@@ -33,8 +33,6 @@ from .worker import Worker
 API_THREADS = 16
 GUNICORN_TIMEOUT = 120
 
-log = logging.getLogger("gateway.server")
-
 
 @click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "config_path", default=DEFAULT_PATH, show_default=True,
@@ -83,20 +81,16 @@ def worker(config: GatewayConfig, systems: tuple[str, ...], threads: int | None)
 @click.pass_obj
 def migrate(config: GatewayConfig, revision: str | None) -> None:
     """Create or upgrade the database schema (Alembic)."""
+    _migrate(config, downgrade_to=revision)
+
+
+def _migrate(config: GatewayConfig, downgrade_to: str | None = None) -> None:
     db = Database(config.database_uri)
     try:
-        if revision:
-            db.downgrade(revision)
+        if downgrade_to:
+            db.downgrade(downgrade_to)
         else:
             db.upgrade()
-    finally:
-        db.dispose()
-
-
-def _migrate(config: GatewayConfig) -> None:
-    db = Database(config.database_uri)
-    try:
-        db.upgrade()
     finally:
         db.dispose()
 
