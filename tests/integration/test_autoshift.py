@@ -156,7 +156,8 @@ def test_srun_without_shifter_options_starts_no_python(cluster, image):
     Python opens when it starts.  The same job with --image does, which
     shows that the check can see a Python start."""
     pid = int((cluster.layout.root / "run" / "slurmd-n1.pid").read_text())
-    node, client = _traced(cluster, pid, ["srun", "-N1", "-w", "n1", "true"])
+    # --exclusive: no other job may start on n1 while the trace watches it
+    node, client = _traced(cluster, pid, ["srun", "--exclusive", "-N1", "-w", "n1", "true"])
     assert "slurmstepd" in node or "slurm" in node, "the node trace saw nothing"
     assert _python_opens(client) == []
     assert _python_opens(node) == []
