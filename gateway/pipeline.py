@@ -188,16 +188,22 @@ def _fetch_layers(client: RegistryClient, image: Image, cache: LayerCache,
             return cache.insert(key, produce)
 
     workers = max(1, min(settings.download_workers, len(image.layers)))
-    entries, error = [], None
+    entries: list[Entry | None] = [None] * len(image.layers)
+    error = None
     with concurrent.futures.ThreadPoolExecutor(max(1, settings.processors)) as compress_pool, \
             concurrent.futures.ThreadPoolExecutor(workers) as fetch_pool:
-        futures = [fetch_pool.submit(fetch, layer, diff_id, compress_pool)
-                   for layer, diff_id in zip(image.layers, image.diff_ids)]
-        for future in futures:
+        futures = {fetch_pool.submit(fetch, layer, diff_id, compress_pool): index
+                   for index, (layer, diff_id) in enumerate(zip(image.layers, image.diff_ids))}
+        for future in concurrent.futures.as_completed(futures):
+            if future.cancelled():
+                continue
             try:
-                entries.append(open_entries.enter_context(future.result()))
-            except BaseException as err:         # keep the first; the rest get closed
-                error = error or err
+                entries[futures[future]] = open_entries.enter_context(future.result())
+            except BaseException as err:     # keep the first, stop what has not started
+                if error is None:
+                    error = err
+                    for other in futures:
+                        other.cancel()
     if error is not None:
         raise error
     return [Pack(entry.file, entry.size) for entry in entries]
