@@ -8,7 +8,10 @@
 
 One munged, slurmctld in the root namespaces and three slurmd "nodes" n1..n3,
 each in its own network, UTS and mount namespace on a private bridge, with the
-shifter SPANK plugin in plugstack.conf.  Everything lives under <repo>/.cluster;
+shifter SPANK plugin in plugstack.conf, slurm.conf.d/job_submit.lua in slurmctld
+and the releaser (`shifter-admin release-held-jobs`): jobs submitted while
+their image is still being pulled wait held (holdJobsForPull=1); nodes keep a
+provenance log in log/provenance.  Everything lives under <repo>/.cluster;
 nothing is written to /etc/slurm.  `down` stops only what `up` started (by pid
 and start time, recorded in run/harness.json) and then lists anything of the
 cluster that is still there.
@@ -85,6 +88,8 @@ class Layout:
     node_hosts = property(lambda self: self.etc / "hosts")
     site_software = property(lambda self: self.root / "site")
     node_cache = property(lambda self: self.root / "cache")
+    job_submit_lua = property(lambda self: self.etc / "job_submit.lua")
+    provenance = property(lambda self: self.log / "provenance")
     record_file = property(lambda self: self.run / "harness.json")
 
     def pidfile(self, daemon: str) -> Path:
@@ -270,6 +275,7 @@ class Cluster:
         record.save(self.layout)
         self._start_gateway(record)
         self._start_slurmctld(record)
+        self._start_releaser(record)
         for node in NODES:
             self._start_slurmd(record, node)
         self._wait_for_idle_nodes(record)
@@ -317,6 +323,7 @@ class Cluster:
             udiimage.build(layout.udi_image)
         _write(layout.node_hosts, node_hosts())
         _write(layout.udiroot_conf, udiroot_conf(layout, record))
+        _write(layout.job_submit_lua, (REPO / "slurm.conf.d" / "job_submit.lua").read_text(encoding="utf-8"))
         _write(layout.gateway_conf, json.dumps(gateway_conf(layout, record), indent=1) + "\n")
         populate_container_etc(layout)
         sitemodules.populate(layout.site_software)
@@ -365,6 +372,17 @@ class Cluster:
         record.save(self.layout)
         if not _wait_until(lambda: "is UP" in self._slurm(record, "scontrol", "ping", check=False).stdout, 20):
             raise ClusterError(f"slurmctld does not answer; see {self.layout.log / 'slurmctld.log'}")
+
+    def _start_releaser(self, record: Record) -> None:
+        """shifter-admin release-held-jobs: starts the jobs held until their image is pulled."""
+        with open(self.layout.log / "releaser.log", "ab") as log:
+            process = subprocess.Popen(
+                [str(REPO / ".venv" / "bin" / "shifter-admin"), "release-held-jobs",
+                 "--config", str(self.layout.udiroot_conf), "--interval", "1"],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+                env={"PATH": DAEMON_PATH, "LANG": "C.UTF-8", "SLURM_CONF": str(self.layout.slurm_conf)})
+        record.daemons["releaser"] = Daemon.of(process.pid)
+        record.save(self.layout)
 
     def _start_slurmd(self, record: Record, node: str) -> None:
         """slurmd in the node's netns plus a new UTS and private mount namespace,
@@ -444,7 +462,7 @@ class Cluster:
         controller = record.daemons.get("slurmctld")
         if controller is not None and controller.alive():
             self._cancel_jobs(record)
-        order = [*(f"slurmd-{n}" for n in NODES), "slurmctld", "gateway", "registry", "munged"]
+        order = [*(f"slurmd-{n}" for n in NODES), "releaser", "slurmctld", "gateway", "registry", "munged"]
         for name in order:
             daemon = record.daemons.get(name)
             if daemon is not None:
@@ -616,6 +634,8 @@ def udiroot_conf(layout: Layout, record: Record) -> str:
         f"module_slurm_siteEnvPrepend=PATH={prefix}/bin",
         f"module_slurm_siteEnv=SLURM_CONF={prefix}/etc/slurm.conf",
         "defaultModules=slurm",
+        "holdJobsForPull=1",
+        f"provenanceDir={layout.provenance}",
         *sitemodules.config_lines(layout.site_software),
         f"perNodeCachePath={layout.node_cache}",
         f"mkfsXfsPath={shutil.which('mkfs.xfs', path=DAEMON_PATH)}",
@@ -630,6 +650,7 @@ def gateway_conf(layout: Layout, record: Record) -> dict:
         "Listen": record.gateway_url.removeprefix("http://"),
         "LogLevel": "info",
         "WorkerThreads": 1,
+        "PullUpdateTimeout": 10,          # tests move tags and pull them again (tests/integration/test_pinning.py)
         "DefaultImageLocation": record.registry,
         "Locations": {record.registry: {"url": f"http://{record.registry}", "insecure": True}},
         "Platforms": {SYSTEM: {
