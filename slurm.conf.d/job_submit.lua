@@ -27,6 +27,9 @@ local shifter = {
     WAITING_SUFFIX = " to be pulled",
     PIN = "shifter%-pin=sha256:%x+",
     MAX_REQUEST = 600,
+    -- scontrol prints the error code's text, not log_user's message, for refused updates
+    JOB_HELD = slurm.ESLURM_JOB_HELD or 2042,            -- "Job is in held state, pending scheduler release"
+    ACCESS_DENIED = slurm.ESLURM_ACCESS_DENIED or 2002,  -- "Access/permission denied"
 }
 
 local function starts_with(text, prefix)
@@ -85,12 +88,12 @@ function shifter.modify(job_desc, job_rec, modify_uid)
     if waiting and current == "" and releasing then
         slurm.log_user("shifter: job %d waits until its image is pulled; it is released then"
                        .. " (scontrol show job %d: AdminComment)", job_rec.job_id, job_rec.job_id)
-        return slurm.ERROR
+        return shifter.JOB_HELD
     end
     if job_desc.comment ~= nil and modify_uid ~= 0 and pins(job_desc.comment) ~= current then
         slurm.log_user("shifter: the shifter-pin= token of job %d's comment is set by shifter only",
                        job_rec.job_id)
-        return slurm.ERROR
+        return shifter.ACCESS_DENIED
     end
     return slurm.SUCCESS
 end
