@@ -155,7 +155,8 @@ class Row:
 
 def summarize(records: Iterable[dict], *, job: int | None = None, digest: str | None = None,
               user: str | None = None, since: float | None = None) -> list[Row]:
-    """One Row per job and node, for the jobs that match every filter given."""
+    """One Row per job and node, for the jobs that match every filter given; jobs in the
+    order they started, a job's nodes by name."""
     rows: dict[tuple[int, str], Row] = {}
     enters: dict[tuple[int, str], list[float]] = {}
     for item in records:
@@ -180,8 +181,11 @@ def summarize(records: Iterable[dict], *, job: int | None = None, digest: str | 
     matching_jobs = {r.job for r in rows.values()
                      if (job is None or r.job == job) and (digest is None or r.digest == digest)
                      and (user is None or r.user == user) and (since is None or (r.started or 0) >= since)}
+    first: dict[int, float] = {}
+    for r in rows.values():
+        first[r.job] = min(first.get(r.job, float("inf")), r.started or 0)
     return sorted((r for r in rows.values() if r.job in matching_jobs),
-                  key=lambda r: (r.started or 0, r.job, r.node))
+                  key=lambda r: (first[r.job], r.job, r.node))
 
 
 def table(rows: list[Row]) -> str:

@@ -33,6 +33,7 @@ _PIN_RE = re.compile(r"(?:^|\s)shifter-pin=sha256:([0-9a-f]{64})(?=\s|$)")
 _WAITING_RE = re.compile(r"^shifter: waiting for (\S+) to be pulled(?: \(.*\))?$", re.S)
 _FAILED_RE = re.compile(r"^shifter: (\S+) could not be pulled: ", re.S)
 _MB = 1_000_000
+_MAX_PROGRESS = 300
 
 
 def pinned_digest(comment: str | None) -> str | None:
@@ -82,7 +83,8 @@ def progress(record: dict, sizes: bool = True) -> str:
     message = str(record.get("status_message") or "").strip()
     if message and message != "MISSING":
         text += f": {message}"
-    return " ".join(text.split())[:300]
+    text = " ".join(text.split())
+    return text if len(text) <= _MAX_PROGRESS else text[:_MAX_PROGRESS - 3] + "..."
 
 
 def found_in_registry(record: dict) -> bool:
