@@ -1,0 +1,151 @@
+"""Images are pinned at submit: a job runs the digest its tag named when it was
+submitted, on every node, even if the tag moves while the job waits, and no
+node asks the gateway when the job starts.  Bad --image and --volume values
+are refused by sbatch, salloc and srun with one line, before a job exists."""
+from __future__ import annotations
+
+import contextlib
+import re
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.integration.registry_images import job_fields, lookup, push_image
+
+pytestmark = [pytest.mark.cluster, pytest.mark.root]
+
+PULL_UPDATE_TIMEOUT = 10      # ci/harness/cluster.py: gateway_conf(), a READY tag is pulled again after this
+REPORT = 'echo "$(hostname) $(cat /etc/shifter-test-version) $SHIFTER_IMAGE_DIGEST"'
+
+
+@contextlib.contextmanager
+def traced_connects(cluster):
+    """connect(2) calls of every node's slurmd and all it starts (prolog, slurmstepd,
+    tasks) while the block runs, as {node: strace output}."""
+    traces: dict[str, str] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tracers = []
+        for node in cluster.nodes:
+            pid = int((cluster.layout.root / "run" / f"slurmd-{node}.pid").read_text())
+            output = f"{tmp}/{node}"
+            tracers.append((node, output, subprocess.Popen(
+                ["strace", "-f", "-qq", "-e", "trace=connect", "-o", output, "-p", str(pid)],
+                stderr=subprocess.DEVNULL)))
+        time.sleep(1.0)
+        try:
+            yield traces
+            time.sleep(1.0)
+        finally:
+            for node, output, tracer in tracers:
+                tracer.terminate()
+                tracer.wait(timeout=30)
+                traces[node] = Path(output).read_text(errors="replace")
+
+
+def _gateway_connects(trace: str, gateway_url: str) -> list[str]:
+    host, port = gateway_url.removeprefix("http://").rsplit(":", 1)
+    return [line for line in trace.splitlines()
+            if f"htons({port})" in line and f'inet_addr("{host}")' in line]
+
+
+def test_a_tag_moved_while_the_job_waits_still_runs_the_pinned_digest_everywhere(cluster):
+    old = push_image(cluster, "pinning", "v1", version="old")
+    cluster.run(["shifterimg", "pull", old.descriptor], timeout=300)
+    pulled_at = time.monotonic()
+    assert lookup(cluster, old.descriptor) == old.digest
+    job = cluster.sbatch(f"#!/bin/sh\n{REPORT}\nsrun -N3 sh -c '{REPORT}'\n",
+                         "-N3", "--hold", f"--image={old.descriptor}", "--autoshift")
+    try:
+        fields = job_fields(cluster, job)
+        assert (fields["JobState"], fields["Reason"]) == ("PENDING", "JobHeldUser"), fields
+
+        new = push_image(cluster, "pinning", "v1", version="new",
+                         repository=old.descriptor.removeprefix("docker:").rsplit(":", 1)[0])
+        time.sleep(max(0.0, pulled_at + PULL_UPDATE_TIMEOUT + 1 - time.monotonic()))
+        cluster.run(["shifterimg", "pull", old.descriptor], timeout=300)
+        assert lookup(cluster, old.descriptor) == new.digest != old.digest
+
+        with traced_connects(cluster) as traces:
+            cluster.run(["scontrol", "release", str(job)])
+            assert cluster.wait(job) == "COMPLETED", cluster.output(job)
+    finally:
+        cluster.run(["scancel", str(job)], as_user=False, check=False)
+    lines = [line for line in cluster.output(job).splitlines() if re.match(r"^n\d ", line)]
+    assert sorted(lines) == sorted([f"n1 old {old.digest}"] * 2 + [f"n2 old {old.digest}",
+                                                                  f"n3 old {old.digest}"]), cluster.output(job)
+    for node, trace in traces.items():
+        assert "connect(" in trace, f"the trace of {node} saw nothing: tracing did not work"
+        assert _gateway_connects(trace, cluster.gateway_url) == [], f"{node} asked the gateway"
+    cluster.assert_idle()
+
+
+def test_a_new_job_gets_the_digest_the_tag_names_now(cluster):
+    image = push_image(cluster, "pinning-now", "v1", version="first")
+    cluster.run(["shifterimg", "pull", image.descriptor], timeout=300)
+    result = cluster.srun("-N1", f"--image={image.descriptor}", "--autoshift", "sh", "-c", REPORT)
+    assert result.stdout.split()[1:] == ["first", image.digest]
+
+
+# --- refused at submit ----------------------------------------------------------
+
+def _no_job_of(cluster) -> bool:
+    queue = cluster.run(["squeue", "-h", "-u", cluster.user, "-o", "%j"]).stdout.split()
+    return not any(name.startswith("refused-") for name in queue)
+
+
+def _submit(cluster, command: str, *options: str) -> subprocess.CompletedProcess:
+    argv = {
+        "sbatch": ["sbatch", "--job-name=refused-batch", "--output=/dev/null", *options, "--wrap", "true"],
+        "salloc": ["salloc", "--job-name=refused-alloc", *options, "true"],
+        "srun": ["srun", "--job-name=refused-step", *options, "true"],
+    }[command]
+    return cluster.run(argv, check=False, timeout=60)
+
+
+BAD_OPTIONS = [
+    (("--image=docker:Ubuntu:22.04",),
+     "shifter: invalid image 'docker:Ubuntu:22.04': repository part 'Ubuntu' must be lower-case letters"
+     " and digits separated by . _ or -"),
+    (("--image=docker:busybox:latest", "--volume=/etc:/etc"),
+     "shifter: invalid volume '/etc:/etc': /etc belongs to the container's setup"),
+    (("--image=docker:busybox:latest", "--volume=data:/data"),
+     "shifter: invalid volume 'data:/data': the source 'data' must be an absolute path"),
+    (("--volume=/scratch:/data",), "shifter: --volume needs --image"),
+]
+
+
+@pytest.fixture(scope="module")
+def busybox(cluster):
+    cluster.run(["shifterimg", "pull", "docker:busybox:latest"], timeout=300)
+
+
+@pytest.mark.parametrize("command", ["sbatch", "salloc", "srun"])
+@pytest.mark.parametrize("options,message", BAD_OPTIONS, ids=["image", "volume-target", "volume-source", "no-image"])
+def test_bad_options_are_refused_with_one_line_before_a_job_exists(cluster, busybox, command, options, message):
+    result = _submit(cluster, command, *options)
+    assert result.returncode != 0
+    first = result.stderr.splitlines()[0]
+    assert first == f"{command}: error: {message}", result.stderr
+    assert "Submitted batch job" not in result.stdout and "Granted job allocation" not in result.stderr
+    assert _no_job_of(cluster)
+
+
+@pytest.mark.parametrize("command", ["sbatch", "salloc", "srun"])
+def test_an_image_the_registry_does_not_have_is_refused_at_submit(cluster, command):
+    missing = f"docker:test/no-such-image-{command}-{time.monotonic_ns()}:v1"
+    result = _submit(cluster, command, f"--image={missing}")
+    assert result.returncode != 0
+    first = result.stderr.splitlines()[0]
+    assert first.startswith(f"{command}: error: shifter: {missing} cannot be pulled: "), result.stderr
+    assert "not found" in first
+    assert _no_job_of(cluster)
+
+
+def test_the_refusals_say_nothing_else_of_ours(cluster, busybox):
+    """Slurm adds its own two lines after ours; the plugin prints exactly one."""
+    result = _submit(cluster, "sbatch", "--image=docker:busybox:latest", "--volume=/etc:/etc")
+    ours = [line for line in result.stderr.splitlines() if "shifter:" in line and "spank" not in line]
+    assert len(ours) == 1, result.stderr
