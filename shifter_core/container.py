@@ -270,7 +270,7 @@ def _build(cfg, spec: ContainerSpec) -> dict[str, float]:
             for volume in module.site_fs:
                 _bind_volume(tree, volume, volume.source, cfg)
         _write_etc(tree, cfg, spec)
-        _copy_udi_image(tree, cfg, spec)
+        _bind_udi_image(tree, cfg, spec)
         if spec.hosts:
             tree.write("var/hostsfile", "".join(f"{h}\n" for h in spec.hosts))
         for module in spec.modules:
@@ -423,23 +423,33 @@ def _write_etc(tree: _Tree, cfg, spec: ContainerSpec) -> None:
     tree.symlink("etc/mtab", "/proc/mounts")
 
 
-def _copy_udi_image(tree: _Tree, cfg, spec: ContainerSpec) -> None:
-    """Site helpers (/opt/udiImage) and module copyPath trees, world-readable."""
-    import shutil
+def _bind_udi_image(tree: _Tree, cfg, spec: ContainerSpec) -> None:
+    """Site helpers (optUdiImage at /opt/udiImage) and module copyPath trees
+    (at /opt/udiImage/modules/<name>), bound read-only.
 
-    sources = [(cfg.opt_udi_image, "opt/udiImage", "optUdiImage")] if cfg.opt_udi_image else []
-    sources += [(m.copy_path, f"opt/udiImage/modules/{m.name}", f"module_{m.name}_copyPath")
-                for m in spec.modules if m.copy_path]
-    for source, inside, what in sources:
-        _require_root_tree(source, what)
-        target = tree.makedirs(inside)
-        shutil.copytree(source, target, symlinks=True, dirs_exist_ok=True)
-        for directory, dirs, files in os.walk(target):
-            for name in dirs + files:
-                path = os.path.join(directory, name)
-                if not os.path.islink(path):
-                    mode = os.stat(path).st_mode
-                    os.chmod(path, mode | 0o444 | (0o111 if mode & 0o100 or stat.S_ISDIR(mode) else 0))
+    Shifter copies them into every container; a bind shows the same files
+    without copying megabytes (the CCM sshd bundle) at every job start.  The
+    entries of optUdiImage are bound one by one so that modules/ stays on the
+    container's own layer, where the modules' mount points are made.
+    """
+    if cfg.opt_udi_image:
+        _require_root_tree(cfg.opt_udi_image, "optUdiImage")
+        tree.makedirs("opt/udiImage/modules")
+        for name in sorted(os.listdir(cfg.opt_udi_image)):
+            source = os.path.join(cfg.opt_udi_image, name)
+            if name == "modules":
+                continue
+            if os.path.islink(source):
+                tree.symlink(f"opt/udiImage/{name}", os.readlink(source))
+                continue
+            is_dir = os.path.isdir(source)
+            syscalls.bind(source, tree.mount_point(f"opt/udiImage/{name}", is_dir=is_dir),
+                          readonly=True, recursive=is_dir)
+    for module in spec.modules:
+        if module.copy_path:
+            _require_root_tree(module.copy_path, f"module_{module.name}_copyPath")
+            syscalls.bind(module.copy_path, tree.makedirs(f"opt/udiImage/modules/{module.name}"),
+                          readonly=True, recursive=True)
 
 
 def _require_root_tree(directory: str, what: str) -> None:
