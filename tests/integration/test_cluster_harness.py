@@ -20,7 +20,8 @@ def test_slurm_conf_takes_the_documented_site_settings():
     record = harness.Record(slurmctld_port=6817)
     text = harness.slurm_conf(harness.Layout(harness.REPO / ".cluster"), record)
     assert "PrologFlags=Alloc" in text.splitlines()
-    assert harness.site_settings() == ["PrologFlags=Alloc"]
+    assert harness.site_settings() == ["PrologFlags=Alloc", "JobSubmitPlugins=lua"]
+    assert "JobSubmitPlugins=lua" in text.splitlines()
 
 
 def test_container_slurm_conf_has_bundled_plugins_and_no_plugin_stack():
