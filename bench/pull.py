@@ -54,15 +54,14 @@ def base_tree() -> str:
     os.makedirs(os.path.join(CACHE, "debs"), exist_ok=True)
     _run(["/usr/sbin/debootstrap", "--variant=minbase", f"--cache-dir={CACHE}/debs",
           SUITE, root, MIRROR])
-    for pattern in ("var/cache/apt/archives", "var/lib/apt/lists", "dev"):
-        directory = os.path.join(root, pattern)
-        for name in os.listdir(directory):
-            path = os.path.join(directory, name)
-            if os.path.isdir(path) and not os.path.islink(path):
-                if pattern != "var/cache/apt/archives":
-                    shutil.rmtree(path)
-            else:
-                os.unlink(path)
+    # what environment.md §7 removes: downloaded packages, apt lists, device nodes
+    archives = os.path.join(root, "var/cache/apt/archives")
+    for name in os.listdir(archives):
+        if name.endswith(".deb"):
+            os.unlink(os.path.join(archives, name))
+    for directory in ("var/lib/apt/lists", "dev"):
+        shutil.rmtree(os.path.join(root, directory))
+        os.mkdir(os.path.join(root, directory))
     if os.path.lexists(os.path.join(root, "etc/resolv.conf")):
         os.unlink(os.path.join(root, "etc/resolv.conf"))
     open(os.path.join(CACHE, f"{SUITE}-minbase.complete"), "w").close()
