@@ -39,7 +39,6 @@ from .registry import Image, Location, Platform, RegistryClient
 from .squash import Compressor, Pack, pack_layer, write_image
 
 Progress = Callable[[str, dict], None]
-DOCKER_HUB_HOSTS = ("docker.io", "index.docker.io", "registry-1.docker.io")
 _MACHINE_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm/v7",
                  "ppc64le": "ppc64le", "s390x": "s390x", "riscv64": "riscv64"}
 GZIP_TYPES = ("application/vnd.oci.image.layer.v1.tar+gzip",
@@ -80,8 +79,8 @@ class PipelineSettings:
     timeout: float = 60
     retries: int = 4
 
-    def location_for(self, registry: str | None) -> tuple[str, Location]:
-        """(name, Location) for a reference's registry part."""
+    def location_for(self, registry: str | None) -> Location:
+        """The Location serving a reference's registry part."""
         if registry is None:
             if not self.default_location:
                 raise ConfigError("no default image location is configured;"
@@ -89,10 +88,10 @@ class PipelineSettings:
             if self.default_location not in self.locations:
                 raise ConfigError(f"the default image location {self.default_location!r}"
                                   " is not among the configured locations")
-            return self.default_location, self.locations[self.default_location]
+            return self.locations[self.default_location]
         if registry in self.locations:
-            return registry, self.locations[registry]
-        return registry, Location.for_host(registry)
+            return self.locations[registry]
+        return Location.for_host(registry)
 
     def make_compressor(self) -> Compressor:
         return Compressor(self.compressor, self.compression_level)
@@ -105,10 +104,10 @@ def pull_image(ref: ImageRef, *, store: ImageStore, settings: PipelineSettings,
     report = progress or (lambda status, info: None)
     if ref.type != "docker":
         raise ImageRefError(f"{ref} is not a registry image; only docker: images can be pulled")
-    name, location = settings.location_for(ref.registry)
+    location = settings.location_for(ref.registry)
     platform = Platform.parse(settings.architecture)
     compressor = settings.make_compressor()
-    client = RegistryClient(location, _repository(name, location, ref.repository),
+    client = RegistryClient(location, location.repository_path(ref.repository),
                             image=str(ref), credentials=credentials,
                             timeout=settings.timeout, retries=settings.retries)
     report("PULLING", {"message": "Getting manifest"})
@@ -331,10 +330,3 @@ def _movable_into(path: str, directory: str) -> str:
         os.unlink(copy)
         raise
     return copy
-
-
-def _repository(location_name: str, location: Location, repository: str) -> str:
-    """Docker Hub keeps official images under library/."""
-    host = location.base_url().split("://", 1)[1]
-    hub = location_name in DOCKER_HUB_HOSTS or host in DOCKER_HUB_HOSTS
-    return f"library/{repository}" if hub and "/" not in repository else repository

@@ -43,6 +43,8 @@ ACCEPT = ", ".join((OCI_INDEX, DOCKER_LIST, OCI_MANIFEST, DOCKER_MANIFEST))
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 CHUNK = 1024 * 1024
 RETRY_STATUSES = (429, 500, 502, 503, 504)
+DOCKER_HUB = "registry-1.docker.io"
+DOCKER_HUB_NAMES = ("docker.io", "index.docker.io", DOCKER_HUB)
 _DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 _CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
 
@@ -66,7 +68,14 @@ class Location:
     @classmethod
     def for_host(cls, host: str) -> "Location":
         """An unconfigured registry named in a reference: https, verified."""
-        return cls(url=f"https://{host}")
+        return cls(url=f"https://{DOCKER_HUB if host in DOCKER_HUB_NAMES else host}")
+
+    def repository_path(self, repository: str) -> str:
+        """The repository as the registry names it: Docker Hub's official images are library/x."""
+        host = urllib.parse.urlsplit(self.base_url()).netloc
+        if host in DOCKER_HUB_NAMES and "/" not in repository:
+            return f"library/{repository}"
+        return repository
 
     def base_url(self) -> str:
         url = self.url if "://" in self.url else (
