@@ -23,9 +23,11 @@ import hashlib
 import io
 import os
 import platform as host_platform
+import re
 import shutil
 import tempfile
 import threading
+import time
 import zlib
 from typing import BinaryIO, Callable, Iterable, Iterator
 
@@ -49,6 +51,8 @@ ZSTD_TYPES = ("application/vnd.oci.image.layer.v1.tar+zstd",
               "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd")
 PLAIN_TYPES = ("application/vnd.oci.image.layer.v1.tar",
                "application/vnd.oci.image.layer.nondistributable.v1.tar")
+STALE_BUILD_SECONDS = 3600
+_BUILD_NAME = re.compile(r"^\.[0-9a-f]{64}\..+\.squashfs$")      # see mkstemp in pull_image
 STREAM_BUFFER = 1 << 20
 INFLATE_LIMIT = 4 << 20          # bytes per decompression step: no gzip bomb in memory
 
@@ -128,6 +132,7 @@ def pull_image(ref: ImageRef, *, store: ImageStore, settings: PipelineSettings,
         for index, pack in enumerate(packs):
             tree.apply(index, pack.members(index))
         os.makedirs(settings.scratch_dir, exist_ok=True)
+        _remove_stale_builds(settings.scratch_dir)
         fd, built = tempfile.mkstemp(dir=settings.scratch_dir, prefix=f".{image_id}.",
                                      suffix=".squashfs")
         os.close(fd)
@@ -316,6 +321,17 @@ def _image_meta(image: Image) -> ImageMeta:
         arch=image.config.get("architecture", "amd64"),
         os=image.config.get("os", "linux"),
     )
+
+
+def _remove_stale_builds(scratch_dir: str) -> None:
+    """Squashfs files a crashed worker left in the scratch directory (over an hour old)."""
+    cutoff = time.time() - STALE_BUILD_SECONDS
+    for name in os.listdir(scratch_dir):
+        if _BUILD_NAME.match(name):
+            path = os.path.join(scratch_dir, name)
+            with contextlib.suppress(FileNotFoundError):
+                if os.stat(path).st_mtime < cutoff:
+                    os.unlink(path)
 
 
 def _movable_into(path: str, directory: str) -> str:

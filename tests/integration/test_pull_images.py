@@ -335,3 +335,18 @@ def test_pull_works_unprivileged(registry, layout, request):
     listing = subprocess.run(["unsquashfs", "-lln", str(image)], check=True,
                              capture_output=True, text=True).stdout
     assert "-rwsr-xr-x 0/0" in listing                       # setuid kept, owner root
+
+
+def test_builds_left_by_a_crashed_worker_are_cleaned(registry, layout, tmp_path):
+    reference = push(layout, registry, "stale", [busybox_entries()])
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    stale, fresh, other = (scratch / f".{'a' * 64}.x1.squashfs", scratch / f".{'b' * 64}.x2.squashfs",
+                           scratch / "staging-file")
+    for path in (stale, fresh, other):
+        path.write_bytes(b"partial")
+    old = time.time() - 7200
+    os.utime(stale, (old, old))
+    os.utime(other, (old, old))
+    pull_image(parse(reference), store=new_store(tmp_path), settings=settings(registry, tmp_path))
+    assert not stale.exists() and fresh.exists() and other.exists()
