@@ -43,21 +43,26 @@ def job_prolog(spank, opts) -> None:
         volumes=volumes.parse(opts.volume or "", "user", cfg.cache_policy()),
         modules=cfg.select_modules(opts.module), hosts=tuple(_hosts()),
         request=os.environ.get("SPANK_SHIFTER_IMAGEREQUEST", opts.image), ccm_secret=ccm_secret)
-    job = container.create(cfg, spec)
-    if opts.ccm:
-        try:
-            ccm.check(cfg, job.job_id, job.node)
-        except CcmError as error:
-            log_error(f"shifter: {error} (the job's tasks will refuse to start)")
-    elapsed = spank.elapsed_ms()
-    phases = " ".join(f"{k}={v:.1f}ms" for k, v in job.timings.items())
-    log_info(f"shifter: job {job.job_id} on {job.node} runs {job.digest} for {user.name} "
-             f"(prolog {elapsed:.1f}ms, Python start included; container {phases})")
-    provenance.record(
-        cfg.provenance_dir, job.node, "setup", job.job_id, user=user.name, uid=user.uid,
-        request=spec.request, digest=job.digest, pinned=pinned, nodes=os.environ.get("SLURM_NODELIST", ""),
-        ms=provenance.milliseconds(lookup=_lookup_ms(), mount=job.timings.get("mount"),
-                                   setup=job.timings.get("setup"), prolog=elapsed))
+    log = provenance.Log.open(cfg.provenance_dir, spec.node)   # unwritable: refused before any mount
+    try:
+        job = container.create(cfg, spec)
+        if opts.ccm:
+            try:
+                ccm.check(cfg, job.job_id, job.node)
+            except CcmError as error:
+                log_error(f"shifter: {error} (the job's tasks will refuse to start)")
+        elapsed = spank.elapsed_ms()
+        phases = " ".join(f"{k}={v:.1f}ms" for k, v in job.timings.items())
+        log_info(f"shifter: job {job.job_id} on {job.node} runs {job.digest} for {user.name} "
+                 f"(prolog {elapsed:.1f}ms, Python start included; container {phases})")
+        if log is not None:
+            log.write("setup", job.job_id, user=user.name, uid=user.uid, request=spec.request,
+                      digest=job.digest, pinned=pinned, nodes=os.environ.get("SLURM_NODELIST", ""),
+                      ms=provenance.milliseconds(lookup=_lookup_ms(), mount=job.timings.get("mount"),
+                                                 setup=job.timings.get("setup"), prolog=elapsed))
+    finally:
+        if log is not None:
+            log.close()
 
 
 def job_epilog(spank, opts) -> None:
