@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import subprocess
 import time
 from pathlib import Path
 
@@ -173,3 +174,30 @@ def test_without_hold_the_submission_is_refused_until_the_image_is_ready(cluster
     assert first.startswith(f"sbatch: error: shifter: {image.descriptor} is not ready on ci yet:"
                             " the gateway is pulling it ("), result.stderr
     assert first.endswith(f"submit again once `shifterimg lookup {image.descriptor}` finds it"), first
+
+
+def test_srun_waits_in_the_queue_for_its_image_then_runs_it(cluster):
+    """An interactive command waits like any pending allocation, and runs pinned."""
+    image = push_image(cluster, "pending-srun", "v1", version="interactive")
+    name = f"pending-srun-{time.monotonic_ns()}"
+    with image.broken():
+        srun = subprocess.Popen(
+            ["/usr/sbin/runuser", "-u", cluster.user, "--", "srun", f"--job-name={name}", "-N1",
+             f"--image={image.descriptor}", "--autoshift", "cat", "/etc/shifter-test-version"],
+            env=cluster.env, cwd=cluster.home, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            job = _wait_for(lambda: cluster.run(["squeue", "-h", "-n", name, "-o", "%i"]).stdout.strip(),
+                            30, "srun queued no job")
+            fields = job_fields(cluster, int(job))
+            assert fields["JobState"] == "PENDING" and fields["AdminComment"].startswith(
+                pullhold.waiting(image.descriptor)), fields
+        except BaseException:
+            srun.kill()
+            srun.communicate()
+            cluster.run(["scancel", "-n", name], as_user=False, check=False)
+            raise
+    out, err = srun.communicate(timeout=120)
+    assert srun.returncode == 0, err
+    assert out.split() == ["interactive"]
+    assert f"shifter: the gateway is pulling {image.descriptor}" in err
+    cluster.assert_idle()
