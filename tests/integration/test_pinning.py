@@ -5,6 +5,7 @@ are refused by sbatch, salloc and srun with one line, before a job exists."""
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import subprocess
 import tempfile
@@ -17,7 +18,6 @@ from tests.integration.registry_images import job_fields, lookup, push_image
 
 pytestmark = [pytest.mark.cluster, pytest.mark.root]
 
-PULL_UPDATE_TIMEOUT = 10      # ci/harness/cluster.py: gateway_conf(), a READY tag is pulled again after this
 REPORT = 'echo "$(hostname) $(cat /etc/shifter-test-version) $SHIFTER_IMAGE_DIGEST"'
 
 
@@ -52,6 +52,8 @@ def _gateway_connects(trace: str, gateway_url: str) -> list[str]:
 
 
 def test_a_tag_moved_while_the_job_waits_still_runs_the_pinned_digest_everywhere(cluster):
+    # the gateway pulls a READY tag again only after PullUpdateTimeout (short in the mini-cluster)
+    again_after = json.loads((cluster.layout.etc / "imagemanager.json").read_text())["PullUpdateTimeout"]
     old = push_image(cluster, "pinning", "v1", version="old")
     cluster.run(["shifterimg", "pull", old.descriptor], timeout=300)
     pulled_at = time.monotonic()
@@ -64,7 +66,7 @@ def test_a_tag_moved_while_the_job_waits_still_runs_the_pinned_digest_everywhere
 
         new = push_image(cluster, "pinning", "v1", version="new",
                          repository=old.descriptor.removeprefix("docker:").rsplit(":", 1)[0])
-        time.sleep(max(0.0, pulled_at + PULL_UPDATE_TIMEOUT + 1 - time.monotonic()))
+        time.sleep(max(0.0, pulled_at + again_after + 1 - time.monotonic()))
         cluster.run(["shifterimg", "pull", old.descriptor], timeout=300)
         assert lookup(cluster, old.descriptor) == new.digest != old.digest
 
