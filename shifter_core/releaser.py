@@ -52,7 +52,6 @@ class HeldJob:
 
     job_id: int
     uid: int
-    user: str
     comment: str
     admin_comment: str
     held: bool
@@ -103,7 +102,6 @@ class Slurm:
             if job.get("job_state") != "PENDING" or not admin_comment.startswith(pullhold.ADMIN_PREFIX):
                 continue
             jobs.append(HeldJob(job_id=int(job["job_id"]), uid=int(job["user_id"]),
-                                user=str(job.get("user_name") or job["user_id"]),
                                 comment=job.get("comment") or "", admin_comment=admin_comment,
                                 held=job.get("priority") == 0))
         return jobs

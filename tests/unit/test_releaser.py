@@ -49,7 +49,7 @@ class Gateway:
 
 
 def held(job_id=7, uid=1001, comment="", admin=None, held=True):
-    return HeldJob(job_id=job_id, uid=uid, user="u", comment=comment,
+    return HeldJob(job_id=job_id, uid=uid, comment=comment,
                    admin_comment=admin if admin is not None else pullhold.waiting(REQUEST), held=held)
 
 
