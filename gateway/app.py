@@ -37,6 +37,7 @@ from .catalog import BadRequest, Catalog, ImageView
 from .config import DEFAULT_PATH, GatewayConfig, load
 from .db import Database, DatabaseUnavailable
 from .models import Job
+from .metrics import LookupLog
 from .queue import JobQueue
 
 CONFIG_ENV = "SHIFTER_GATEWAY_CONFIG"
@@ -68,7 +69,7 @@ def create_app(config: GatewayConfig | str | None = None, *, db: Database | None
     for warning in config.warnings:
         log.warning("configuration: %s", warning)
     db = db or Database(config.database_uri)
-    catalog = Catalog(config, JobQueue.from_config(config))
+    catalog = Catalog(config, JobQueue.from_config(config), lookup_log=LookupLog(db))
     authenticator = auth.Authenticator(config)
     app = Flask("shifter-gateway")
     app.json.sort_keys = False

@@ -22,7 +22,7 @@ import dataclasses
 import threading
 import time
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
@@ -33,6 +33,7 @@ from shifter_core.imagestore import ImageMeta
 from . import auth
 from .config import GatewayConfig
 from .models import EXPIRE, EXPIRED, EXPIRING, FAILURE, IMPORT, PULL, READY, Image, Job, Lookup, Tag
+from .metrics import LookupLog
 from .queue import JobQueue
 
 PULLABLE_TYPES = ("docker",)
@@ -44,10 +45,12 @@ class BadRequest(ShifterError):
 
 
 class Catalog:
-    def __init__(self, config: GatewayConfig, queue: JobQueue, clock=time.time):
+    def __init__(self, config: GatewayConfig, queue: JobQueue, clock=time.time,
+                 lookup_log: LookupLog | None = None):
         self.config = config
         self.queue = queue
         self.clock = clock
+        self.lookup_log = lookup_log
         self._recent = _RecentLookups(config.lookup_cache_seconds)
 
     # -- names ------------------------------------------------------------------
@@ -81,7 +84,7 @@ class Catalog:
         The hot path of job start, when thousands of nodes ask for one tag
         at once: the answer is kept LookupCacheSeconds in this process; a
         miss costs one SELECT (image and all its tags).  It writes only when
-        the expiry moved by more than 1 % or when metrics are on.  `connect()`
+        the expiry moved by more than 1 %; metrics are written in batches.  `connect()`
         gives a connection (Database.connection, or a session in tests).
         """
         tag = self.canonical_tag(itype, tag)
@@ -104,9 +107,8 @@ class Catalog:
                 image = dataclasses.replace(image, expiration=now + timeout)
                 self._recent.put(key, image)
             if self.config.metrics:
-                connection = connection or stack.enter_context(connect())
-                connection.execute(insert(Lookup).values(user=caller.user, uid=caller.uid, system=system,
-                                                         itype=itype, tag=tag, image_id=image.image_id, time=now))
+                self.lookup_log.record(user=caller.user, uid=caller.uid, system=system, itype=itype, tag=tag,
+                                       image_id=image.image_id, time=now)
         return image
 
     @staticmethod
@@ -127,6 +129,9 @@ class Catalog:
         return [ImageView.of(i) for i in found if auth.may_read(caller, i.private, i.user_acl, i.group_acl)]
 
     def metrics(self, session: Session, system: str, limit: int) -> list[Lookup]:
+        """The last `limit` lookups, oldest first (this process's pending ones included)."""
+        if self.lookup_log is not None:
+            self.lookup_log.flush()
         rows = session.scalars(select(Lookup).where(Lookup.system == system)
                                .order_by(Lookup.pk.desc()).limit(limit))
         return list(reversed(list(rows)))

@@ -10,6 +10,7 @@ from gateway import config as gwconfig
 from gateway.auth import Caller, may_read
 from gateway.catalog import BadRequest, Catalog, ImageView
 from gateway.db import Database
+from gateway.metrics import LookupLog
 from gateway.models import EXPIRING, FAILURE, PENDING, PULLING, READY, Image, Job
 from gateway.queue import JobQueue, LostJob
 from shifter_core.errors import AccessDenied, ImageNotFound
@@ -58,8 +59,8 @@ def queue(config, clock):
 
 
 @pytest.fixture
-def catalog(config, queue, clock):
-    return Catalog(config, queue, clock=clock)
+def catalog(config, queue, clock, db):
+    return Catalog(config, queue, clock=clock, lookup_log=LookupLog(db))
 
 
 def caller(uid=1000, gid=1000, user="alice", groups=None):
