@@ -17,7 +17,7 @@ Every request must carry a munge credential in the `authentication` header
 Errors have a real status code and `{"status", "error", "message"}`.
 
 Production:  SHIFTER_GATEWAY_CONFIG=/etc/shifter/imagemanager.json \\
-             gunicorn -w 4 -b 0.0.0.0:8000 'gateway.app:create_app()'
+             gunicorn -w 3 -k sync -b 0.0.0.0:8000 --no-control-socket 'gateway.app:create_app()'
 """
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ Production (PostgreSQL; as many API processes and worker hosts as needed):
 
     shifter-gateway --config imagemanager.json migrate
     SHIFTER_GATEWAY_CONFIG=imagemanager.json \\
-        gunicorn -w 4 -k gthread --threads 4 -b 0.0.0.0:8000 'gateway.app:create_app()'
+        gunicorn -w 3 -k sync -b 0.0.0.0:8000 --no-control-socket 'gateway.app:create_app()'
     shifter-gateway --config imagemanager.json worker [--system NAME] [--threads N]
 """
 from __future__ import annotations
