@@ -129,7 +129,7 @@ class GatewayProcess:
 
     def __init__(self, workdir: str, config: dict, *, production: bool = False, api_processes: int = 2,
                  workers: int = 1, port: int | None = None,
-                 gunicorn_options: tuple[str, ...] = ("-k", "gthread", "--threads", "4")):
+                 gunicorn_options: tuple[str, ...] = ("-k", "sync")):
         self.workdir = workdir
         self.config_path = os.path.join(workdir, "imagemanager.json")
         with open(self.config_path, "w") as f:
