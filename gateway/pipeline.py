@@ -31,6 +31,8 @@ import time
 import zlib
 from typing import BinaryIO, Callable, Iterable, Iterator
 
+import zstandard
+
 from shifter_core.errors import ConfigError, DigestMismatch, ImageRefError, RegistryError
 from shifter_core.imageref import ImageRef
 from shifter_core.imagestore import ImageMeta, ImageStore
@@ -279,8 +281,6 @@ def _gunzip(chunks: Iterable[bytes], image: str) -> Iterator[bytes]:
 
 
 def _unzstd(chunks: Iterable[bytes], image: str) -> Iterator[bytes]:
-    import zstandard
-
     source = _ChunkReader(chunks)
     try:
         yield from zstandard.ZstdDecompressor().read_to_iter(

@@ -34,6 +34,8 @@ import threading
 import zlib
 from typing import BinaryIO, Callable, Iterable
 
+import zstandard
+
 from shifter_core.errors import ConversionError, ImageContentError
 
 from .merge import DIR, FIFO, FILE, SYMLINK, Member, Node, Tree, member_from_tarinfo
@@ -95,8 +97,7 @@ class Compressor:
     def compress(self, data: bytes) -> bytes:
         if self.name == "zstd":
             compressor = getattr(self._local, "zstd", None)
-            if compressor is None:
-                import zstandard
+            if compressor is None:       # zstandard compressors are not thread-safe
                 compressor = self._local.zstd = zstandard.ZstdCompressor(level=self.level)
             return compressor.compress(data)
         if self.name == "gzip":
