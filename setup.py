@@ -48,8 +48,10 @@ setup(
     version="0.1.0",
     description="Docker/OCI images on Slurm clusters, after NERSC's Shifter",
     python_requires=">=3.11",
-    packages=find_packages(include=["shifter_core", "shifter_core.*", "gateway", "gateway.*"]),
-    package_data={"gateway": ["*.ini"]},
+    # migrations/ installs next to gateway/, where gateway.db looks for it
+    packages=find_packages(include=["shifter_core", "shifter_core.*", "gateway", "gateway.*"])
+    + ["migrations", "migrations.versions"],
+    package_data={"gateway": ["*.ini"], "migrations": ["script.py.mako"]},
     setup_requires=["cffi>=1.16"],
     ext_modules=[plugin],
     cffi_modules=["spank/build_shim.py:ffi", "spank/build_libc.py:ffi"],

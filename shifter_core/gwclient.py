@@ -45,6 +45,9 @@ class GatewayClient:
         self.default_type = default_type
         self.credentials_file = os.path.expanduser(credentials_file)
         self._http = requests.Session()
+        # Only the configuration decides where requests go and which CA they trust:
+        # not the caller's proxies, .netrc or REQUESTS_CA_BUNDLE (environment.md).
+        self._http.trust_env = False
 
     # -- API ----------------------------------------------------------------------
 
