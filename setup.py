@@ -54,7 +54,7 @@ setup(
     package_data={"gateway": ["*.ini"], "migrations": ["script.py.mako"]},
     setup_requires=["cffi>=1.16"],
     ext_modules=[plugin],
-    cffi_modules=["spank/build_shim.py:ffi", "spank/build_libc.py:ffi"],
+    cffi_modules=["spank/build_shim.py:ffi", "spank/build_libc.py:ffi", "spank/build_munge.py:ffi"],
     cmdclass={"build_ext": BuildExt},
     install_requires=[
         "cffi>=1.16",

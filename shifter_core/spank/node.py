@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 
-from .. import ccm, container, etcfiles, hostlist, imageref, provenance, pullhold, volumes
+from .. import container, etcfiles, hostlist, imageref, provenance, pullhold, volumes
 from ..errors import AccessDenied, CcmError, ContainerError
 from ..imagestore import ImageStore
 from . import settings
@@ -35,6 +35,8 @@ def job_prolog(spank, opts) -> None:
     _check_acl(meta, user)
     ccm_secret = None
     if opts.ccm:
+        from .. import ccm   # its imports cost tens of ms: only for CCM jobs
+
         ccm.require_enabled(settings.parse_args(spank.args))
         ccm_secret = ccm.open_secret(os.environ.get(f"SPANK_{ccm.SECRET_VARIABLE}", ""), user.uid)
     spec = container.ContainerSpec(
@@ -73,7 +75,10 @@ def job_epilog(spank, opts) -> None:
     if cfg.per_node_cache_path:
         from .. import pernodecache   # only where the site offers caches
         pernodecache.discard(cfg, spank.job_id, node_name())
-    ccm.forget(cfg, spank.job_id, node_name())
+    if opts.ccm:
+        from .. import ccm
+
+        ccm.forget(cfg, spank.job_id, node_name())
 
 
 def _pinned_id(opts, cfg) -> tuple[str, str]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import time
 
-from .. import ccm, container, enter, environ, provenance
+from .. import container, enter, environ, provenance
 from ..errors import ContainerError
 from . import settings
 from .node import node_name
@@ -32,6 +32,8 @@ def task_init_privileged(spank, opts) -> None:
     cfg = settings.site_config(spank)
     job = container.find(cfg, spank.job_id, node_name())
     if opts.ccm:
+        from .. import ccm   # only CCM jobs pay for its imports
+
         ccm.check(cfg, job.job_id, job.node)
     wanted = spank.getenv("SHIFTER_IMAGE_DIGEST")
     if wanted and wanted != job.digest:

@@ -22,9 +22,8 @@ from __future__ import annotations
 import os
 import time
 
-from .. import ccm, imageref, provenance, pullhold, volumes
+from .. import imageref, provenance, pullhold, volumes
 from ..errors import ImageNotFound, ShifterError
-from ..gwclient import GatewayClient
 from . import settings
 from .bridge import log_info
 
@@ -35,6 +34,8 @@ POLL_INTERVAL = 0.25
 def init_post_opt(spank, opts) -> None:
     cfg = settings.site_config(spank)
     if opts.ccm:
+        from .. import ccm   # ccm and the gateway client (requests) cost tens of ms to import:
+                             # only jobs that need them pay
         ccm.require_enabled(settings.parse_args(spank.args))
     if not opts.image:
         given = [f"--{n}" for n in ("volume", "module", "autoshift", "ccm") if getattr(opts, n)]
@@ -93,6 +94,8 @@ def _resolve(cfg, ref: imageref.ImageRef, *, new_job: bool) -> dict[str, str]:
     """The pin for `ref`; for an image not pulled yet, start the pull (see the module doc)."""
     if ref.type == "id":
         return _pinned(ref, ref.image_id)
+    from ..gwclient import GatewayClient
+
     client = GatewayClient(cfg.image_gateway, cfg.system, cfg.gateway_timeout,
                            ca_file=cfg.gateway_ca_file, default_type=cfg.default_image_type)
     try:
@@ -114,7 +117,7 @@ def _resolve(cfg, ref: imageref.ImageRef, *, new_job: bool) -> dict[str, str]:
     return _pending(str(ref))
 
 
-def _pull(client: GatewayClient, ref: imageref.ImageRef, wait: float) -> dict:
+def _pull(client, ref: imageref.ImageRef, wait: float) -> dict:
     """Ask for the pull (with the user's registry logins), then poll it for up to `wait` s."""
     deadline = time.monotonic() + wait
     record = client.pull(ref)
