@@ -1,10 +1,17 @@
 """What the plugin costs a job that uses no shifter option.
 
-Runs `srun -N1 true` (as the test user) on the mini-cluster with the plugin
-absent from plugstack.conf and with it installed but unused, in alternating
+Runs `srun -N1 true` (as the test user) on the mini-cluster in alternating
 blocks of one run (each block restarts the cluster, since slurmd decides at
-start whether the plugin stack has prolog/epilog hooks), and reports the
-ratio of the medians.  Target: <= 1.02.
+start whether the plugin stack has prolog/epilog hooks), with:
+
+- absent:     no plugin in plugstack.conf;
+- installed:  the plugin, unused (no shifter option);
+- no-hooks:   the plugin built without its job_prolog/job_epilog symbols
+              (-DSHIFTER_NO_JOB_SCRIPT, made here): what the plugin's own code
+              costs, apart from the prolog and epilog processes slurmd starts
+              for every job once any plugin has those hooks.
+
+and reports the ratios of the medians to `absent`.  Target: <= 1.02.
 
     python -m bench.srun_overhead [--runs 40] [--blocks 4]
 
@@ -21,6 +28,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 from ci.harness import cluster as harness
@@ -40,28 +48,54 @@ def _time_sruns(cl: harness.Cluster, record, runs: int, warmup: int = 5) -> list
     return times
 
 
+def _build_without_hooks(directory: str) -> str:
+    """The plugin compiled like setup.py does, minus the job prolog/epilog."""
+    import sysconfig
+
+    plugin = os.path.join(directory, "shifter_spank.so")
+    macros = {"SHIFTER_LIBPYTHON": sysconfig.get_config_var("INSTSONAME"),
+              "SHIFTER_PYTHON_DIR": "python" + sysconfig.get_config_var("VERSION"),
+              "SHIFTER_MODULE_FILE": "_spank" + sysconfig.get_config_var("EXT_SUFFIX")}
+    spank = os.path.join(harness.REPO, "spank")
+    subprocess.run(["gcc", "-shared", "-fPIC", "-O2", f"-I{spank}", "-DSHIFTER_NO_JOB_SCRIPT",
+                    *[f'-D{k}="{v}"' for k, v in macros.items()],
+                    "-o", plugin, os.path.join(spank, "plugin.c"), "-ldl"], check=True)
+    return plugin
+
+
 def _measure(cl: harness.Cluster, args, samples: dict[str, list[float]]) -> None:
+    """Blocks in the order absent, installed, no-hooks, absent, ...
+
+    The no-hooks build lies next to the real plugin (it finds its Python part
+    by its own location) under another name, removed afterwards."""
+    variants = {"absent": False, "installed": True}
+    built = os.path.join(harness.REPO, "shifter_core", "shifter_spank-nohooks.so")
+    with tempfile.TemporaryDirectory() as tmp:
+        os.replace(_build_without_hooks(tmp), built)
+    variants["no-hooks"] = built
+    order = list(variants)
     cl.down()
     try:
         for block in range(args.blocks):
-            variant = "absent" if block % 2 == 0 else "installed"
-            record = cl.up(with_plugin=(variant == "installed"), started_by="bench/srun_overhead")
+            variant = order[block % len(order)]
+            record = cl.up(with_plugin=variants[variant], started_by="bench/srun_overhead")
             samples[variant] += _time_sruns(cl, record, args.runs)
             leftovers = cl.down()
             if leftovers:
                 raise SystemExit("cluster down left: " + "; ".join(leftovers))
     finally:
         cl.down()
+        os.unlink(built)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=40, help="timed sruns per block")
-    parser.add_argument("--blocks", type=int, default=4, help="blocks, alternating absent/installed")
+    parser.add_argument("--blocks", type=int, default=6, help="blocks, rotating the three variants")
     args = parser.parse_args(argv)
     cl = harness.Cluster(harness.Layout(harness.REPO / ".cluster"))
     cl.layout.root.mkdir(parents=True, exist_ok=True)
-    samples: dict[str, list[float]] = {"absent": [], "installed": []}
+    samples: dict[str, list[float]] = {"absent": [], "installed": [], "no-hooks": []}
     with open(cl.layout.root / "users.lock", "a") as users:
         fcntl.flock(users, fcntl.LOCK_EX)          # alone on the cluster
         _measure(cl, args, samples)
@@ -72,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         "median_ms": {k: round(v * 1000, 2) for k, v in medians.items()},
         "p90_ms": {k: round(statistics.quantiles(v, n=10)[-1] * 1000, 2) for k, v in samples.items()},
         "ratio_installed_over_absent": round(medians["installed"] / medians["absent"], 4),
+        "ratio_no_hooks_over_absent": round(medians["no-hooks"] / medians["absent"], 4),
         "target": "<= 1.02",
     }
     os.makedirs(RESULTS, exist_ok=True)

@@ -235,7 +235,7 @@ class Cluster:
             fcntl.flock(lock, fcntl.LOCK_EX)
             yield
 
-    def up(self, with_plugin: bool = True, started_by: str = BY_HAND) -> Record:
+    def up(self, with_plugin: bool | str = True, started_by: str = BY_HAND) -> Record:
         """Start the cluster, or return the running one; `started_by` is kept in the record."""
         if os.geteuid() != 0:
             raise ClusterError("ci/cluster up needs root (daemons, namespaces, mounts)")
@@ -257,9 +257,10 @@ class Cluster:
                 raise
             return record
 
-    def _start(self, record: Record, with_plugin: bool) -> None:
+    def _start(self, record: Record, with_plugin: bool | str) -> None:
         check_test_user_can_reach_the_repository()
-        record.plugin = find_shim() if with_plugin else None
+        # a path: that build of the plugin (bench/srun_overhead.py compares builds)
+        record.plugin = with_plugin if isinstance(with_plugin, str) else find_shim() if with_plugin else None
         self._prepare_directories()
         ensure_test_user()
         munged = start_munged_if_needed()
