@@ -9,12 +9,15 @@ stopped by PID.
 """
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -205,16 +208,14 @@ def client(gateway: GatewayProcess, munged, system: str = SYSTEM, **kw) -> Gatew
     return GatewayClient([gateway.url], system, timeout=10, munge=Munge(munged.socket), **kw)
 
 
-def shared_dir(tmp_path_factory, name: str) -> str:
-    """A temp dir other users can enter (pytest makes its temp dirs 0700)."""
-    path = tmp_path_factory.mktemp(name)
+def shared_dir(name: str) -> str:
+    """A temp dir other users can enter: pytest's own are below a 0700
+    directory (/tmp/pytest-of-root), so this one lives beside it and is
+    removed when the test process exits."""
+    path = tempfile.mkdtemp(prefix=f"shifter-test-{name}-")
     os.chmod(path, 0o755)
-    root = tmp_path_factory.getbasetemp().parent
-    for parent in path.parents:
-        if parent == root or parent == parent.parent:
-            break
-        os.chmod(parent, os.stat(parent).st_mode | 0o011)
-    return str(path)
+    atexit.register(shutil.rmtree, path, True)
+    return path
 
 
 def udiroot_conf(workdir: str, gateway_urls: list[str], system: str = SYSTEM) -> str:

@@ -26,7 +26,7 @@ def gateway(tmp_path_factory, munged, registry):
 
 @pytest.fixture(scope="module")
 def conf(gateway, tmp_path_factory):
-    return udiroot_conf(shared_dir(tmp_path_factory, "conf"), [gateway.url])
+    return udiroot_conf(shared_dir("conf"), [gateway.url])
 
 
 def image_files(gateway, image_id):

@@ -33,12 +33,12 @@ def gateway(tmp_path_factory, munged, registry, private_registry):
 
 @pytest.fixture(scope="module")
 def conf(gateway, tmp_path_factory):
-    return udiroot_conf(shared_dir(tmp_path_factory, "conf"), [gateway.url])
+    return udiroot_conf(shared_dir("conf"), [gateway.url])
 
 
 @pytest.fixture(scope="module")
 def homes(tmp_path_factory):
-    base = Path(shared_dir(tmp_path_factory, "homes"))
+    base = Path(shared_dir("homes"))
     result = {}
     for uid in (OWNER, FRIEND, STRANGER, PUBLIC_PULLER):
         home = base / str(uid)

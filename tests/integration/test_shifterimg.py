@@ -68,7 +68,7 @@ def test_unreachable_gateway_is_reported(tmp_path, munged):
 
 def test_gateways_are_tried_in_order(gateway, munged, busybox, tmp_path_factory):
     from tests.integration.gateway_fixtures import shared_dir
-    conf = udiroot_conf(shared_dir(tmp_path_factory, "failover"), ["http://127.0.0.1:1", gateway.url])
+    conf = udiroot_conf(shared_dir("failover"), ["http://127.0.0.1:1", gateway.url])
     result = shifterimg(["images"], conf, munged)
     assert result.returncode == 0, result.stderr
 
