@@ -32,7 +32,7 @@ def _c_string(value: str) -> str:
 
 plugin = Extension(
     PLUGIN,
-    sources=["spank/plugin.c"],
+    sources=["spank/plugin.c", "spank/fastpath.c"],
     include_dirs=["spank"],
     libraries=["dl"],
     extra_compile_args=["-Wall", "-Werror=implicit-function-declaration"],

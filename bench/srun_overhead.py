@@ -59,7 +59,8 @@ def _build_without_hooks(directory: str) -> str:
     spank = os.path.join(harness.REPO, "spank")
     subprocess.run(["gcc", "-shared", "-fPIC", "-O2", f"-I{spank}", "-DSHIFTER_NO_JOB_SCRIPT",
                     *[f'-D{k}="{v}"' for k, v in macros.items()],
-                    "-o", plugin, os.path.join(spank, "plugin.c"), "-ldl"], check=True)
+                    "-o", plugin, os.path.join(spank, "plugin.c"), os.path.join(spank, "fastpath.c"),
+                    "-ldl"], check=True)
     return plugin
 
 

@@ -359,7 +359,7 @@ def _other_ccm_job(cfg, job_id: int, node: str) -> int | None:
 # ---- state: what the prolog did, for the tasks ------------------------------------
 
 def _state_path(cfg, job_id: int, node: str) -> str:
-    return container.state_path(cfg.run_dir, job_id, node).removesuffix(".json") + ".ccm.json"
+    return container.state_path(cfg.run_dir, job_id, node).removesuffix(".state") + ".ccm.json"
 
 
 def _record(cfg, spec, *, sshd_pid: int | None = None, error: str | None = None) -> None:

@@ -40,13 +40,14 @@ import signal
 import stat
 import time
 
-from . import config, etcfiles, pathsafety, syscalls
+from . import config, environ, etcfiles, pathsafety, provenance, syscalls
 from .errors import ContainerError, ShifterError, VolumeError
 from .imagestore import ImageMeta
 
 HOLDER_NAME = "shifter-holder"
 SETUP_TIMEOUT = 120.0
 STATE_MODE = 0o600
+STATE_FORMAT = "shifter-container 1"   # first line of a record; spank/plugin.c checks it
 ROOT_FLAGS = syscalls.MS_NOSUID | syscalls.MS_NODEV
 IMAGE_FLAGS = syscalls.MS_RDONLY | syscalls.MS_NOSUID | syscalls.MS_NODEV
 CONFIG_MARKER = "var/shifterConfig.json"
@@ -84,18 +85,64 @@ class JobContainer:
     digest: str
     uid: int
     gid: int
-    image_env: list[str]
     workdir: str | None
     modules: list[str]
     timings: dict[str, float]
+    env_ops: list[tuple[str, str, str]]   # environ.operations, for every task
+    python: bool = False             # its tasks need the Python path (CCM, module user hooks)
+    provenance_log: str | None = None
 
     def save(self, path: str) -> None:
-        _write_file_atomic(path, json.dumps(dataclasses.asdict(self), sort_keys=True), STATE_MODE)
+        lines = [STATE_FORMAT, f"job {self.job_id}", f"node {self.node}",
+                 f"holder {self.holder_pid} {self.holder_start} {self.mntns}", f"root {self.root}",
+                 f"image {self.image_id}", f"digest {self.digest}", f"user {self.uid} {self.gid}",
+                 f"modules {','.join(self.modules)}", f"python {int(self.python)}"]
+        if self.workdir:
+            lines.append(f"workdir {_escape(self.workdir)}")
+        if self.provenance_log:
+            lines.append(f"provenance {self.provenance_log}")
+        lines += [f"timing {name} {value}" for name, value in self.timings.items()]
+        lines += [f"env {op} {_escape(name)}={_escape(value)}" for op, name, value in self.env_ops]
+        _write_file_atomic(path, "\n".join(lines) + "\n", STATE_MODE)
 
     @classmethod
     def load(cls, path: str) -> "JobContainer":
-        with open(path, encoding="utf-8") as f:
-            return cls(**json.load(f))
+        """Read a record; ValueError if it is not a complete one."""
+        with open(path, encoding="utf-8", newline="") as f:    # no newline translation
+            lines = f.read().split("\n")
+        if lines[0] != STATE_FORMAT:
+            raise ValueError(f"{path} is not a container record")
+        fields: dict = {"modules": [], "timings": {}, "env_ops": [], "workdir": None}
+        for line in lines[1:]:
+            key, _, value = line.partition(" ")
+            if key == "job":
+                fields["job_id"] = int(value)
+            elif key in ("node", "root", "digest"):
+                fields[key] = value
+            elif key == "provenance":
+                fields["provenance_log"] = value
+            elif key == "image":
+                fields["image_id"] = value
+            elif key == "holder":
+                fields["holder_pid"], fields["holder_start"], fields["mntns"] = map(int, value.split())
+            elif key == "user":
+                fields["uid"], fields["gid"] = map(int, value.split())
+            elif key == "modules":
+                fields["modules"] = [m for m in value.split(",") if m]
+            elif key == "python":
+                fields["python"] = value == "1"
+            elif key == "workdir":
+                fields["workdir"] = _unescape(value)
+            elif key == "timing":
+                name, number = value.split()
+                fields["timings"][name] = float(number)
+            elif key == "env":
+                op, _, assignment = value.partition(" ")
+                name, _, text = assignment.partition("=")
+                fields["env_ops"].append((op, _unescape(name), _unescape(text)))
+            elif key:
+                raise ValueError(f"{path}: unknown line {line!r}")
+        return cls(**fields)
 
     def alive(self) -> bool:
         """Is the holder still the process that created this namespace?"""
@@ -114,7 +161,21 @@ def state_path(run_dir: str, job_id: int, node: str) -> str:
     """Per job *and node*: emulated nodes may share one filesystem."""
     if not node or "/" in node or node.startswith("."):
         raise ContainerError(f"invalid node name {node!r}")
-    return os.path.join(run_dir, f"job{int(job_id)}.{node}.json")
+    return os.path.join(run_dir, f"job{int(job_id)}.{node}.state")
+
+
+def _escape(text: str) -> str:
+    """One line per value: backslash and newline escaped (spank/plugin.c: unescape)."""
+    return text.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+def _unescape(text: str) -> str:
+    out, chars = [], iter(text)
+    for char in chars:
+        if char == "\\":
+            char = {"n": "\n", "\\": "\\"}.get(next(chars, ""), "")
+        out.append(char)
+    return "".join(out)
 
 
 def ensure_run_dir(run_dir: str) -> None:
@@ -207,9 +268,16 @@ def _holder_main(cfg, spec: ContainerSpec, path: str, reply_fd: int) -> None:
         JobContainer(
             job_id=spec.job_id, node=spec.node, holder_pid=pid, holder_start=_start_time(pid),
             mntns=_mntns(pid), root=cfg.udi_mount, image_id=spec.image.id, digest=spec.image.digest,
-            uid=spec.user.uid, gid=spec.user.gid, image_env=list(spec.image.env),
-            workdir=spec.image.workdir, modules=[m.name for m in spec.modules],
+            uid=spec.user.uid, gid=spec.user.gid, workdir=spec.image.workdir,
+            modules=[m.name for m in spec.modules],
             timings={k: round(v * 1000, 3) for k, v in timings.items()},
+            env_ops=environ.operations(
+                spec.image.env, levels=[environ.site_settings(m) for m in spec.modules],
+                shifter={"SHIFTER_IMAGE": spec.image.id, "SHIFTER_IMAGE_DIGEST": spec.image.digest},
+                **environ.site_settings(cfg)),
+            python=spec.ccm_secret is not None or any(m.user_hook for m in spec.modules),
+            provenance_log=(os.path.join(cfg.provenance_dir, spec.node + provenance.SUFFIX)
+                            if cfg.provenance_dir else None),
         ).save(path)
         os.write(reply_fd, b'{"ok": true}')
     except BaseException as error:          # noqa: BLE001 - report everything, then die

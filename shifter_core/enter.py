@@ -1,5 +1,10 @@
 """Entering a job's container from a task (task_init_privileged).
 
+This is the complete path, taken by the batch step, CCM jobs and jobs with
+module user hooks; tasks of other steps enter through the plugin's C fast
+path (spank/fastpath.c: fastpath_enter), which follows the same steps from
+the record the prolog wrote.  A change here is a change there.
+
 The task is a freshly forked, single-threaded child of slurmstepd, still
 root: the one place where setns into a mount namespace works.  After the
 chroot it empties its capability bounding set and sets no_new_privs, so once

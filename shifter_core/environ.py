@@ -6,6 +6,11 @@ siteEnvPrepend and siteEnvUnset, then the global ones in the same order, then
 the SHIFTER_* variables.  Append and prepend join with ':' and simply set the
 variable when it is unset or empty.
 
+The prolog turns that order into a list of operations once per job
+(`operations`), stored with the container; each task applies it to its own
+environment, in Python (`apply`) or in the C plugin's fast path, which
+executes the same four operations.
+
     >>> compose({"PATH": "/host/bin"}, ["PATH=/usr/bin"],
     ...         site_env_append={"PATH": "/opt/udiImage/bin"},
     ...         site_env_prepend={"PATH": "/sbin"})["PATH"]
@@ -14,6 +19,8 @@ variable when it is unset or empty.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+
+OPERATIONS = ("set", "append", "prepend", "unset")
 
 
 def parse_image_env(items: Iterable[str]) -> dict[str, str]:
@@ -26,40 +33,54 @@ def parse_image_env(items: Iterable[str]) -> dict[str, str]:
     return env
 
 
-def _join(current: str | None, value: str, prepend: bool) -> str:
-    if not current:
-        return value
-    return f"{value}:{current}" if prepend else f"{current}:{value}"
+def _level(site_env: Mapping[str, str] = (), site_env_append: Mapping[str, str] = (),
+           site_env_prepend: Mapping[str, str] = (), site_env_unset: Iterable[str] = ()):
+    yield from (("set", k, v) for k, v in dict(site_env).items())
+    yield from (("append", k, v) for k, v in dict(site_env_append).items())
+    yield from (("prepend", k, v) for k, v in dict(site_env_prepend).items())
+    yield from (("unset", k, "") for k in site_env_unset)
 
 
-def apply_site(env: dict[str, str], *, site_env: Mapping[str, str] = (),
-               site_env_append: Mapping[str, str] = (), site_env_prepend: Mapping[str, str] = (),
-               site_env_unset: Iterable[str] = ()) -> None:
-    """Apply one level (a module, or the global configuration) in Shifter's order."""
-    env.update(dict(site_env))
-    for key, value in dict(site_env_append).items():
-        env[key] = _join(env.get(key), value, prepend=False)
-    for key, value in dict(site_env_prepend).items():
-        env[key] = _join(env.get(key), value, prepend=True)
-    for key in site_env_unset:
-        env.pop(key, None)
+def operations(image_env: Iterable[str], *, levels: Iterable[Mapping] = (),
+               shifter: Mapping[str, str] = (), **site) -> list[tuple[str, str, str]]:
+    """The (operation, name, value) list that turns a task's environment into
+    the container's: `levels` are module settings (dicts of siteEnv keywords,
+    see `site_settings`), applied before the global `site` settings."""
+    ops = [("set", k, v) for k, v in parse_image_env(image_env).items()]
+    for level in levels:
+        ops.extend(_level(**level))
+    ops.extend(_level(**site))
+    ops.extend(("set", k, v) for k, v in dict(shifter).items())
+    return ops
+
+
+def apply(env: Mapping[str, str], ops: Iterable[tuple[str, str, str]]) -> dict[str, str]:
+    """`env` after `ops`."""
+    result = dict(env)
+    for op, name, value in ops:
+        if op == "set":
+            result[name] = value
+        elif op == "unset":
+            result.pop(name, None)
+        elif op in ("append", "prepend"):
+            current = result.get(name)
+            if not current:
+                result[name] = value
+            else:
+                result[name] = f"{current}:{value}" if op == "append" else f"{value}:{current}"
+        else:
+            raise ValueError(f"unknown environment operation {op!r}")
+    return result
 
 
 def compose(task_env: Mapping[str, str], image_env: Iterable[str], *,
             levels: Iterable[Mapping] = (), shifter: Mapping[str, str] = (), **site) -> dict[str, str]:
-    """The final environment: `levels` are module settings (dicts of apply_site
-    keyword arguments), applied before the global `site` settings."""
-    env = dict(task_env)
-    env.update(parse_image_env(image_env))
-    for level in levels:
-        apply_site(env, **level)
-    apply_site(env, **site)
-    env.update(dict(shifter))
-    return env
+    """The final environment in one call."""
+    return apply(task_env, operations(image_env, levels=levels, shifter=shifter, **site))
 
 
 def site_settings(source) -> dict:
-    """The siteEnv* settings of a config or module object, as apply_site keywords."""
+    """The siteEnv* settings of a config or module object, as keywords of `operations`."""
     return {
         "site_env": source.site_env,
         "site_env_append": source.site_env_append,

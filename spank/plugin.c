@@ -24,6 +24,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "fastpath.h"
 #include "shim.h"
 
 SPANK_PLUGIN(shifter, 1);
@@ -31,6 +32,9 @@ SPANK_PLUGIN(shifter, 1);
 #if !defined(SHIFTER_LIBPYTHON) || !defined(SHIFTER_PYTHON_DIR) || !defined(SHIFTER_MODULE_FILE)
 #error "SHIFTER_LIBPYTHON, SHIFTER_PYTHON_DIR and SHIFTER_MODULE_FILE must name the Python part"
 #endif
+
+#define SHIFTER_DEFAULT_CONFIG "/etc/shifter/udiRoot.conf"   /* config.DEFAULT_PATH */
+#define SLURM_BATCH_SCRIPT 0xfffffffbU                        /* slurm.h: the batch step */
 
 /* ---- options ---------------------------------------------------------- */
 
@@ -119,13 +123,14 @@ static const char *plugin_arg(int ac, char **av, const char *key)
     return NULL;
 }
 
-static int root_only(const char *venv, const char *path, struct stat *st)
+static int root_only(const char *venv, const char *path, struct stat *st, int sticky_ok)
 {
     if (stat(path, st) != 0) {
         slurm_error("shifter: cannot start Python from %s: %s: %s", venv, path, strerror(errno));
         return 0;
     }
-    if (st->st_uid != 0 || (st->st_mode & (S_IWGRP | S_IWOTH))) {
+    /* a root-owned sticky directory (/tmp) lets nobody else rename root's entries */
+    if (!fastpath_root_only(st) && !(sticky_ok && st->st_uid == 0 && (st->st_mode & S_ISVTX))) {
         slurm_error("shifter: refusing to run Python from %s: %s is not root-owned "
                     "or is writable by group/others", venv, path);
         return 0;
@@ -135,8 +140,10 @@ static int root_only(const char *venv, const char *path, struct stat *st)
 
 /* The venv runs as root in slurmstepd: it, every directory above it, its
  * pyvenv.cfg and its site-packages must be root-owned and writable by nobody
- * else.  A directory that is not a venv is refused, so Python never falls
- * back to whatever the system's own path holds. */
+ * else (directories above it may be root's sticky ones), as
+ * shifter_core.config.require_root_owned checks for the Python side.  A
+ * directory that is not a venv is refused, so Python never falls back to
+ * whatever the system's own path holds. */
 static int venv_is_trusted(const char *venv)
 {
     char path[PATH_MAX];
@@ -145,12 +152,12 @@ static int venv_is_trusted(const char *venv)
 
     for (const char **name = inside; *name; name++) {
         if (snprintf(path, sizeof path, "%s/%s", venv, *name) >= (int) sizeof path
-            || !root_only(venv, path, &st))
+            || !root_only(venv, path, &st, 0))
             return 0;
     }
     snprintf(path, sizeof path, "%s", venv);
-    for (;;) {
-        if (!root_only(venv, path, &st))
+    for (int above = 0;; above = 1) {
+        if (!root_only(venv, path, &st, above))
             return 0;
         char *slash = strrchr(path, '/');
         if (slash == NULL || slash == path) {
@@ -278,6 +285,48 @@ int slurm_spank_init(spank_t sp, int ac, char **av)
     return 0;
 }
 
+/* How this process serves the job, decided in init_post_opt. */
+static enum { MODE_NONE, MODE_PYTHON, MODE_FAST, MODE_FAST_ENTER } mode;
+
+/* The options as submit.py records them in SHIFTER_PINNED_OPTIONS. */
+static void options_text(char *out, size_t size)
+{
+    snprintf(out, size, "%s\x1f%s\x1f%s\x1f%d\x1f%d",
+             opt_value[OPT_IMAGE] ? opt_value[OPT_IMAGE] : "",
+             opt_value[OPT_VOLUME] ? opt_value[OPT_VOLUME] : "",
+             opt_value[OPT_MODULE] ? opt_value[OPT_MODULE] : "",
+             opt_set[OPT_CCM], opt_set[OPT_AUTOSHIFT]);
+}
+
+/* Can this step do without Python?  srun: when the job pinned these very
+ * options already.  slurmstepd: when the tasks run on the host (no
+ * --autoshift), or enter a container whose record asks for nothing more. */
+static int fast_path(spank_t sp, int ac, char **av)
+{
+    char options[3 * 4096];
+    uint32_t step;
+
+    switch (spank_context()) {
+    case S_CTX_LOCAL:
+        options_text(options, sizeof options);
+        return fastpath_pin_reusable(options) ? MODE_FAST : MODE_PYTHON;
+    case S_CTX_REMOTE:
+        if (opt_set[OPT_CCM])
+            return MODE_PYTHON;
+        if (!opt_set[OPT_AUTOSHIFT])
+            return MODE_FAST;
+        if (spank_get_item(sp, S_JOB_STEPID, &step) != ESPANK_SUCCESS || step == SLURM_BATCH_SCRIPT)
+            return MODE_PYTHON;     /* the batch step binds its spool directory: enter.py */
+        {
+            const char *config = plugin_arg(ac, av, "config");
+            return fastpath_load(sp, config ? config : SHIFTER_DEFAULT_CONFIG) == 0
+                ? MODE_FAST_ENTER : MODE_PYTHON;
+        }
+    default:
+        return MODE_PYTHON;
+    }
+}
+
 int slurm_spank_init_post_opt(spank_t sp, int ac, char **av)
 {
     if (!any_option_set()) {
@@ -285,21 +334,28 @@ int slurm_spank_init_post_opt(spank_t sp, int ac, char **av)
             return 0;
         opt_set[OPT_AUTOSHIFT] = 1;
     }
-    return dispatch("init_post_opt", sp, ac, av);
+    mode = fast_path(sp, ac, av);
+    return mode == MODE_PYTHON ? dispatch("init_post_opt", sp, ac, av) : 0;
 }
 
-#define FORWARD_IF_IN_PLAY(name)                                  \
-    int slurm_spank_##name(spank_t sp, int ac, char **av)         \
-    {                                                             \
-        return any_option_set() ? dispatch(#name, sp, ac, av) : 0; \
+int slurm_spank_task_init_privileged(spank_t sp, int ac, char **av)
+{
+    if (mode == MODE_FAST_ENTER)
+        return fastpath_enter(sp);
+    return mode == MODE_PYTHON ? dispatch("task_init_privileged", sp, ac, av) : 0;
+}
+
+#define FORWARD_IN_PYTHON_MODE(name)                                 \
+    int slurm_spank_##name(spank_t sp, int ac, char **av)            \
+    {                                                                \
+        return mode == MODE_PYTHON ? dispatch(#name, sp, ac, av) : 0; \
     }
 
-FORWARD_IF_IN_PLAY(local_user_init)
-FORWARD_IF_IN_PLAY(user_init)
-FORWARD_IF_IN_PLAY(task_init_privileged)
-FORWARD_IF_IN_PLAY(task_init)
-FORWARD_IF_IN_PLAY(task_exit)
-FORWARD_IF_IN_PLAY(exit)
+FORWARD_IN_PYTHON_MODE(local_user_init)
+FORWARD_IN_PYTHON_MODE(user_init)
+FORWARD_IN_PYTHON_MODE(task_init)
+FORWARD_IN_PYTHON_MODE(task_exit)
+FORWARD_IN_PYTHON_MODE(exit)
 
 /* Built with -DSHIFTER_NO_JOB_SCRIPT only by bench/srun_overhead.py: without
  * these two symbols slurmd starts no prolog/epilog process for any job, which

@@ -696,13 +696,14 @@ def find_shim() -> str:
                            "(pip install -e .), or ci/cluster up --without-plugin")
     # The plugin runs Python from the venv as root and refuses one that anyone but
     # root could change; say so now rather than through failing jobs.
-    venv = REPO / ".venv"
-    for directory in (venv, *venv.parents):
-        st = directory.stat()
-        if st.st_uid != 0 or st.st_mode & 0o022:
-            raise ClusterError(f"the plugin runs Python from {venv} as root, so {directory} must be owned "
-                               "by root and not writable by group or others; fix that or clone the "
-                               "repository under such a directory")
+    from shifter_core import config
+    from shifter_core.errors import ConfigError
+
+    try:
+        config.require_root_owned(str(REPO / ".venv"), "the plugin's venv")
+    except ConfigError as error:
+        raise ClusterError(f"{error}; the plugin runs Python from it as root: fix that or clone the "
+                           "repository under such a directory") from None
     return path
 
 

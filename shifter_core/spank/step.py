@@ -39,7 +39,7 @@ def task_init_privileged(spank, opts) -> None:
     if wanted and wanted != job.digest:
         raise ContainerError(f"this step asks for image {wanted}, but job {job.job_id}'s container"
                              f" holds {job.digest}; one job runs one image")
-    env = _task_environment(spank, cfg, job)
+    env = _task_environment(spank, job)
     argv = spank.argv
     batch_script = argv[0] if spank.step_id == BATCH_STEP and argv else None
     log = provenance.Log.open(cfg.provenance_dir, job.node)
@@ -93,14 +93,11 @@ def _run_as_task(argv: list[str], env: dict[str, str]) -> int:
     return os.waitstatus_to_exitcode(status)
 
 
-def _task_environment(spank, cfg, job: container.JobContainer) -> dict[str, str]:
-    """The variables to set in the task (Shifter's order, see environ)."""
+def _task_environment(spank, job: container.JobContainer) -> dict[str, str]:
+    """The variables to set in the task: the prolog's operations (see environ)
+    applied to this task's environment."""
     current = spank.env
-    modules = [cfg.modules[name] for name in job.modules if name in cfg.modules]
-    final = environ.compose(
-        current, job.image_env, levels=[environ.site_settings(m) for m in modules],
-        shifter={"SHIFTER_IMAGE": job.image_id, "SHIFTER_IMAGE_DIGEST": job.digest},
-        **environ.site_settings(cfg))
+    final = environ.apply(current, job.env_ops)
     for name in set(current) - set(final):
         spank.unsetenv(name)
     return {k: v for k, v in final.items() if current.get(k) != v}

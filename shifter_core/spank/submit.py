@@ -58,9 +58,19 @@ def init_post_opt(spank, opts) -> None:
     for name, value in export.items():
         os.environ[name] = value
         spank.job_control_setenv(name, value)
+    if export.get("SHIFTER_IMAGE_DIGEST"):
+        # lets the plugin recognise, in C, an srun of this job that asks for
+        # the same thing, and skip Python (spank/fastpath.c)
+        os.environ["SHIFTER_PINNED_OPTIONS"] = pinned_options(opts)
     if opts.ccm:
         # for the prolog only: not in the job's environment
         spank.job_control_setenv(ccm.SECRET_VARIABLE, ccm.new_secret())
+
+
+def pinned_options(opts) -> str:
+    """The options as given, in the form spank/plugin.c: options_text builds."""
+    return "\x1f".join([opts.image or "", opts.volume or "", opts.module or "",
+                         str(int(opts.ccm)), str(int(opts.autoshift))])
 
 
 def _inherited_pin(request: str, new_job: bool) -> dict[str, str] | None:

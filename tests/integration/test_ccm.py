@@ -15,6 +15,7 @@ import pytest
 
 from ci.harness import cluster as harness
 from shifter_core import ccm, config, munge
+from shifter_core.container import JobContainer
 from shifter_core.errors import CcmError
 
 pytestmark = [pytest.mark.cluster, pytest.mark.root]
@@ -144,8 +145,8 @@ def test_sshd_runs_as_the_user_without_privileges_in_the_job_namespace_and_dies_
     for name in ("CapPrm", "CapEff", "CapBnd", "CapAmb"):
         assert status[name].strip() == "0000000000000000", name
     assert status["NoNewPrivs"].strip() == "1"
-    holder = json.loads((_run_dir(cluster) / f"job{job}.{node}.json").read_text())
-    assert os.stat(f"/proc/{pid}/ns/mnt").st_ino == holder["mntns"]
+    holder = JobContainer.load(str(_run_dir(cluster) / f"job{job}.{node}.state"))
+    assert os.stat(f"/proc/{pid}/ns/mnt").st_ino == holder.mntns
     slurmd = int((cluster.layout.root / "run" / f"slurmd-{node}.pid").read_text())
     assert os.stat(f"/proc/{pid}/ns/net").st_ino == os.stat(f"/proc/{slurmd}/ns/net").st_ino
     assert _listening(node, port)
@@ -160,7 +161,7 @@ def test_sshd_runs_as_the_user_without_privileges_in_the_job_namespace_and_dies_
         if entry.isdigit():
             try:
                 assert "shifter-ccm" not in Path(f"/proc/{entry}/mountinfo").read_text(), entry
-                assert os.stat(f"/proc/{entry}/ns/mnt").st_ino != holder["mntns"], entry
+                assert os.stat(f"/proc/{entry}/ns/mnt").st_ino != holder.mntns, entry
             except OSError:             # gone, or a zombie
                 pass
 

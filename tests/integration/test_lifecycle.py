@@ -39,12 +39,12 @@ def _leftovers(cluster) -> list[str]:
             continue
     loops = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
     found += [line for line in loops.splitlines() if str(cluster.layout.root) in line]
-    found += [str(p) for p in (cluster.layout.root / "run" / "shifter").glob("job*.json")]
+    found += [str(p) for p in (cluster.layout.root / "run" / "shifter").glob("job*")]
     return found
 
 
 def _holder_of(cluster, job: int, node: str, timeout: float = 60) -> Path:
-    state = cluster.layout.root / "run" / "shifter" / f"job{job}.{node}.json"
+    state = cluster.layout.root / "run" / "shifter" / f"job{job}.{node}.state"
     deadline = time.monotonic() + timeout
     while not state.exists():
         assert time.monotonic() < deadline, f"no container for job {job} on {node}"

@@ -29,3 +29,11 @@ def test_image_env_entries_without_equals_are_ignored():
 
 def test_unset_of_missing_variable_is_harmless():
     assert environ.compose({}, [], site_env_unset=["NOPE"]) == {}
+
+
+def test_operations_are_what_compose_applies():
+    ops = environ.operations(["PATH=/usr/bin", "X=1"], levels=[{"site_env_prepend": {"PATH": "/m"}}],
+                             site_env_unset=["X"], shifter={"SHIFTER_IMAGE": "abc"})
+    assert ops == [("set", "PATH", "/usr/bin"), ("set", "X", "1"), ("prepend", "PATH", "/m"),
+                   ("unset", "X", ""), ("set", "SHIFTER_IMAGE", "abc")]
+    assert environ.apply({"PATH": "/host"}, ops) == {"PATH": "/m:/usr/bin", "SHIFTER_IMAGE": "abc"}
