@@ -5,8 +5,11 @@ Reports, side by side:
   included) and the container build inside it (loop mount, overlay, site
   files, binds), medians over many jobs, from the lines the prolog logs
   (target for the container: <= 50 ms);
-- `srun --image --autoshift -n2 true` against `srun -n2 true`, interleaved,
-  ratio of the medians (target <= 1.10);
+- `srun --image --autoshift -n2 true` against `srun -n2 true` (target
+  <= 1.10): as steps of an allocation (salloc, with and without the image:
+  the container exists, only entering it counts), and as jobs of their own
+  (each srun allocates, so the submit-time pin, the prolog and the epilog
+  count too), interleaved, ratios of the medians;
 - when Charliecloud is installed, `srun -n2 ch-run <dir> -- true` with the
   same image unpacked, as a peer.
 
@@ -45,6 +48,19 @@ class Bench:
         subprocess.run(["/usr/sbin/runuser", "-u", harness.TEST_USER, "--", *argv], env=self.env,
                        cwd="/tmp", check=True, stdout=subprocess.DEVNULL)
         return time.perf_counter() - started
+
+
+STEP_LOOP = """for i in $(seq {warmup}); do srun -n2 true; done
+for i in $(seq {runs}); do s=$(date +%s%N); srun -n2 true; e=$(date +%s%N); echo "step-ns $((e - s))"; done
+"""
+
+
+def _step_times(bench: "Bench", runs: int, *options: str) -> list[float]:
+    """Seconds per `srun -n2 true` step inside one allocation of one node."""
+    argv = ["/usr/sbin/runuser", "-u", harness.TEST_USER, "--", "salloc", "-N1", "-n2", *options,
+            "sh", "-c", STEP_LOOP.format(warmup=3, runs=runs)]
+    out = subprocess.run(argv, env=bench.env, cwd="/tmp", check=True, capture_output=True, text=True).stdout
+    return [int(line.split()[1]) / 1e9 for line in out.splitlines() if line.startswith("step-ns ")]
 
 
 def _median_ms(values: list[float]) -> float:
@@ -105,6 +121,10 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(args.runs):
             plain.append(bench.run("srun", "-n2", "true"))
             shifted.append(bench.run("srun", f"--image={IMAGE}", "--autoshift", "-n2", "true"))
+        step_plain, step_shifted = [], []
+        for _ in range(2):
+            step_plain += _step_times(bench, args.runs // 2)
+            step_shifted += _step_times(bench, args.runs // 2, f"--image={IMAGE}", "--autoshift")
         prolog = _prolog_times(cl.layout, first_job)
         images = [f for f in os.listdir(cl.layout.root / "images") if f.endswith(".squashfs")]
         peer = _charliecloud_peer(bench, cl.layout, str(cl.layout.root / "images" / images[0]),
@@ -116,9 +136,13 @@ def main(argv: list[str] | None = None) -> int:
         "container_build_per_node_median_ms": statistics.median(prolog["container_ms"]),
         "prolog_samples": len(prolog["prolog_ms"]),
         "target_container_build_ms": "<= 50",
-        "srun -n2 true median_ms": _median_ms(plain),
-        "srun --image --autoshift -n2 true median_ms": _median_ms(shifted),
-        "ratio_autoshift_over_plain": round(statistics.median(shifted) / statistics.median(plain), 4),
+        "steps: srun -n2 true median_ms": _median_ms(step_plain),
+        "steps: srun --image --autoshift -n2 true median_ms": _median_ms(step_shifted),
+        "steps: ratio_autoshift_over_plain": round(statistics.median(step_shifted)
+                                                   / statistics.median(step_plain), 4),
+        "jobs: srun -n2 true median_ms": _median_ms(plain),
+        "jobs: srun --image --autoshift -n2 true median_ms": _median_ms(shifted),
+        "jobs: ratio_autoshift_over_plain": round(statistics.median(shifted) / statistics.median(plain), 4),
         "target_ratio": "<= 1.10",
         "peers": peer or "charliecloud not installed",
         "load_average": os.getloadavg(),

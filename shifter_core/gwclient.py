@@ -8,15 +8,20 @@ credential twice).
 
     client = GatewayClient(["http://gw:8000"], "mycluster", timeout=10)
     client.lookup("docker:ubuntu:22.04")["id"]
+
+It speaks HTTP with the standard library's http.client rather than requests:
+every sbatch, salloc and srun that pins an image runs this client, and
+importing requests alone took longer (about 100 ms) than the lookup itself.
+Only the configuration decides where requests go and which CA they trust,
+never the caller's environment (proxies, REQUESTS_CA_BUNDLE: environment.md).
 """
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import tempfile
 import urllib.parse
-
-import requests
 
 from . import imageref
 from .errors import AccessDenied, AuthenticationError, GatewayError, ImageNotFound, ShifterError
@@ -41,13 +46,9 @@ class GatewayClient:
         self.system = system
         self.timeout = timeout
         self.munge = munge or Munge()
-        self.verify = ca_file or True
+        self.ca_file = ca_file
         self.default_type = default_type
         self.credentials_file = os.path.expanduser(credentials_file)
-        self._http = requests.Session()
-        # Only the configuration decides where requests go and which CA they trust:
-        # not the caller's proxies, .netrc or REQUESTS_CA_BUNDLE (environment.md).
-        self._http.trust_env = False
 
     # -- API ----------------------------------------------------------------------
 
@@ -162,34 +163,48 @@ class GatewayClient:
                 headers["Content-Type"] = "application/json"
                 data = json.dumps(body) if body else b""
             try:
-                response = self._http.request(method, url + path, headers=headers, data=data,
-                                              timeout=self.timeout, verify=self.verify)
-            except requests.RequestException as e:
-                failures.append(f"{url}: {_reason(e)}")
+                status, reason, text = self._send(url, method, path, headers, data)
+            except TimeoutError:
+                failures.append(f"{url}: timed out")
                 continue
-            if response.status_code >= 500:
-                failures.append(f"{url}: {_message(response)}")
+            except (OSError, http.client.HTTPException) as error:
+                failures.append(f"{url}: cannot connect ({error.__class__.__name__})")
                 continue
-            if response.status_code != 200:
-                raise _ERRORS.get(response.status_code, GatewayError)(_message(response))
+            if status >= 500:
+                failures.append(f"{url}: {_message(status, reason, text)}")
+                continue
+            if status != 200:
+                raise _ERRORS.get(status, GatewayError)(_message(status, reason, text))
             try:
-                return response.json()
+                return json.loads(text)
             except ValueError:
                 failures.append(f"{url}: answered something that is not JSON")
         raise GatewayError("no image gateway answered: " + "; ".join(failures))
 
+    def _send(self, url: str, method: str, path: str, headers: dict, data) -> tuple[int, str, bytes]:
+        """One request on a fresh connection: (status, reason, body)."""
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme == "https":
+            import ssl   # only for https gateways
 
-def _message(response) -> str:
+            context = ssl.create_default_context(cafile=self.ca_file)
+            connection = http.client.HTTPSConnection(parts.hostname, parts.port, timeout=self.timeout,
+                                                     context=context)
+        elif parts.scheme == "http":
+            connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=self.timeout)
+        else:
+            raise GatewayError(f"image gateway {url}: only http and https URLs are supported")
+        try:
+            connection.request(method, parts.path + path, body=data, headers=headers)
+            response = connection.getresponse()
+            return response.status, response.reason, response.read()
+        finally:
+            connection.close()
+
+
+def _message(status: int, reason: str, text: bytes) -> str:
     try:
-        message = response.json().get("message")
+        message = json.loads(text).get("message")
     except (ValueError, AttributeError):
         message = None
-    return message or f"HTTP {response.status_code} {response.reason}"
-
-
-def _reason(error: requests.RequestException) -> str:
-    if isinstance(error, requests.Timeout):
-        return "timed out"
-    if isinstance(error, requests.ConnectionError):
-        return "cannot connect"
-    return type(error).__name__
+    return message or f"HTTP {status} {reason}"
