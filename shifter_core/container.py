@@ -40,7 +40,7 @@ import signal
 import stat
 import time
 
-from . import config, environ, etcfiles, pathsafety, provenance, syscalls
+from . import config, environ, etcfiles, files, pathsafety, provenance, syscalls
 from .errors import ContainerError, ShifterError, VolumeError
 from .imagestore import ImageMeta
 
@@ -103,7 +103,7 @@ class JobContainer:
             lines.append(f"provenance {self.provenance_log}")
         lines += [f"timing {name} {value}" for name, value in self.timings.items()]
         lines += [f"env {op} {_escape(name)}={_escape(value)}" for op, name, value in self.env_ops]
-        _write_file_atomic(path, "\n".join(lines) + "\n", STATE_MODE)
+        files.write_atomic(path, "\n".join(lines) + "\n", STATE_MODE)
 
     @classmethod
     def load(cls, path: str) -> "JobContainer":
@@ -762,19 +762,3 @@ def _cmdline0(pid: int) -> str | None:
             return f.read().split(b"\0", 1)[0].decode(errors="replace")
     except OSError:
         return None
-
-
-def _write_file_atomic(path: str, text: str, mode: int) -> None:
-    tmp = f"{path}.tmp.{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise

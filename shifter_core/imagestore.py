@@ -18,6 +18,7 @@ import json
 import os
 import re
 
+from . import files
 from .errors import ImageNotFound
 
 _ID_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -140,19 +141,4 @@ class ImageStore:
                 pass
 
     def _write_atomic(self, name: str, text: str) -> None:
-        import tempfile   # the gateway writes; nodes only read
-
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=self.directory)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, IMAGE_MODE)
-            os.replace(tmp, os.path.join(self.directory, name))
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
+        files.write_atomic(os.path.join(self.directory, name), text, IMAGE_MODE, durable=True)

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import os
 import pwd
+import shutil
 import subprocess
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -132,3 +134,13 @@ def cluster():
     cluster = harness.Cluster(harness.Layout(harness.REPO / ".cluster"))
     with cluster.session("pytest") as record:
         yield ShifterCluster(cluster, record)
+
+
+@pytest.fixture
+def readable_tmp(cluster):
+    """A root-owned scratch directory the test user can read (pytest's is 0700):
+    for configuration files a test's own srun or sbatch must read."""
+    path = Path(tempfile.mkdtemp(prefix="test-", dir=cluster.layout.root))
+    os.chmod(path, 0o755)
+    yield path
+    shutil.rmtree(path)

@@ -3,7 +3,6 @@ image as the user, a Python failure fails the job, jobs without shifter
 options never start Python."""
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
@@ -92,15 +91,6 @@ def test_python_exception_in_task_hook_fails_the_step_and_never_runs_it_on_the_h
     assert not marker.exists(), "the task ran although its shifter hook failed"
     assert "ValueError: invalid literal for int()" in cluster.log("slurmd-n1")
     cluster.assert_idle()
-
-
-@pytest.fixture
-def readable_tmp(cluster):
-    """A root-owned scratch directory the test user can read (pytest's is 0700)."""
-    path = Path(tempfile.mkdtemp(prefix="test-", dir=cluster.layout.root))
-    os.chmod(path, 0o755)
-    yield path
-    subprocess.run(["rm", "-rf", str(path)], check=True)
 
 
 def test_python_that_cannot_start_fails_the_submission(cluster, image, readable_tmp):

@@ -211,15 +211,6 @@ def test_a_second_ccm_job_on_the_node_is_refused_with_the_reason_and_the_node_st
     assert _ccm_state(cluster, job, node)["error"] is None
 
 
-@pytest.fixture
-def readable_tmp(cluster):
-    """A root-owned scratch directory the test user can read (pytest's is 0700)."""
-    path = Path(tempfile.mkdtemp(prefix="test-", dir=cluster.layout.root))
-    os.chmod(path, 0o755)
-    yield path
-    subprocess.run(["rm", "-rf", str(path)], check=True)
-
-
 def test_ccm_is_refused_at_submit_where_the_plugin_disables_it(cluster, image, readable_tmp):
     line = (cluster.layout.etc / "plugstack.conf").read_text().strip().splitlines()[-1]
     plugstack = readable_tmp / "plugstack.conf"
