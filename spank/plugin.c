@@ -266,9 +266,34 @@ static int dispatch(const char *callback, spank_t sp, int ac, char **av)
 
 /* ---- SPANK entry points ----------------------------------------------- */
 
+/* The plugin's arguments are checked when it loads, for every job: a typo in
+ * plugstack.conf must stop jobs at once, not turn a feature off unnoticed.
+ * (shifter_core.spank.settings checks the values it uses.) */
+static int arguments_valid(int ac, char **av)
+{
+    static const char *known[] = { "venv=/", "config=/", "enable_ccm=", NULL };
+
+    for (int i = 0; i < ac; i++) {
+        const char **k = known;
+        while (*k && strncmp(av[i], *k, strlen(*k)) != 0)
+            k++;
+        if (*k == NULL) {
+            slurm_error("shifter: plugstack.conf: bad plugin argument '%s' (known: venv=<absolute"
+                        " path>, config=<absolute path>, enable_ccm=0|1)", av[i]);
+            return 0;
+        }
+    }
+    if (plugin_arg(ac, av, "venv") == NULL) {
+        slurm_error("shifter: plugstack.conf: venv= is required");
+        return 0;
+    }
+    return 1;
+}
+
 int slurm_spank_init(spank_t sp, int ac, char **av)
 {
-    (void) ac; (void) av;
+    if (!arguments_valid(ac, av))
+        return -1;
     switch (spank_context()) {
     case S_CTX_LOCAL:
     case S_CTX_REMOTE:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import tempfile
 import time
@@ -95,25 +96,18 @@ def test_python_exception_in_task_hook_fails_the_step_and_never_runs_it_on_the_h
 
 def test_python_that_cannot_start_fails_the_submission(cluster, image, readable_tmp):
     """A plugin whose venv cannot run Python refuses the job with a clear line."""
-    tmp_path = readable_tmp
-    plugstack = tmp_path / "plugstack.conf"
     line = (cluster.layout.etc / "plugstack.conf").read_text().strip().splitlines()[-1]
-    bad_venv = tmp_path / "venv"
+    bad_venv = readable_tmp / "venv"
     (bad_venv / "bin").mkdir(parents=True)
-    plugstack.write_text(re.sub(r"venv=\S+", f"venv={bad_venv}", line) + "\n")
-    conf = tmp_path / "slurm.conf"
-    conf.write_text(re.sub(r"(?m)^PlugStackConfig=.*$", f"PlugStackConfig={plugstack}",
-                           (cluster.layout.etc / "slurm.conf").read_text()))
-    os.chmod(plugstack, 0o644)
-    os.chmod(conf, 0o644)
+    env = _with_plugstack(cluster, readable_tmp, re.sub(r"venv=\S+", f"venv={bad_venv}", line))
     marker = cluster.home / "ran-without-python"
     marker.unlink(missing_ok=True)
     result = cluster.srun("-N1", f"--image={image}", "--autoshift", "touch", str(marker),
-                          check=False, env={"SLURM_CONF": str(conf)})
+                          check=False, env=env)
     assert result.returncode != 0
     assert f"shifter: cannot start Python from {bad_venv}" in result.stderr, result.stderr
     assert not marker.exists()
-    plain = cluster.srun("-N1", "true", env={"SLURM_CONF": str(conf)}, check=False)
+    plain = cluster.srun("-N1", "true", env=env, check=False)
     assert plain.returncode == 0, "jobs without shifter options must not need Python"
 
 
@@ -174,3 +168,38 @@ def test_no_container_remains_after_jobs(cluster, image):
     loops = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
     assert str(cluster.layout.root / "images") not in loops
     assert not list((cluster.layout.root / "run" / "shifter").glob("job*"))
+
+
+def _with_plugstack(cluster, directory: Path, line: str) -> dict[str, str]:
+    """Client environment whose slurm.conf names a plugstack.conf holding `line`."""
+    plugstack = directory / "plugstack.conf"
+    plugstack.write_text(line + "\n")
+    conf = directory / "slurm.conf"
+    conf.write_text(re.sub(r"(?m)^PlugStackConfig=.*$", f"PlugStackConfig={plugstack}",
+                           (cluster.layout.etc / "slurm.conf").read_text()))
+    for path in (plugstack, conf):
+        os.chmod(path, 0o644)
+    return {"SLURM_CONF": str(conf)}
+
+
+def test_a_typo_in_the_plugin_arguments_stops_every_job(cluster, readable_tmp):
+    line = (cluster.layout.etc / "plugstack.conf").read_text().strip().splitlines()[-1]
+    env = _with_plugstack(cluster, readable_tmp, line + " enable_cmm=0")
+    result = cluster.srun("-N1", "true", env=env, check=False)
+    assert result.returncode != 0
+    assert "bad plugin argument 'enable_cmm=0'" in result.stderr, result.stderr
+
+
+def test_the_callers_python_variables_do_not_reach_the_plugin(cluster, image):
+    """PYTHONHOME pointing nowhere and a PYTHONPATH with a shifter_core that
+    raises on import change nothing: the plugin's Python ignores them."""
+    evil = cluster.home / "evil-python"
+    (evil / "shifter_core").mkdir(parents=True, exist_ok=True)
+    (evil / "shifter_core" / "__init__.py").write_text("raise SystemExit('the caller picked the code')\n")
+    subprocess.run(["chown", "-R", f"{cluster.uid}", str(evil)], check=True)
+    env = {"PYTHONHOME": "/nonexistent", "PYTHONPATH": str(evil), "PYTHONSTARTUP": str(evil)}
+    result = cluster.srun("-N1", f"--image={image}", "--autoshift", "grep", "PRETTY_NAME", "/etc/os-release",
+                          env=env)
+    assert "shifter-py test image" in result.stdout
+    assert cluster.srun("-N1", "true", env=env).returncode == 0
+    shutil.rmtree(evil)
