@@ -33,11 +33,11 @@ class TransferError(ShifterError):
 class AclStore(ImageStore):
     """An ImageStore that stamps the requested ACLs on private images as they are published.
 
-    Whether an image is private is decided by each pull: one that sent a
-    registry login (or an import with ACLs) makes it private; one that got
-    the same digest anonymously makes it public, since anyone can get it.
-    The pipeline does not report whether the registry insisted on the login,
-    so a login sent to a public repository also counts: that can only restrict.
+    Whether an image is private is decided by each pull: one for which the
+    registry refused anonymous access (the pipeline reports it as
+    `login_required` once the manifest is resolved; the worker sets `private`)
+    or an import with ACLs makes it private; one that got the same digest
+    anonymously makes it public, since anyone can get it.
     """
 
     def __init__(self, directory: str, user_acl, group_acl, private: bool = False):

@@ -115,8 +115,14 @@ class Worker:
         target = self._destination(job.system)
         login = _login(job, ref.registry or self.config.default_location)
         store = target.store(job.user_acl, job.group_acl, private=login is not None)
+
+        def progress(status: str, info: dict) -> None:
+            if "login_required" in info:      # Shifter's rule: private if the registry insisted
+                store.private = bool(info["login_required"])
+            heartbeat.progress(status, info)
+
         meta = pull_image(ref, store=store, settings=pipeline_settings(self.config),
-                          credentials=login, progress=heartbeat.progress)
+                          credentials=login, progress=progress)
         self._install(job, heartbeat, target, store.apply(meta))
 
     def _import(self, job: Job, heartbeat: "_Heartbeat") -> None:
