@@ -110,3 +110,16 @@ def test_acl_on_a_public_image_is_discarded(gateway, conf, munged, homes, regist
     assert looked.returncode == 0
     record = json.loads(looked.stderr.split("Message: ", 1)[1])
     assert record["private"] is False and record["userACL"] == [] and record["groupACL"] == []
+
+
+def test_a_login_to_a_public_repository_keeps_its_image_public(gateway, conf, munged, homes, registry,
+                                                                  tmp_path):
+    """Shifter's rule: private only when the registry refused anonymous access."""
+    image = push_busybox(registry, str(tmp_path), "public/with-login")
+    login = run(["login", registry.host], conf, munged, homes, FRIEND, input="someone\nsecret\n")
+    assert login.returncode == 0, login.stderr
+    pulled = run(["pull", "--user", str(FRIEND), image], conf, munged, homes, FRIEND)
+    assert pulled.returncode == 0, pulled.stderr + gateway.log()
+    record = json.loads(run(["-v", "lookup", image], conf, munged, homes, STRANGER)
+                        .stderr.split("Message: ", 1)[1])
+    assert record["private"] is False and record["userACL"] == []
