@@ -144,3 +144,13 @@ def readable_tmp(cluster):
     os.chmod(path, 0o755)
     yield path
     shutil.rmtree(path)
+
+
+BUSYBOX = "docker:busybox:latest"
+
+
+@pytest.fixture(scope="session")
+def image(cluster):
+    """The cluster's busybox test image, pulled through the gateway as the test user."""
+    cluster.run(["shifterimg", "pull", BUSYBOX], timeout=300)
+    return BUSYBOX

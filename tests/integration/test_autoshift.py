@@ -15,14 +15,7 @@ import pytest
 
 pytestmark = [pytest.mark.cluster, pytest.mark.root]
 
-IMAGE = "docker:busybox:latest"
 REPORT = 'echo "$(hostname) $(grep PRETTY_NAME /etc/os-release) uid=$(id -u)"'
-
-
-@pytest.fixture(scope="module")
-def image(cluster):
-    cluster.run(["shifterimg", "pull", IMAGE], timeout=300)
-    return IMAGE
 
 
 def _node_lines(text: str) -> dict[str, str]:

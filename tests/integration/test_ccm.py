@@ -20,15 +20,8 @@ from shifter_core.errors import CcmError
 
 pytestmark = [pytest.mark.cluster, pytest.mark.root]
 
-IMAGE = "docker:busybox:latest"
 PRETTY = 'PRETTY_NAME="shifter-py test image (busybox)"'
 CONTAINER_DIR = "/var/shifter-ccm"
-
-
-@pytest.fixture(scope="module")
-def image(cluster):
-    cluster.run(["shifterimg", "pull", IMAGE], timeout=300)
-    return IMAGE
 
 
 @pytest.fixture(scope="module")

@@ -11,14 +11,7 @@ import pytest
 
 pytestmark = [pytest.mark.cluster, pytest.mark.root, pytest.mark.slow]
 
-IMAGE = "docker:busybox:latest"
 UNKNOWN_ID = "id:" + "0" * 64
-
-
-@pytest.fixture(scope="module")
-def image(cluster):
-    cluster.run(["shifterimg", "pull", IMAGE], timeout=300)
-    return IMAGE
 
 
 def _leftovers(cluster) -> list[str]:

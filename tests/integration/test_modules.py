@@ -19,7 +19,6 @@ from tests.integration.runtime_fixtures import Site, assert_no_container_left, r
 
 pytestmark = pytest.mark.root
 
-IMAGE = "docker:busybox:latest"
 
 
 @pytest.fixture
@@ -99,12 +98,6 @@ def test_an_unknown_module_key_is_a_config_error(site):
 
 
 # --- on the mini-cluster ------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def image(cluster):
-    cluster.run(["shifterimg", "pull", IMAGE], timeout=300)
-    return IMAGE
-
 
 @pytest.mark.cluster
 def test_a_job_uses_mpi_and_gpu_through_modules(cluster, image):

@@ -13,13 +13,6 @@ from tests.integration.registry_images import lookup
 
 pytestmark = [pytest.mark.cluster, pytest.mark.root]
 
-IMAGE = "docker:busybox:latest"
-
-
-@pytest.fixture(scope="module")
-def image(cluster):
-    cluster.run(["shifterimg", "pull", IMAGE], timeout=300)
-    return IMAGE
 
 
 def _provenance(cluster, *options: str) -> str:
