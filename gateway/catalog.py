@@ -129,11 +129,15 @@ class Catalog:
         return [ImageView.of(i) for i in found if auth.may_read(caller, i.private, i.user_acl, i.group_acl)]
 
     def metrics(self, session: Session, system: str, limit: int) -> list[Lookup]:
-        """The last `limit` lookups, oldest first (this process's pending ones included)."""
+        """The last `limit` lookups, oldest first (this process's pending ones included).
+
+        Ordered by when the lookup happened, not by insertion: API processes
+        write their batches at different moments (metrics.py).
+        """
         if self.lookup_log is not None:
             self.lookup_log.flush()
         rows = session.scalars(select(Lookup).where(Lookup.system == system)
-                               .order_by(Lookup.pk.desc()).limit(limit))
+                               .order_by(Lookup.time.desc(), Lookup.pk.desc()).limit(limit))
         return list(reversed(list(rows)))
 
     # -- requests ---------------------------------------------------------------

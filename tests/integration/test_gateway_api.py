@@ -11,6 +11,7 @@ import urllib.parse
 import pytest
 import requests
 
+from gateway.metrics import FLUSH_SECONDS
 from shifter_core.errors import ImageNotFound
 from shifter_core.munge import Munge
 from tests.integration.gateway_fixtures import (SYSTEM, GatewayProcess, busybox, client,  # noqa: F401
@@ -178,6 +179,7 @@ def test_admin_endpoints_refuse_other_users(gateway, munged, pulled, busybox):
 def test_metrics_record_lookups(root, pulled, busybox):
     for _ in range(3):
         root.lookup(busybox)
+    time.sleep(FLUSH_SECONDS + 0.5)     # other API processes write their lookups this late
     rows = root.metrics(limit=2)
     assert len(rows) == 2
     assert rows[-1]["id"] == pulled["id"] and rows[-1]["user"] == "root" and rows[-1]["type"] == "docker"
