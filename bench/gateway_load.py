@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import selectors
 import socket
@@ -32,6 +31,7 @@ import tempfile
 import time
 import urllib.parse
 
+from bench import results
 from ci.harness.munged import MungeDaemon
 from ci.harness.oci import Layout, busybox_image
 from ci.harness.postgres import PostgresCluster
@@ -39,7 +39,6 @@ from ci.harness.registry import Registry
 from shifter_core.munge import Munge
 from tests.integration.gateway_fixtures import SYSTEM, GatewayProcess, client, gateway_config
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
 def _storm(url: str, path: str, credentials: list[str], clients: int):
@@ -163,10 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         "latency_ms": {"p50": 1000 * _percentile(latencies, 0.50), "p99": 1000 * _percentile(latencies, 0.99)},
         "target": "4096 lookups in <= 2 s",
     }
-    os.makedirs(RESULTS, exist_ok=True)
-    out = os.path.join(RESULTS, f"gateway_load-{datetime.datetime.now():%Y%m%d-%H%M%S}.json")
-    with open(out, "w") as f:
-        json.dump(result, f, indent=1)
+    out = results.save("gateway_load", result)
     print(f"{args.lookups} lookups, {args.clients} clients, {args.api_processes} API processes"
           f" ({args.gunicorn}, metrics {'on' if args.metrics else 'off'}, lookup cache {args.lookup_cache:g} s,"
           f" load before {load_before:.1f}): "

@@ -30,10 +30,10 @@ import subprocess
 import sys
 import time
 
+from bench import results
 from ci.harness import cluster as harness
 
 IMAGE = "docker:busybox:latest"
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 PROLOG_LINE = re.compile(r"shifter: job (\d+) on (\w+) runs .* \(prolog ([\d.]+)ms, Python start included;"
                          r" container mount=([\d.]+)ms setup=([\d.]+)ms total=([\d.]+)ms\)")
 
@@ -147,10 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         "peers": peer or "charliecloud not installed",
         "load_average": os.getloadavg(),
     }
-    os.makedirs(RESULTS, exist_ok=True)
-    with open(os.path.join(RESULTS, "job_start.json"), "w") as f:
-        json.dump(report, f, indent=1)
     print(json.dumps(report, indent=1))
+    print("written to", results.save("job_start", report))
     return 0
 
 

@@ -16,7 +16,6 @@ gives medians and ratios (see bench/README.md).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -28,6 +27,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from bench import results  # noqa: E402
 from ci.harness.oci import Dir, File, ImageConfig, Layout, entries_from_directory  # noqa: E402
 from ci.harness.registry import Registry  # noqa: E402
 from gateway.pipeline import PipelineSettings, pull_image  # noqa: E402
@@ -302,10 +302,7 @@ def main() -> int:
             if args.sweep:
                 print("\ncompressor sweep (ours, cold):")
                 result["sweep"] = sweep(bench, args.runs)
-    os.makedirs(os.path.join(REPO, "bench", "results"), exist_ok=True)
-    out = os.path.join(REPO, "bench", "results", time.strftime("pull-%Y%m%d-%H%M%S.json"))
-    with open(out, "w") as f:
-        json.dump(result, f, indent=1)
+    out = results.save("pull", result)
     print(f"\nwritten to {os.path.relpath(out, REPO)}")
     return 0
 

@@ -31,9 +31,9 @@ import sys
 import tempfile
 import time
 
+from bench import results
 from ci.harness import cluster as harness
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
 def _time_sruns(cl: harness.Cluster, record, runs: int, warmup: int = 5) -> list[float]:
@@ -110,10 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         "ratio_no_hooks_over_absent": round(medians["no-hooks"] / medians["absent"], 4),
         "target": "<= 1.02",
     }
-    os.makedirs(RESULTS, exist_ok=True)
-    with open(os.path.join(RESULTS, "srun_overhead.json"), "w") as f:
-        json.dump(report, f, indent=1)
     print(json.dumps(report, indent=1))
+    print("written to", results.save("srun_overhead", report))
     return 0
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import re
 import shutil
 import subprocess
 import tempfile
@@ -115,6 +116,22 @@ class ShifterCluster:
         drained = [n for n, state in self.node_states().items() if "drain" in state or state == "down"]
         if drained:
             self.run(["scontrol", "update", f"nodename={','.join(drained)}", "state=resume"], as_user=False)
+
+    def plugstack_line(self) -> str:
+        """The cluster's plugstack.conf line for the plugin."""
+        return (self.layout.etc / "plugstack.conf").read_text().strip().splitlines()[-1]
+
+    def client_env_with_plugstack(self, directory: Path, line: str) -> dict[str, str]:
+        """Environment for clients (srun, sbatch) that read a plugstack.conf holding
+        `line` instead of the cluster's; `directory` must be readable by the test user."""
+        plugstack = directory / "plugstack.conf"
+        plugstack.write_text(line + "\n")
+        conf = directory / "slurm.conf"
+        conf.write_text(re.sub(r"(?m)^PlugStackConfig=.*$", f"PlugStackConfig={plugstack}",
+                               (self.layout.etc / "slurm.conf").read_text()))
+        for path in (plugstack, conf):
+            path.chmod(0o644)
+        return {"SLURM_CONF": str(conf)}
 
     def restart_slurmd(self, node: str) -> None:
         """Stop a node's slurmd and start a new one (running jobs and their steps survive)."""

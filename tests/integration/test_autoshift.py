@@ -89,10 +89,10 @@ def test_python_exception_in_task_hook_fails_the_step_and_never_runs_it_on_the_h
 
 def test_python_that_cannot_start_fails_the_submission(cluster, image, readable_tmp):
     """A plugin whose venv cannot run Python refuses the job with a clear line."""
-    line = (cluster.layout.etc / "plugstack.conf").read_text().strip().splitlines()[-1]
     bad_venv = readable_tmp / "venv"
     (bad_venv / "bin").mkdir(parents=True)
-    env = _with_plugstack(cluster, readable_tmp, re.sub(r"venv=\S+", f"venv={bad_venv}", line))
+    env = cluster.client_env_with_plugstack(
+        readable_tmp, re.sub(r"venv=\S+", f"venv={bad_venv}", cluster.plugstack_line()))
     marker = cluster.home / "ran-without-python"
     marker.unlink(missing_ok=True)
     result = cluster.srun("-N1", f"--image={image}", "--autoshift", "touch", str(marker),
@@ -163,21 +163,8 @@ def test_no_container_remains_after_jobs(cluster, image):
     assert not list((cluster.layout.root / "run" / "shifter").glob("job*"))
 
 
-def _with_plugstack(cluster, directory: Path, line: str) -> dict[str, str]:
-    """Client environment whose slurm.conf names a plugstack.conf holding `line`."""
-    plugstack = directory / "plugstack.conf"
-    plugstack.write_text(line + "\n")
-    conf = directory / "slurm.conf"
-    conf.write_text(re.sub(r"(?m)^PlugStackConfig=.*$", f"PlugStackConfig={plugstack}",
-                           (cluster.layout.etc / "slurm.conf").read_text()))
-    for path in (plugstack, conf):
-        os.chmod(path, 0o644)
-    return {"SLURM_CONF": str(conf)}
-
-
 def test_a_typo_in_the_plugin_arguments_stops_every_job(cluster, readable_tmp):
-    line = (cluster.layout.etc / "plugstack.conf").read_text().strip().splitlines()[-1]
-    env = _with_plugstack(cluster, readable_tmp, line + " enable_cmm=0")
+    env = cluster.client_env_with_plugstack(readable_tmp, cluster.plugstack_line() + " enable_cmm=0")
     result = cluster.srun("-N1", "true", env=env, check=False)
     assert result.returncode != 0
     assert "bad plugin argument 'enable_cmm=0'" in result.stderr, result.stderr

@@ -205,15 +205,7 @@ def test_a_second_ccm_job_on_the_node_is_refused_with_the_reason_and_the_node_st
 
 
 def test_ccm_is_refused_at_submit_where_the_plugin_disables_it(cluster, image, readable_tmp):
-    line = (cluster.layout.etc / "plugstack.conf").read_text().strip().splitlines()[-1]
-    plugstack = readable_tmp / "plugstack.conf"
-    plugstack.write_text(line + " enable_ccm=0\n")
-    conf = readable_tmp / "slurm.conf"
-    conf.write_text(re.sub(r"(?m)^PlugStackConfig=.*$", f"PlugStackConfig={plugstack}",
-                           (cluster.layout.etc / "slurm.conf").read_text()))
-    for path in (plugstack, conf):
-        os.chmod(path, 0o644)
-    env = {"SLURM_CONF": str(conf)}
+    env = cluster.client_env_with_plugstack(readable_tmp, cluster.plugstack_line() + " enable_ccm=0")
     refused = cluster.srun("-N1", "--ccm", f"--image={image}", "true", check=False, env=env)
     assert refused.returncode != 0
     assert "--ccm is disabled on this cluster" in refused.stderr, refused.stderr

@@ -25,6 +25,7 @@ from gateway.registry import Location
 from shifter_core.errors import ImageContentError
 from shifter_core.imageref import parse
 from shifter_core.imagestore import ImageStore
+from tests.integration.squashfs_view import read_mounted
 
 LONG_PATH = "deep/" + "d" * 60 + "/" + "f" * 60 + ".txt"
 UTF8_NAME = "données-日本語-ünïcødé.txt"
@@ -158,16 +159,7 @@ SCAN = textwrap.dedent("""
 
 
 def scan_mounted_squashfs(image: str, work) -> dict:
-    mountpoint = work / "mnt"
-    mountpoint.mkdir()
-    script = work / "scan.py"
-    script.write_text(SCAN)
-    shell = (f"mount -t squashfs -o loop,ro,nosuid,nodev {image} {mountpoint} || exit 1;"
-             f" {sys.executable} {script} {mountpoint}; status=$?; umount {mountpoint}; exit $status")
-    result = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", shell],
-                            capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
+    return read_mounted(image, work, SCAN)
 
 
 def scan_umoci(registry, reference: str, work) -> dict:

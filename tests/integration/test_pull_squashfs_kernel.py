@@ -3,11 +3,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import io
-import json
-import os
 import random
-import subprocess
-import sys
 import tarfile
 import textwrap
 
@@ -16,6 +12,7 @@ import pytest
 from ci.harness.oci import Dir, Fifo, File, Hardlink, Symlink
 from gateway.merge import Tree
 from gateway.squash import BLOCK_SIZE, Compressor, Pack, pack_layer, write_image
+from tests.integration.squashfs_view import read_mounted
 
 pytestmark = pytest.mark.root
 
@@ -59,17 +56,7 @@ def squashfs_from(tmp_path, layers, compressor="zstd", level=3) -> str:
 
 
 def kernel_view(image: str, tmp_path) -> dict:
-    if os.geteuid() != 0:
-        pytest.skip("loop-mounting needs root")
-    mountpoint, script = tmp_path / "mnt", tmp_path / "read_all.py"
-    mountpoint.mkdir()
-    script.write_text(READ_ALL)
-    shell = (f"mount -t squashfs -o loop,ro,nosuid,nodev {image} {mountpoint} || exit 1;"
-             f" {sys.executable} {script} {mountpoint}; status=$?; umount {mountpoint}; exit $status")
-    result = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", shell],
-                            capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
+    return read_mounted(image, tmp_path, READ_ALL)
 
 
 def sha(data: bytes) -> str:
