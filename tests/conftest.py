@@ -109,6 +109,10 @@ class ShifterCluster:
         """Every node idle: no job left behind, none drained by a failed prolog or epilog."""
         self.wait_until_settled()
         states = self.node_states()
+        if not self.run(["squeue", "-h", "-o", "%i"], as_user=False).stdout.split():
+            # the backfill scheduler leaves its "planned" mark on idle nodes until
+            # its next pass (every 30 s), after the job it planned for is gone
+            states = {node: "idle" if state == "planned" else state for node, state in states.items()}
         assert set(states.values()) == {"idle"}, f"nodes not idle: {states}"
 
     def resume_nodes(self) -> None:
