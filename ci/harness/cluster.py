@@ -58,6 +58,10 @@ MUNGE_SOCKET_DIR = Path("/run/munge")
 DAEMON_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 IP = "/usr/sbin/ip"
 BY_HAND = "ci/cluster"  # Record.started_by of a cluster someone started at a shell
+# The bridge, its addresses and the node names are fixed, so one checkout's
+# cluster at a time per machine: this file names the checkout whose cluster is up.
+MACHINE_CLAIM = Path("/run/shifter-mini-cluster")
+CLAIM_WAIT = float(os.environ.get("SHIFTER_CLUSTER_WAIT", "3600"))   # seconds
 
 
 class ClusterError(ShifterError):
@@ -205,6 +209,15 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def _cluster_running_at(root: Path) -> bool:
+    """Does any daemon of the cluster kept under `root` (another checkout's) still run?"""
+    try:
+        record = Record.load(Layout(root))
+    except (OSError, ValueError, TypeError):
+        return False
+    return record is not None and any(d.alive() for name, d in record.daemons.items() if name != "munged")
+
+
 # -- the cluster -------------------------------------------------------------
 
 class Cluster:
@@ -247,6 +260,7 @@ class Cluster:
                     return record
                 _say("cleaning up what a previous, incomplete cluster left")
                 self._down(record)
+            self._claim_machine()
             record = Record(started_by=started_by)
             try:
                 self._start(record, with_plugin)
@@ -256,6 +270,29 @@ class Cluster:
                 self._down(record)
                 raise
             return record
+
+    def _claim_machine(self) -> None:
+        """Wait while another checkout's cluster is up (worktrees take turns), then claim the machine."""
+        ours, deadline, told = str(self.layout.root), time.monotonic() + CLAIM_WAIT, False
+        while True:
+            with open(f"{MACHINE_CLAIM}.lock", "a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                owner = MACHINE_CLAIM.read_text().strip() if MACHINE_CLAIM.exists() else ours
+                if owner == ours or not _cluster_running_at(Path(owner)):
+                    MACHINE_CLAIM.write_text(ours + "\n")
+                    return
+            if not told:
+                _say(f"waiting for the mini-cluster of {owner} to go down (at most {CLAIM_WAIT:.0f} s)")
+                told = True
+            if time.monotonic() > deadline:
+                raise ClusterError(f"the mini-cluster of {owner} is still up; take it down first")
+            time.sleep(2)
+
+    def _release_machine(self) -> None:
+        with open(f"{MACHINE_CLAIM}.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if MACHINE_CLAIM.exists() and MACHINE_CLAIM.read_text().strip() == str(self.layout.root):
+                MACHINE_CLAIM.unlink()
 
     def _start(self, record: Record, with_plugin: bool | str) -> None:
         check_test_user_can_reach_the_repository()
@@ -474,6 +511,7 @@ class Cluster:
         _wait_until(lambda: not scope.remains(), 5, 0.2)
         remains = scope.remains()
         self.layout.record_file.unlink(missing_ok=True)
+        self._release_machine()
         return remains
 
     def _cancel_jobs(self, record: Record, timeout: float = 90) -> None:

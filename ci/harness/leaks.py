@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 NAMESPACE_KINDS = ("mnt", "net", "uts")
+NETNS_DIR = "/run/netns"
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,7 @@ class Snapshot:
     def since(self, before: "Snapshot") -> "Snapshot":
         """What is here now and was not in `before` (processes matched by pid and start time)."""
         return Snapshot(
-            mounts=self.mounts - before.mounts,
+            mounts=frozenset(m for m in self.mounts - before.mounts if not _iproute_bookkeeping(m)),
             loops=self.loops - before.loops,
             netns=self.netns - before.netns,
             links=self.links - before.links,
@@ -245,9 +246,15 @@ def _loops() -> list[Loop]:
     return loops
 
 
+def _iproute_bookkeeping(mount: Mount) -> bool:
+    """`ip netns add` turns /run/netns into a bind of itself the first time it runs
+    after boot and leaves it for good: the machine's, not a leak of whoever ran first."""
+    return mount.mount_point == mount.root == NETNS_DIR
+
+
 def _netns_names() -> list[str]:
     try:
-        return os.listdir("/run/netns")
+        return os.listdir(NETNS_DIR)
     except FileNotFoundError:
         return []
 
