@@ -209,6 +209,16 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def _read_claim() -> tuple[str | None, Daemon | None]:
+    """The checkout that claims the machine, and the process that claimed it (if it said)."""
+    try:
+        lines = MACHINE_CLAIM.read_text().split("\n")
+    except FileNotFoundError:
+        return None, None
+    pid, _, start = lines[1].partition(" ") if len(lines) > 1 else ("", "", "")
+    return lines[0].strip() or None, Daemon(int(pid), int(start)) if pid.isdigit() and start.isdigit() else None
+
+
 def _cluster_running_at(root: Path) -> bool:
     """Does any daemon of the cluster kept under `root` (another checkout's) still run?"""
     try:
@@ -272,14 +282,19 @@ class Cluster:
             return record
 
     def _claim_machine(self) -> None:
-        """Wait while another checkout's cluster is up (worktrees take turns), then claim the machine."""
+        """Wait while another checkout's cluster is up (worktrees take turns), then claim the machine.
+
+        The claim names the checkout and the process claiming it: it holds while
+        that process lives (a cluster coming up has no daemons yet) or while any
+        daemon of that checkout's cluster runs.
+        """
         ours, deadline, told = str(self.layout.root), time.monotonic() + CLAIM_WAIT, False
         while True:
             with open(f"{MACHINE_CLAIM}.lock", "a") as lock:
                 fcntl.flock(lock, fcntl.LOCK_EX)
-                owner = MACHINE_CLAIM.read_text().strip() if MACHINE_CLAIM.exists() else ours
-                if owner == ours or not _cluster_running_at(Path(owner)):
-                    MACHINE_CLAIM.write_text(ours + "\n")
+                owner, claimer = _read_claim()
+                if owner in (None, ours) or not (claimer and claimer.alive() or _cluster_running_at(Path(owner))):
+                    MACHINE_CLAIM.write_text(f"{ours}\n{os.getpid()} {_start_time(os.getpid())}\n")
                     return
             if not told:
                 _say(f"waiting for the mini-cluster of {owner} to go down (at most {CLAIM_WAIT:.0f} s)")
@@ -291,7 +306,7 @@ class Cluster:
     def _release_machine(self) -> None:
         with open(f"{MACHINE_CLAIM}.lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            if MACHINE_CLAIM.exists() and MACHINE_CLAIM.read_text().strip() == str(self.layout.root):
+            if _read_claim()[0] == str(self.layout.root):
                 MACHINE_CLAIM.unlink()
 
     def _start(self, record: Record, with_plugin: bool | str) -> None:
