@@ -219,6 +219,21 @@ def _read_claim() -> tuple[str | None, Daemon | None]:
     return lines[0].strip() or None, Daemon(int(pid), int(start)) if pid.isdigit() and start.isdigit() else None
 
 
+def _slurm_daemon_of_another_checkout(ours: str) -> str | None:
+    """The configuration of a slurmctld or slurmd of another checkout's cluster, if one runs
+    (whatever its harness wrote in the claim, or did not)."""
+    for entry in os.listdir("/proc"):
+        try:
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if len(argv) > 2 and os.path.basename(argv[0]) in (b"slurmctld", b"slurmd") and argv[1] == b"-f":
+            conf = os.fsdecode(argv[2])
+            if conf.endswith("/.cluster/etc/slurm.conf") and not conf.startswith(ours + "/"):
+                return conf
+    return None
+
+
 def _cluster_running_at(root: Path) -> bool:
     """Does any daemon of the cluster kept under `root` (another checkout's) still run?"""
     try:
@@ -294,8 +309,10 @@ class Cluster:
                 fcntl.flock(lock, fcntl.LOCK_EX)
                 owner, claimer = _read_claim()
                 if owner in (None, ours) or not (claimer and claimer.alive() or _cluster_running_at(Path(owner))):
-                    MACHINE_CLAIM.write_text(f"{ours}\n{os.getpid()} {_start_time(os.getpid())}\n")
-                    return
+                    owner = _slurm_daemon_of_another_checkout(ours)
+                    if owner is None:
+                        MACHINE_CLAIM.write_text(f"{ours}\n{os.getpid()} {_start_time(os.getpid())}\n")
+                        return
             if not told:
                 _say(f"waiting for the mini-cluster of {owner} to go down (at most {CLAIM_WAIT:.0f} s)")
                 told = True
