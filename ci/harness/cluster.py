@@ -61,6 +61,7 @@ BY_HAND = "ci/cluster"  # Record.started_by of a cluster someone started at a sh
 # The bridge, its addresses and the node names are fixed, so one checkout's
 # cluster at a time per machine: this file names the checkout whose cluster is up.
 MACHINE_CLAIM = Path("/run/shifter-mini-cluster")
+MACHINE_CLAIMER = Path("/run/shifter-mini-cluster.by")     # "<pid> <start time>" of the claiming process
 CLAIM_WAIT = float(os.environ.get("SHIFTER_CLUSTER_WAIT", "3600"))   # seconds
 
 
@@ -212,11 +213,14 @@ def _say(message: str) -> None:
 def _read_claim() -> tuple[str | None, Daemon | None]:
     """The checkout that claims the machine, and the process that claimed it (if it said)."""
     try:
-        lines = MACHINE_CLAIM.read_text().split("\n")
+        owner = MACHINE_CLAIM.read_text().strip() or None
     except FileNotFoundError:
         return None, None
-    pid, _, start = lines[1].partition(" ") if len(lines) > 1 else ("", "", "")
-    return lines[0].strip() or None, Daemon(int(pid), int(start)) if pid.isdigit() and start.isdigit() else None
+    try:
+        pid, _, start = MACHINE_CLAIMER.read_text().strip().partition(" ")
+    except FileNotFoundError:
+        pid = start = ""
+    return owner, Daemon(int(pid), int(start)) if pid.isdigit() and start.isdigit() else None
 
 
 def _slurm_daemon_of_another_checkout(ours: str) -> str | None:
@@ -311,7 +315,8 @@ class Cluster:
                 if owner in (None, ours) or not (claimer and claimer.alive() or _cluster_running_at(Path(owner))):
                     owner = _slurm_daemon_of_another_checkout(ours)
                     if owner is None:
-                        MACHINE_CLAIM.write_text(f"{ours}\n{os.getpid()} {_start_time(os.getpid())}\n")
+                        MACHINE_CLAIMER.write_text(f"{os.getpid()} {_start_time(os.getpid())}\n")
+                        MACHINE_CLAIM.write_text(f"{ours}\n")
                         return
             if not told:
                 _say(f"waiting for the mini-cluster of {owner} to go down (at most {CLAIM_WAIT:.0f} s)")
@@ -325,6 +330,7 @@ class Cluster:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if _read_claim()[0] == str(self.layout.root):
                 MACHINE_CLAIM.unlink()
+                MACHINE_CLAIMER.unlink(missing_ok=True)
 
     def _start(self, record: Record, with_plugin: bool | str) -> None:
         check_test_user_can_reach_the_repository()
