@@ -39,11 +39,10 @@ Inside the container:
 Nothing is written outside the container (the user's real ~/.ssh is left
 alone) and all of it vanishes with the namespace.
 
-One CCM job per node: the port is the node's.  A second CCM job on a node
-(or any failure to start the sshd, or an image without a shell) does not
-fail the prolog, which would drain the node; it is recorded, and every task
-of that job refuses to start with the reason.  Submit CCM jobs with
---exclusive.
+One CCM job per node: the port is the node's.  A second CCM job on a node,
+any failure to start the sshd, or an image without a shell is the job's
+fault (CcmError): the job fails on that node with the reason, and the node
+stays in service.  Submit CCM jobs with --exclusive.
 """
 from __future__ import annotations
 
@@ -53,9 +52,10 @@ import json
 import os
 import secrets
 import signal
+import stat
 import time
 
-from . import container, environ, munge, pathsafety, syscalls, udiimage
+from . import container, environ, munge, syscalls, udiimage
 from .errors import CcmError, ShifterError
 
 SECRET_VARIABLE = "SHIFTER_CCM_SECRET"
@@ -69,7 +69,8 @@ KNOWN_HOSTS = f"{CCM_DIR}/known_hosts"
 SSHD_LOG = f"{CCM_DIR}/sshd.log"
 SSH_CONFIG = "/etc/ssh/ssh_config"
 LINKED_COMMANDS = {"ssh": udiimage.SSH, "scp": f"{udiimage.PREFIX}/bin/scp"}
-DIR_OPTIONS = "mode=0755,size=8m,nr_inodes=64"
+DIR_OPTIONS = {"mode": "0755", "size": "8m", "nr_inodes": "64"}
+DIR_ATTRIBUTES = syscalls.MOUNT_ATTR_NOSUID | syscalls.MOUNT_ATTR_NODEV | syscalls.MOUNT_ATTR_NOEXEC
 READY_TIMEOUT = 15.0
 LISTENING = "Server listening on"
 
@@ -130,58 +131,63 @@ def _derive(secret: bytes, job_id: int, role: str, comment: str) -> tuple[str, s
 
 # ---- prolog, inside the holder of the container ----------------------------------
 
-def prepare(tree, cfg, spec) -> None:
-    """Write the job's ssh files into the container (before its root turns read-only).
+class Sshd:
+    """The container build's CCM extension (see shifter_core.container): the job's ssh
+    files among root's own files, the sshd once the container is complete."""
 
-    A problem the job or the site can fix is recorded for the tasks, not raised.
-    """
-    _record(cfg, spec)
-    try:
+    name = "sshd"
+
+    def __init__(self, secret: bytes):
+        self.secret = secret
+
+    def prepare(self, tree, cfg, spec) -> None:
+        """Write the job's ssh files into the container (a RootTree, before anything of
+        the node is mounted into it)."""
         if not cfg.opt_udi_image:
             raise CcmError("--ccm needs the site's sshd bundle, but udiRoot.conf sets no optUdiImage"
                            " (build one with `shifter-admin udiimage <dir>`)")
-        if not _is_executable(tree, udiimage.SSHD):
+        if not os.access(_in_bundle(cfg, udiimage.SSHD), os.X_OK):
             raise CcmError(f"--ccm needs {udiimage.SSHD}, which the site's optUdiImage"
                            f" {cfg.opt_udi_image} lacks (rebuild it with `shifter-admin udiimage`)")
         _ensure_login_shell(tree, spec.user)
-    except CcmError as error:
-        _record(cfg, spec, error=str(error))
-        return
-    keys = JobKeys(spec.ccm_secret, spec.job_id)
-    user = spec.user
-    directory = tree.makedirs(CCM_DIR)
-    syscalls.mount("shifter-ccm", directory, "tmpfs",
-                   syscalls.MS_NOSUID | syscalls.MS_NODEV | syscalls.MS_NOEXEC, DIR_OPTIONS)
-    tree.write(SSHD_CONFIG, sshd_config(cfg, spec, keys))
-    tree.write(AUTHORIZED_KEYS, keys.user_public + "\n")
-    tree.write(KNOWN_HOSTS, f"{keys.alias} {keys.host_public}\n")
-    tree.write(f"{USER_KEY}.pub", keys.user_public + "\n")
-    for inside, text in ((HOST_KEY, keys.host_private), (USER_KEY, keys.user_private), (SSHD_LOG, "")):
-        tree.write(inside, text, mode=0o600)
-        os.chown(tree.path(inside), user.uid, user.gid, follow_symlinks=False)
-    tree.write(SSH_CONFIG, ssh_config(cfg, spec, keys))
-    for name, target in LINKED_COMMANDS.items():
-        tree.symlink(f"/usr/bin/{name}", target)
-        if os.path.lexists(pathsafety.resolve(tree.root, "/bin", missing_ok=True) + f"/{name}"):
-            tree.symlink(f"/bin/{name}", target)
+        keys = JobKeys(self.secret, spec.job_id)
+        owner = (spec.user.uid, spec.user.gid)
+        directory = syscalls.new_mount("tmpfs", DIR_OPTIONS, DIR_ATTRIBUTES, shown=CCM_DIR)
+        try:
+            tree.attach(directory, CCM_DIR)
+        except BaseException:
+            os.close(directory)
+            raise
+        tree.add_submount(CCM_DIR, directory)
+        tree.write(SSHD_CONFIG, sshd_config(cfg, spec, keys))
+        tree.write(AUTHORIZED_KEYS, keys.user_public + "\n")
+        tree.write(KNOWN_HOSTS, f"{keys.alias} {keys.host_public}\n")
+        tree.write(f"{USER_KEY}.pub", keys.user_public + "\n")
+        for inside, text in ((HOST_KEY, keys.host_private), (USER_KEY, keys.user_private), (SSHD_LOG, "")):
+            tree.write(inside, text, mode=0o600, owner=owner)
+        tree.write(SSH_CONFIG, ssh_config(cfg, spec, keys))
+        for name, target in LINKED_COMMANDS.items():
+            tree.symlink(f"/usr/bin/{name}", target)
+            if tree.exists(f"/bin/{name}"):
+                tree.symlink(f"/bin/{name}", target)
 
-
-def start(tree, cfg, spec) -> None:
-    """Start the job's sshd as the user and wait until it listens; record the outcome."""
-    if _load(cfg, spec.job_id, spec.node).get("error"):
-        return
-    other = _other_ccm_job(cfg, spec.job_id, spec.node)
-    if other is not None:
-        _record(cfg, spec, error=_taken_message(cfg, spec.node, other))
-        return
-    pid = _spawn_sshd(tree.root, spec.user)
-    error = _wait_listening(pid, tree.path(SSHD_LOG))
-    if error is not None:
+    def start(self, tree, cfg, spec) -> None:
+        """Start the job's sshd as the user and wait until it listens."""
         other = _other_ccm_job(cfg, spec.job_id, spec.node)
-        _record(cfg, spec, error=_taken_message(cfg, spec.node, other) if other is not None
-                else f"the CCM sshd of job {spec.job_id} did not start on {spec.node}: {error}")
-        return
-    _record(cfg, spec, sshd_pid=pid)
+        if other is not None:
+            raise CcmError(_taken_message(cfg, spec.node, other))
+        pid = _spawn_sshd(tree.path, spec.user)
+        error = _wait_listening(pid, tree)
+        if error is not None:
+            other = _other_ccm_job(cfg, spec.job_id, spec.node)
+            raise CcmError(_taken_message(cfg, spec.node, other) if other is not None
+                           else f"the CCM sshd of job {spec.job_id} did not start on {spec.node}: {error}")
+        _record(cfg, spec, sshd_pid=pid)
+
+
+def _in_bundle(cfg, inside: str) -> str:
+    """The host path of a file of the site's optUdiImage, named as the container sees it."""
+    return os.path.join(cfg.opt_udi_image, os.path.relpath(inside, udiimage.PREFIX))
 
 
 def sshd_config(cfg, spec, keys: JobKeys) -> str:
@@ -257,19 +263,22 @@ def ssh_config(cfg, spec, keys: JobKeys) -> str:
 
 
 def _is_executable(tree, inside: str) -> bool:
+    """Is `inside` an executable file of the image (on the container's own layer)?"""
     try:
-        host = pathsafety.resolve(tree.root, inside)
+        fd = tree.open(inside)
     except ShifterError:
         return False
-    return os.path.isfile(host) and os.access(host, os.X_OK)
+    try:
+        st = os.fstat(fd)
+    finally:
+        os.close(fd)
+    return stat.S_ISREG(st.st_mode) and bool(st.st_mode & 0o111)
 
 
 def _ensure_login_shell(tree, user) -> None:
     """sshd runs commands with the user's login shell and refuses users whose shell
     is missing: in an image without it (bash in busybox), use the image's /bin/sh."""
-    path = tree.path("/etc/passwd")
-    with open(path, encoding="utf-8", errors="surrogateescape") as f:
-        lines = f.read().splitlines()
+    lines = tree.read("/etc/passwd").splitlines()
     for number, line in enumerate(lines):
         fields = line.split(":")
         if len(fields) == 7 and fields[0] == user.name:
@@ -308,30 +317,22 @@ def _spawn_sshd(root: str, user) -> int:
         os._exit(127)
 
 
-def _wait_listening(pid: int, log: str) -> str | None:
+def _wait_listening(pid: int, tree) -> str | None:
     """None once the sshd listens; otherwise why it does not (it is then gone)."""
     deadline = time.monotonic() + READY_TIMEOUT
     while True:
-        text = _read(log)
+        text = tree.read(SSHD_LOG)
         if LISTENING in text:
             return None
         done, _status = os.waitpid(pid, os.WNOHANG)
         if done:
-            lines = [line for line in _read(log).splitlines() if line.strip()]
+            lines = [line for line in tree.read(SSHD_LOG).splitlines() if line.strip()]
             return "; ".join(lines[-2:]) or "sshd exited without a word"
         if time.monotonic() > deadline:
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
             return f"sshd was not listening after {READY_TIMEOUT:.0f} s"
         time.sleep(0.005)
-
-
-def _read(path: str) -> str:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return f.read()
-    except FileNotFoundError:
-        return ""
 
 
 def _taken_message(cfg, node: str, other: int) -> str:
@@ -362,13 +363,13 @@ def _state_path(cfg, job_id: int, node: str) -> str:
     return container.state_path(cfg.run_dir, job_id, node).removesuffix(".state") + ".ccm.json"
 
 
-def _record(cfg, spec, *, sshd_pid: int | None = None, error: str | None = None) -> None:
+def _record(cfg, spec, *, sshd_pid: int) -> None:
     """Write the record whole (a reader never sees half of it)."""
     path = _state_path(cfg, spec.job_id, spec.node)
     partial = f"{path}.{os.getpid()}.tmp"
     fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump({"port": cfg.sshd_port, "sshd_pid": sshd_pid, "error": error}, f)
+        json.dump({"port": cfg.sshd_port, "sshd_pid": sshd_pid}, f)
     os.replace(partial, path)
 
 
@@ -378,15 +379,6 @@ def _load(cfg, job_id: int, node: str) -> dict:
             return json.load(f)
     except (FileNotFoundError, ValueError):
         return {}
-
-
-def check(cfg, job_id: int, node: str) -> None:
-    """For a task of a CCM job: raise CcmError unless the prolog started its sshd here."""
-    state = _load(cfg, job_id, node)
-    if state.get("error"):
-        raise CcmError(state["error"])
-    if state.get("sshd_pid") is None:
-        raise CcmError(f"job {job_id} has no CCM sshd on {node}: was it submitted with --ccm?")
 
 
 def forget(cfg, job_id: int, node: str) -> None:

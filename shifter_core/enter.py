@@ -7,26 +7,30 @@ the record the prolog wrote.  A change here is a change there.
 
 The task is a freshly forked, single-threaded child of slurmstepd, still
 root: the one place where setns into a mount namespace works.  After the
-chroot it empties its capability bounding set and sets no_new_privs, so once
-Slurm switches it to the user and execs the command, nothing in the image
-(setuid binaries, file capabilities) can make it privileged again.
+chroot it checks the container's marker, empties its capability bounding set
+and sets no_new_privs, so once Slurm switches it to the user and execs the
+command, nothing in the image (setuid binaries, file capabilities) can make
+it privileged again.
 """
 from __future__ import annotations
 
-import json
+import errno
 import os
 
-from . import container as containers
 from . import pathsafety, syscalls
-from .errors import ContainerError
+from .container import JobContainer, RootTree, marker
+from .errors import ContainerError, ShifterError
+
+_STEP_RULES = syscalls.RESOLVE_NO_XDEV | syscalls.RESOLVE_NO_SYMLINKS | syscalls.RESOLVE_NO_MAGICLINKS
 
 
-def enter(job: containers.JobContainer, *, batch_script: str | None = None) -> None:
+def enter(job: JobContainer, *, batch_script: str | None = None, stage: str | None = None) -> None:
     """Join the container of `job` and make it this process's root.
 
     `batch_script` is the host path of the batch step's script: its
     directory (the job's spool directory) is bound at the same path in the
-    container so that slurmstepd can exec it there.
+    container so that slurmstepd can exec it there.  `stage` is udiRoot.conf's
+    loopMount, where the container keeps a writable view of its own layer.
     """
     fd = job.namespace_fd()
     try:
@@ -34,44 +38,49 @@ def enter(job: containers.JobContainer, *, batch_script: str | None = None) -> N
     finally:
         os.close(fd)
     if batch_script:
-        _bind_spool_dir(job.root, os.path.dirname(batch_script))
+        _bind_spool_dir(job.root, stage or "", os.path.dirname(batch_script))
     os.chroot(job.root)
     os.chdir("/")
-    check_marker(job)
+    marker.check(job.job_id, job.digest)
     syscalls.drop_bounding_set()
     syscalls.set_no_new_privs()
 
 
-def check_marker(job: containers.JobContainer) -> None:
-    """Fail closed unless this process now sees the pinned image's container."""
-    try:
-        with open("/" + containers.CONFIG_MARKER, encoding="utf-8") as f:
-            marker = json.load(f)
-    except (OSError, ValueError) as error:
-        raise ContainerError(f"not inside the container of job {job.job_id}: {error}") from None
-    if marker.get("digest") != job.digest or marker.get("job") != job.job_id:
-        raise ContainerError(
-            f"not inside the container of job {job.job_id}: it holds {marker.get('digest')},"
-            f" the job is pinned to {job.digest}")
-
-
-def _bind_spool_dir(root: str, spool_dir: str) -> None:
-    """Make the job's spool directory visible at its host path (idempotent).
+def _bind_spool_dir(root_path: str, stage: str, spool_dir: str) -> None:
+    """Make the job's spool directory visible at its host path, read-only (idempotent).
 
     Done here because only the batch task knows the directory, which Slurm
-    creates after the prolog.  A read-only root is made writable for the
-    time it takes to create the mount point.
+    creates after the prolog.  Its mount point is made through the
+    container's writable view of its own layer (stage/rw, which holds no
+    mount: nothing of the node can be reached from it), so a read-only root
+    stays read-only for the user's processes all along, and a symlink of the
+    image can lead the mount point nowhere but onto that layer.
     """
-    target = pathsafety.resolve(root, spool_dir, missing_ok=True)
-    if os.path.ismount(target):
-        return
-    readonly = os.statvfs(root).f_flag & os.ST_RDONLY
-    if readonly:
-        syscalls.mount(None, root, None, syscalls.MS_REMOUNT | containers.ROOT_FLAGS)
+    layer = os.open(f"{stage}/rw", os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    root = os.open(root_path, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        os.makedirs(target, 0o755, exist_ok=True)
+        try:
+            os.close(RootTree(layer, f"{stage}/rw").directory(spool_dir))
+        except (ShifterError, OSError) as error:
+            raise ContainerError(f"cannot make the batch script's directory {spool_dir} in the container:"
+                                 f" {error}") from None
+        parent_path, name = os.path.split(spool_dir.rstrip("/"))
+        parent = pathsafety.open_inside(root, parent_path, own_layer=True, error=ContainerError)
+        try:
+            try:
+                target = syscalls.openat2(parent, name, os.O_PATH | os.O_DIRECTORY, _STEP_RULES)
+            except OSError as error:
+                if error.errno == errno.EXDEV:
+                    return                          # bound already: a mount point
+                raise ContainerError(pathsafety.reason(error, spool_dir, own_layer=True)) from None
+        finally:
+            os.close(parent)
+        source = os.open(spool_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            syscalls.bind(source, target, shown=spool_dir, readonly=True)
+        finally:
+            os.close(source)
+            os.close(target)
     finally:
-        if readonly:
-            syscalls.mount(None, root, None,
-                           syscalls.MS_REMOUNT | containers.ROOT_FLAGS | syscalls.MS_RDONLY)
-    syscalls.bind(spool_dir, pathsafety.resolve(root, spool_dir), readonly=True)
+        os.close(layer)
+        os.close(root)

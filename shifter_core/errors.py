@@ -2,6 +2,11 @@
 
 Every layer raises one of these with a complete, single-line sentence; the
 SPANK bridge and the CLIs print `str(error)` as is and turn it into a failure.
+
+On a node, the class also says whose fault it is.  A JobFault was caused by
+the job (its options, its image, its ACL, its image file): it fails that job
+and leaves the node in service.  Any other error is the node's (its loop
+devices, runDir, site configuration) and drains the node.
 """
 
 
@@ -9,19 +14,28 @@ class ShifterError(Exception):
     """Base class: the message is meant for a person, not a traceback."""
 
 
+def one_line(text: str) -> str:
+    """`text` as one printable line (for Slurm's logs, reasons and comments)."""
+    return "".join(char if char.isprintable() else " " for char in text).strip()
+
+
+class JobFault(ShifterError):
+    """The job caused this failure; on a node it fails the job, never the node."""
+
+
 class ConfigError(ShifterError):
     """udiRoot.conf, plugin arguments or gateway configuration are wrong."""
 
 
-class ImageRefError(ShifterError, ValueError):
+class ImageRefError(JobFault, ValueError):
     """An image descriptor (`docker:ubuntu:22.04`, `id:<hex>`) is malformed."""
 
 
-class VolumeError(ShifterError, ValueError):
+class VolumeError(JobFault, ValueError):
     """A --volume specification is malformed or forbidden by site policy."""
 
 
-class ImageNotFound(ShifterError):
+class ImageNotFound(JobFault):
     """The image is unknown to the gateway or missing from the image directory."""
 
 
@@ -37,7 +51,7 @@ class AuthenticationError(ShifterError):
     """A munge credential is missing, invalid, expired or replayed."""
 
 
-class AccessDenied(ShifterError):
+class AccessDenied(JobFault):
     """The caller is authenticated but not allowed to do this (admin, ACL, import)."""
 
 
@@ -53,7 +67,7 @@ class DigestMismatch(RegistryError):
     """Content from a registry or the layer cache does not match its sha256 digest."""
 
 
-class ImageContentError(ShifterError):
+class ImageContentError(JobFault):
     """An image's layers are malformed or hostile, so the image is refused."""
 
 
@@ -61,9 +75,9 @@ class ConversionError(ShifterError):
     """Turning an image's layers into a squashfs failed."""
 
 
-class ModuleError(ShifterError, ValueError):
+class ModuleError(JobFault, ValueError):
     """A --module request names an unknown, disabled or conflicting site module."""
 
 
-class CcmError(ShifterError):
+class CcmError(JobFault):
     """--ccm cannot be honoured: disabled by the site, or no sshd for the job on a node."""

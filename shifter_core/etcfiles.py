@@ -13,7 +13,7 @@ import grp
 import os
 import pwd
 
-from .errors import ContainerError
+from .errors import AccessDenied, ContainerError
 
 NSSWITCH = """\
 passwd:    files
@@ -45,13 +45,13 @@ class User:
     def lookup(cls, uid: int) -> "User":
         """Resolve `uid` on this node; refuse root and unknown users."""
         if uid == 0:
-            raise ContainerError("refusing to build a container for root")
+            raise AccessDenied("shifter runs no container for root (uid 0)")
         try:
             entry = pwd.getpwuid(uid)
         except KeyError:
             raise ContainerError(f"uid {uid} is unknown on this node") from None
         if entry.pw_gid == 0:
-            raise ContainerError(f"user {entry.pw_name} has primary group 0; refusing")
+            raise AccessDenied(f"shifter runs no container for {entry.pw_name}, whose primary group is 0")
         gids = [entry.pw_gid] + [g for g in os.getgrouplist(entry.pw_name, entry.pw_gid)
                                   if g not in (0, entry.pw_gid)]
         return cls(entry.pw_name, uid, entry.pw_gid, entry.pw_gecos, entry.pw_dir,

@@ -13,8 +13,8 @@ to the node's file system when the namespace dies with the job, and a crashed
 node leaves no file to clean up.  Should the prolog die between creating and
 unlinking it, `discard` removes what is left (the epilog calls it).
 
-    mount(tree, volume, spec, cfg)   # in the prolog, for each cache volume
-    discard(cfg, job_id, node)       # in the epilog
+    mount(target_fd, volume, spec, cfg)   # in the prolog, for each cache volume
+    discard(cfg, job_id, node)            # in the epilog
 """
 from __future__ import annotations
 
@@ -25,12 +25,12 @@ from .errors import ContainerError, VolumeError
 
 FILE_PREFIX = "perNodeCache"
 MKFS_TIMEOUT = 60.0
-MOUNT_FLAGS = syscalls.MS_NOSUID | syscalls.MS_NODEV
+MOUNT_FLAGS = syscalls.MOUNT_ATTR_NOSUID | syscalls.MOUNT_ATTR_NODEV
 _TOOL_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 
 
-def mount(tree, volume: volumes.VolumeMount, spec, cfg) -> None:
-    """Create the cache of `volume` and mount it at its target in `tree` (a container._Tree)."""
+def mount(target: int, volume: volumes.VolumeMount, spec, cfg) -> None:
+    """Create the cache of `volume` and mount it on the directory open at `target`."""
     cache = volume.per_node_cache
     user = spec.user
     if user.uid == 0 or user.gid == 0:
@@ -38,7 +38,6 @@ def mount(tree, volume: volumes.VolumeMount, spec, cfg) -> None:
     volumes.check_policy((volume,), cfg.cache_policy())
     directory = _cache_directory(cfg)
     _require_space(directory, cache.size)
-    target = tree.user_mount_point(volume.target)
     import tempfile   # as subprocess below: only jobs with a cache pay for these imports
 
     fd, path = tempfile.mkstemp(prefix=f"{_job_prefix(spec.job_id, spec.node)}uid{user.uid}.",
@@ -47,18 +46,22 @@ def mount(tree, volume: volumes.VolumeMount, spec, cfg) -> None:
         os.ftruncate(fd, cache.size)
         _make_xfs(cfg.mkfs_xfs_path, fd, cache.block_size, volume.target)
         try:
-            syscalls.loop_mount(path, target, "xfs", MOUNT_FLAGS)
+            cache_fs = syscalls.loop_mount(fd, "xfs", MOUNT_FLAGS, shown=path)
         except OSError as error:
             raise ContainerError(f"cannot mount the perNodeCache at {volume.target}: "
                                  f"{error.strerror}") from None
     finally:
         os.close(fd)
         os.unlink(path)
-    root = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        os.fchown(root, user.uid, user.gid)
+        root = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=cache_fs)
+        try:
+            os.fchown(root, user.uid, user.gid)
+        finally:
+            os.close(root)
+        syscalls.attach(cache_fs, target, shown=volume.target)
     finally:
-        os.close(root)
+        os.close(cache_fs)
 
 
 def discard(cfg, job_id: int, node: str) -> list[str]:

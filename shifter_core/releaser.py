@@ -28,22 +28,15 @@ import json
 import logging
 import os
 import pwd
-import shutil
-import subprocess
 import threading
 import time
 
 from . import imageref, pullhold
 from .errors import ImageNotFound, ShifterError
 from .gwclient import GatewayClient
+from .slurmctl import Slurm
 
 log = logging.getLogger("shifter.releaser")
-SLURM_SEARCH_PATH = "/usr/bin:/usr/local/bin:/opt/slurm/bin"
-SLURM_TIMEOUT = 60
-
-
-class SlurmCommandError(ShifterError):
-    """A Slurm client command failed."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,53 +63,16 @@ class PullState:
     progress: str = ""               # otherwise
 
 
-class Slurm:
-    """squeue, scontrol and scancel, run with a clean environment."""
-
-    def __init__(self, slurm_conf: str | None = None):
-        self.env = {"PATH": SLURM_SEARCH_PATH}
-        if slurm_conf:
-            self.env["SLURM_CONF"] = slurm_conf
-        self.tools = {}
-        for tool in ("squeue", "scontrol", "scancel"):
-            path = shutil.which(tool, path=SLURM_SEARCH_PATH)
-            if path is None:
-                raise SlurmCommandError(f"{tool} is not installed in {SLURM_SEARCH_PATH}")
-            self.tools[tool] = path
-
-    def _run(self, tool: str, *args: str) -> str:
-        try:
-            result = subprocess.run([self.tools[tool], *args], capture_output=True, text=True,
-                                    env=self.env, stdin=subprocess.DEVNULL, timeout=SLURM_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            raise SlurmCommandError(f"{tool} {' '.join(args)} did not answer within {SLURM_TIMEOUT} s") from None
-        if result.returncode != 0:
-            raise SlurmCommandError(f"{tool} {' '.join(args)}: {(result.stderr or result.stdout).strip()}")
-        return result.stdout
-
-    def our_pending_jobs(self) -> list[HeldJob]:
-        """Pending jobs whose AdminComment one of the parts of pullhold wrote."""
-        jobs = []
-        for job in json.loads(self._run("squeue", "--json")).get("jobs", []):
-            admin_comment = job.get("admin_comment") or ""
-            if job.get("job_state") != "PENDING" or not admin_comment.startswith(pullhold.ADMIN_PREFIX):
-                continue
+def held_jobs(slurm: Slurm) -> list[HeldJob]:
+    """Pending jobs whose AdminComment one of the parts of pullhold wrote."""
+    jobs = []
+    for job in slurm.pending_jobs():
+        admin_comment = job.get("admin_comment") or ""
+        if admin_comment.startswith(pullhold.ADMIN_PREFIX):
             jobs.append(HeldJob(job_id=int(job["job_id"]), uid=int(job["user_id"]),
                                 comment=job.get("comment") or "", admin_comment=admin_comment,
                                 held=job.get("priority") == 0))
-        return jobs
-
-    def set_comment(self, job: HeldJob, text: str) -> None:
-        self._run("scontrol", "update", f"JobId={job.job_id}", f"Comment={text}")
-
-    def set_admin_comment(self, job: HeldJob, text: str) -> None:
-        self._run("scontrol", "update", f"JobId={job.job_id}", f"AdminComment={text}")
-
-    def release(self, job: HeldJob) -> None:
-        self._run("scontrol", "release", str(job.job_id))
-
-    def cancel(self, job: HeldJob) -> None:
-        self._run("scancel", str(job.job_id))
+    return jobs
 
 
 def ask_gateway(cfg, uid: int, request: str) -> PullState:
@@ -196,7 +152,7 @@ class Releaser:
 
     def round(self) -> None:
         states: dict[tuple[int, str], PullState] = {}
-        for job in self.slurm.our_pending_jobs():
+        for job in held_jobs(self.slurm):
             try:
                 self._advance(job, states)
             except ShifterError as error:
@@ -208,7 +164,7 @@ class Releaser:
         request = job.request
         if failed:
             log.info("job %d: cancelled, %s", job.job_id, job.admin_comment)
-            self.slurm.cancel(job)
+            self.slurm.cancel(job.job_id)
         elif request and pin:
             self._release(job, request, pin)
         elif request:
@@ -222,22 +178,22 @@ class Releaser:
 
     def _apply(self, job: HeldJob, request: str, state: PullState) -> None:
         if state.image_id:
-            self.slurm.set_comment(job, pullhold.with_pin(job.comment, state.image_id))
+            self.slurm.set_comment(job.job_id, pullhold.with_pin(job.comment, state.image_id))
             self._release(job, request, f"sha256:{state.image_id}")
         elif state.failure:
-            self.slurm.set_admin_comment(job, pullhold.failed(request, state.failure))
+            self.slurm.set_admin_comment(job.job_id, pullhold.failed(request, state.failure))
             log.info("job %d: %s could not be pulled (%s); cancelling it", job.job_id, request, state.failure)
-            self.slurm.cancel(job)
+            self.slurm.cancel(job.job_id)
         else:
             text = pullhold.waiting(request, state.progress)
             if text != job.admin_comment:
-                self.slurm.set_admin_comment(job, text)
+                self.slurm.set_admin_comment(job.job_id, text)
 
     def _release(self, job: HeldJob, request: str, digest: str) -> None:
         if job.held:
-            self.slurm.release(job)
+            self.slurm.release(job.job_id)
             log.info("job %d: %s is ready; released, pinned to %s", job.job_id, request, digest)
-        self.slurm.set_admin_comment(job, pullhold.pinned(request, digest))
+        self.slurm.set_admin_comment(job.job_id, pullhold.pinned(request, digest))
 
 
 def main(config_path: str, interval: float, once: bool) -> None:

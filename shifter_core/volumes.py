@@ -27,7 +27,7 @@ in nor contain a protected tree (/etc, /var except /var/tmp itself,
     ['/scratch/me:/data:ro', '/x:/cache:perNodeCache=size=1073741824,bs=4096,method=loop,fstype=xfs']
 
 A user's source is a path inside the container (image or siteFs content):
-the runtime resolves it with `pathsafety.resolve` under the user's
+the runtime resolves it with `pathsafety.open_inside` under the user's
 credentials when it mounts.
 """
 from __future__ import annotations

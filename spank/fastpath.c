@@ -19,12 +19,14 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <linux/openat2.h>
 #include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/utsname.h>
 #include <time.h>
 #include <unistd.h>
@@ -32,7 +34,8 @@
 #include "fastpath.h"
 
 #define STATE_FORMAT "shifter-container 1"
-#define CONFIG_MARKER "/var/shifterConfig.json"
+#define MARKER_FORMAT "shifter-marker 1"
+#define MARKER "var/shifterMarker"           /* shifter_core/container/marker.py */
 #define MAX_RECORD (1 << 20)
 #define MAX_ENV_VALUE (1 << 17)
 
@@ -45,6 +48,7 @@ static struct {
     char digest[96];
     char provenance[PATH_MAX];
     int python;
+    char *failed;         /* the reason the prolog failed, or NULL */
     char *env;            /* the "env" lines' values, each NUL-terminated, in order */
     int env_count;
 } rec;
@@ -133,6 +137,7 @@ static int parse_record(char *text)
         return -1;
     rec.env = env_end = text;       /* env values are compacted to the front */
     rec.env_count = 0;
+    rec.failed = NULL;
     for (line = strtok_r(text + sizeof STATE_FORMAT, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
         char *value = strchr(line, ' ');
         if (value == NULL)
@@ -142,7 +147,10 @@ static int parse_record(char *text)
             seen |= (sscanf(value, "%lu", &rec.job) == 1) << 0;
         else if (strcmp(line, "node") == 0)
             seen |= (snprintf(rec.node, sizeof rec.node, "%s", value) < (int) sizeof rec.node) << 1;
-        else if (strcmp(line, "holder") == 0)
+        else if (strcmp(line, "failed") == 0) {
+            unescape(value);
+            rec.failed = value;     /* failure records hold no env lines that could move it */
+        } else if (strcmp(line, "holder") == 0)
             seen |= (sscanf(value, "%ld %llu %llu", &rec.holder_pid, &rec.holder_start, &rec.mntns) == 3) << 2;
         else if (strcmp(line, "root") == 0)
             seen |= (value[0] == '/' && snprintf(rec.root, sizeof rec.root, "%s", value) < (int) sizeof rec.root) << 3;
@@ -160,6 +168,8 @@ static int parse_record(char *text)
             rec.env_count++;
         }
     }
+    if (rec.failed != NULL)
+        return (seen & 0x3) == 0x3 ? 1 : -1;
     return seen == 0x3f ? 0 : -1;
 }
 
@@ -172,23 +182,37 @@ static int node_name(char *out, size_t size)
     return snprintf(out, size, "%s", u.nodename) < (int) size ? 0 : -1;
 }
 
-int fastpath_load(spank_t sp, const char *config)
+enum fastpath_record fastpath_load(spank_t sp, const char *config)
 {
     char dir[PATH_MAX], node[256], path[PATH_MAX];
     uint32_t job;
     char *text;
+    int parsed;
 
     if (run_dir(config, dir, sizeof dir) < 0 || node_name(node, sizeof node) < 0
         || spank_get_item(sp, S_JOB_ID, &job) != ESPANK_SUCCESS
         || snprintf(path, sizeof path, "%s/job%u.%s.state", dir, job, node) >= (int) sizeof path
         || (text = read_small_file(path, MAX_RECORD, 1)) == NULL)
-        return -1;
+        return RECORD_NONE;
     /* the record is kept for the task: parse_record points into `text` */
-    if (parse_record(text) < 0 || rec.job != job || strcmp(rec.node, node) != 0 || rec.python) {
+    parsed = parse_record(text);
+    if (parsed < 0 || rec.job != job || strcmp(rec.node, node) != 0) {
         free(text);
-        return -1;
+        return RECORD_NONE;
     }
-    return 0;
+    if (parsed == 1)
+        return RECORD_FAILED;
+    return rec.python ? RECORD_PYTHON : RECORD_READY;
+}
+
+int fastpath_fail(spank_t sp)
+{
+    int task = 0;
+
+    spank_get_item(sp, S_TASK_ID, &task);
+    if (task == 0)
+        slurm_error("shifter: job %lu cannot run on %s: %s", rec.job, rec.node, rec.failed);
+    return -1;
 }
 
 static unsigned long long start_time(long pid)
@@ -227,19 +251,44 @@ static int open_namespace(void)
     return fd;
 }
 
-static int marker_matches(void)
+/* The container's own marker, read after the chroot without following any
+ * symlink or leaving the root's own mount (shifter_core/container/marker.py):
+ * its job and digest fields must be exactly the record's.  What it says
+ * instead goes into `found`, for the message. */
+static int marker_matches(char *found, size_t size)
 {
-    char job[40], digest[128];
-    char *text = read_small_file(CONFIG_MARKER, 1 << 16, 1);
-    int ok;
+    struct open_how how = { .flags = O_RDONLY | O_CLOEXEC,
+                            .resolve = RESOLVE_IN_ROOT | RESOLVE_NO_XDEV | RESOLVE_NO_SYMLINKS
+                                       | RESOLVE_NO_MAGICLINKS };
+    char text[4096], *line, *save = NULL, job[32];
+    const char *their_job = "?", *their_digest = "?";
+    int root, fd;
+    ssize_t n;
 
-    if (text == NULL)
+    snprintf(found, size, "no readable %s", MARKER);
+    if ((root = open("/", O_PATH | O_CLOEXEC)) < 0)
         return 0;
-    snprintf(job, sizeof job, "\"job\": %lu,", rec.job);
-    snprintf(digest, sizeof digest, "\"digest\": \"%s\"", rec.digest);
-    ok = strstr(text, job) != NULL && strstr(text, digest) != NULL;
-    free(text);
-    return ok;
+    fd = syscall(SYS_openat2, root, MARKER, &how, sizeof how);
+    close(root);
+    if (fd < 0)
+        return 0;
+    n = read(fd, text, sizeof text - 1);
+    close(fd);
+    if (n <= 0)
+        return 0;
+    text[n] = '\0';
+    line = strtok_r(text, "\n", &save);
+    if (line == NULL || strcmp(line, MARKER_FORMAT) != 0)
+        return 0;
+    while ((line = strtok_r(NULL, "\n", &save)) != NULL) {
+        if (strncmp(line, "job ", 4) == 0)
+            their_job = line + 4;
+        else if (strncmp(line, "digest ", 7) == 0)
+            their_digest = line + 7;
+    }
+    snprintf(job, sizeof job, "%lu", rec.job);
+    snprintf(found, size, "this one belongs to job %s (%s)", their_job, their_digest);
+    return strcmp(their_job, job) == 0 && strcmp(their_digest, rec.digest) == 0;
 }
 
 static int apply_env(spank_t sp)
@@ -317,7 +366,7 @@ static int fail(const char *what)
 
 int fastpath_enter(spank_t sp)
 {
-    char wanted[128], last_cap[16];
+    char wanted[128], last_cap[16], found[256];
     struct timespec t0, t1;
     int ns, log = -1, caps;
     FILE *f;
@@ -348,8 +397,10 @@ int fastpath_enter(spank_t sp)
     if (chroot(rec.root) != 0 || chdir("/") != 0)
         return fail("chroot");
     errno = 0;
-    if (!marker_matches())
-        return fail("not inside the container of the pinned image");
+    if (!marker_matches(found, sizeof found)) {
+        slurm_error("shifter: not inside the container of job %lu (%s): %s", rec.job, rec.digest, found);
+        return -1;
+    }
     for (int cap = 0; cap <= caps; cap++)
         if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 && errno != EINVAL)
             return fail("cannot drop the capability bounding set");

@@ -20,11 +20,19 @@ static inline int fastpath_root_only(const struct stat *st)
 /* srun: 1 if the job already pinned exactly these options (see fastpath.c). */
 FASTPATH_API int fastpath_pin_reusable(const char *options);
 
-/* slurmstepd: read this job's container record on this node; 0 if the
- * fast path can enter it, -1 if the Python path must handle the step. */
-FASTPATH_API int fastpath_load(spank_t sp, const char *config);
+/* slurmstepd: read this job's container record on this node. */
+enum fastpath_record {
+    RECORD_NONE = -1,       /* none, or not one this file can read: the Python path decides */
+    RECORD_READY = 0,       /* a container the fast path can enter */
+    RECORD_PYTHON = 1,      /* a container whose tasks need Python (CCM, module user hooks) */
+    RECORD_FAILED = 2,      /* the prolog failed because of the job: fastpath_fail says why */
+};
+FASTPATH_API enum fastpath_record fastpath_load(spank_t sp, const char *config);
 
 /* A task: join the container the record names, as enter.py does. */
 FASTPATH_API int fastpath_enter(spank_t sp);
+
+/* A task of a job whose prolog failed here: log the reason (once per node), fail. */
+FASTPATH_API int fastpath_fail(spank_t sp);
 
 #endif

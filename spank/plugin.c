@@ -311,7 +311,7 @@ int slurm_spank_init(spank_t sp, int ac, char **av)
 }
 
 /* How this process serves the job, decided in init_post_opt. */
-static enum { MODE_NONE, MODE_PYTHON, MODE_FAST, MODE_FAST_ENTER } mode;
+static enum { MODE_NONE, MODE_PYTHON, MODE_FAST, MODE_FAST_ENTER, MODE_FAILED } mode;
 
 /* The options as submit.py records them in SHIFTER_PINNED_OPTIONS. */
 static void options_text(char *out, size_t size)
@@ -325,10 +325,13 @@ static void options_text(char *out, size_t size)
 
 /* Can this step do without Python?  srun: when the job pinned these very
  * options already.  slurmstepd: when the tasks run on the host (no
- * --autoshift), or enter a container whose record asks for nothing more. */
+ * --autoshift), or enter a container whose record asks for nothing more.
+ * A job whose prolog failed here because of the job fails every task. */
 static int fast_path(spank_t sp, int ac, char **av)
 {
     char options[3 * 4096];
+    const char *config = plugin_arg(ac, av, "config");
+    enum fastpath_record record = RECORD_NONE;
     uint32_t step;
 
     switch (spank_context()) {
@@ -336,17 +339,17 @@ static int fast_path(spank_t sp, int ac, char **av)
         options_text(options, sizeof options);
         return fastpath_pin_reusable(options) ? MODE_FAST : MODE_PYTHON;
     case S_CTX_REMOTE:
+        if (opt_set[OPT_IMAGE] || opt_set[OPT_AUTOSHIFT] || opt_set[OPT_CCM])
+            record = fastpath_load(sp, config ? config : SHIFTER_DEFAULT_CONFIG);
+        if (record == RECORD_FAILED)
+            return MODE_FAILED;
         if (opt_set[OPT_CCM])
             return MODE_PYTHON;
         if (!opt_set[OPT_AUTOSHIFT])
             return MODE_FAST;
         if (spank_get_item(sp, S_JOB_STEPID, &step) != ESPANK_SUCCESS || step == SLURM_BATCH_SCRIPT)
             return MODE_PYTHON;     /* the batch step binds its spool directory: enter.py */
-        {
-            const char *config = plugin_arg(ac, av, "config");
-            return fastpath_load(sp, config ? config : SHIFTER_DEFAULT_CONFIG) == 0
-                ? MODE_FAST_ENTER : MODE_PYTHON;
-        }
+        return record == RECORD_READY ? MODE_FAST_ENTER : MODE_PYTHON;
     default:
         return MODE_PYTHON;
     }
@@ -365,6 +368,8 @@ int slurm_spank_init_post_opt(spank_t sp, int ac, char **av)
 
 int slurm_spank_task_init_privileged(spank_t sp, int ac, char **av)
 {
+    if (mode == MODE_FAILED)
+        return fastpath_fail(sp);
     if (mode == MODE_FAST_ENTER)
         return fastpath_enter(sp);
     return mode == MODE_PYTHON ? dispatch("task_init_privileged", sp, ac, av) : 0;

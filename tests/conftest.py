@@ -76,10 +76,13 @@ class ShifterCluster:
         submitted = self.run(["sbatch", "--parsable", f"--output={self.home}/slurm-%j.out", *args, str(path)])
         return int(submitted.stdout.strip().split(";")[0])
 
+    def job_fields(self, job_id: int) -> dict[str, str]:
+        """`scontrol show job` as a dict (values may hold spaces: AdminComment, Reason)."""
+        shown = self.run(["scontrol", "-o", "show", "job", str(job_id)], check=False).stdout.strip()
+        return {key: value.strip() for key, value in re.findall(r"(\w+(?::\w+)?)=(.*?)(?= \w+(?::\w+)?=|$)", shown)}
+
     def job_state(self, job_id: int) -> str:
-        shown = self.run(["scontrol", "-o", "show", "job", str(job_id)], check=False).stdout
-        fields = dict(word.split("=", 1) for word in shown.split() if "=" in word)
-        return fields.get("JobState", "UNKNOWN")
+        return self.job_fields(job_id).get("JobState", "UNKNOWN")
 
     def wait(self, job_id: int, timeout: float = 120) -> str:
         """Wait until the job ended and its epilogs ran on every node; return its final state."""

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import os
 
-from .. import container, etcfiles, hostlist, imageref, provenance, pullhold, volumes
-from ..errors import AccessDenied, CcmError, ContainerError
+from .. import container, etcfiles, hostlist, imageref, provenance, pullhold, slurmctl, volumes
+from ..errors import AccessDenied, JobFault, ShifterError, one_line
 from ..imagestore import ImageStore
 from . import settings
 from .bridge import log_error, log_info
@@ -25,34 +25,43 @@ def node_name() -> str:
 
 
 def job_prolog(spank, opts) -> None:
+    """Build the job's container here.  A failure the job caused is recorded for its
+    tasks and shown in its AdminComment, and the prolog succeeds: the node stays in
+    service.  A failure of the node drains it, with the reason."""
     if not opts.image:
         return
     cfg = settings.site_config(spank)
+    node = node_name()
+    try:
+        _set_up(spank, opts, cfg, node)
+    except JobFault as error:
+        _fail_job(cfg, spank.job_id, node, one_line(str(error)))
+    except ShifterError as error:
+        _drain(node, f"shifter: {one_line(str(error))}")
+        raise
+
+
+def _set_up(spank, opts, cfg, node: str) -> None:
     image_id, pinned = _pinned_id(opts, cfg)
     store = ImageStore(cfg.image_path)
     meta = store.read(image_id)
     user = etcfiles.User.lookup(spank.uid)
     _check_acl(meta, user)
-    ccm_secret = None
+    extensions = ()
     if opts.ccm:
         from .. import ccm   # its imports cost tens of ms: only for CCM jobs
 
         ccm.require_enabled(settings.parse_args(spank.args))
-        ccm_secret = ccm.open_secret(os.environ.get(f"SPANK_{ccm.SECRET_VARIABLE}", ""), user.uid)
+        extensions = (ccm.Sshd(ccm.open_secret(os.environ.get(f"SPANK_{ccm.SECRET_VARIABLE}", ""), user.uid)),)
     spec = container.ContainerSpec(
-        job_id=spank.job_id, node=node_name(), image=meta,
+        job_id=spank.job_id, node=node, image=meta,
         image_file=store.image_path(meta.id, meta.format), user=user,
         volumes=volumes.parse(opts.volume or "", "user", cfg.cache_policy()),
         modules=cfg.select_modules(opts.module), hosts=tuple(_hosts()),
-        request=os.environ.get("SPANK_SHIFTER_IMAGEREQUEST", opts.image), ccm_secret=ccm_secret)
+        request=os.environ.get("SPANK_SHIFTER_IMAGEREQUEST", opts.image), extensions=extensions)
     log = provenance.Log.open(cfg.provenance_dir, spec.node)   # unwritable: refused before any mount
     try:
         job = container.create(cfg, spec)
-        if opts.ccm:
-            try:
-                ccm.check(cfg, job.job_id, job.node)
-            except CcmError as error:
-                log_error(f"shifter: {error} (the job's tasks will refuse to start)")
         elapsed = spank.elapsed_ms()
         phases = " ".join(f"{k}={v:.1f}ms" for k, v in job.timings.items())
         log_info(f"shifter: job {job.job_id} on {job.node} runs {job.digest} for {user.name} "
@@ -65,6 +74,25 @@ def job_prolog(spank, opts) -> None:
     finally:
         if log is not None:
             log.close()
+
+
+def _fail_job(cfg, job_id: int, node: str, reason: str) -> None:
+    """The job's own fault: its tasks on this node fail with `reason`, in srun's stderr
+    and the batch output; slurmctld shows it in the job's AdminComment."""
+    container.record_failure(cfg, job_id, node, reason)
+    log_error(f"shifter: job {job_id} fails on {node}: {reason}")
+    try:
+        slurmctl.Slurm(os.environ.get("SLURM_CONF")).set_admin_comment(job_id, f"shifter: {reason}"[:1024])
+    except ShifterError as error:
+        log_error(f"shifter: cannot note the failure in job {job_id}'s AdminComment: {error}")
+
+
+def _drain(node: str, reason: str) -> None:
+    """The node's own fault: slurmd drains it for the failed prolog; give it our reason first."""
+    try:
+        slurmctl.Slurm(os.environ.get("SLURM_CONF")).drain(node, reason[:1024])
+    except ShifterError as error:
+        log_error(f"shifter: cannot drain {node} with the reason ({reason}): {error}")
 
 
 def job_epilog(spank, opts) -> None:
@@ -90,13 +118,13 @@ def _pinned_id(opts, cfg) -> tuple[str, str]:
     if pending:
         pinned = pullhold.pinned_digest(os.environ.get("SLURM_JOB_COMMENT"))
         if pinned is None:
-            raise ContainerError(f"the job started before its image {pending} was pulled and pinned; is"
+            raise JobFault(f"the job started before its image {pending} was pulled and pinned; is"
                                  " slurm.conf.d/job_submit.lua installed in slurmctld's configuration?")
         return pinned.split(":", 1)[1], "pull"
     ref = imageref.parse(opts.image, cfg.default_image_type)
     if ref.type == "id":
         return ref.image_id, "submit"
-    raise ContainerError(f"the job's image {opts.image} was not pinned to a digest at submit;"
+    raise JobFault(f"the job's image {opts.image} was not pinned to a digest at submit;"
                          " is the shifter plugin configured on the submit host?")
 
 

@@ -31,10 +31,6 @@ def task_init_privileged(spank, opts) -> None:
         return
     cfg = settings.site_config(spank)
     job = container.find(cfg, spank.job_id, node_name())
-    if opts.ccm:
-        from .. import ccm   # only CCM jobs pay for its imports
-
-        ccm.check(cfg, job.job_id, job.node)
     wanted = spank.getenv("SHIFTER_IMAGE_DIGEST")
     if wanted and wanted != job.digest:
         raise ContainerError(f"this step asks for image {wanted}, but job {job.job_id}'s container"
@@ -45,7 +41,7 @@ def task_init_privileged(spank, opts) -> None:
     log = provenance.Log.open(cfg.provenance_dir, job.node)
     try:
         started = time.monotonic()
-        enter.enter(job, batch_script=batch_script)
+        enter.enter(job, stage=cfg.loop_mount, batch_script=batch_script)
         if log is not None:
             log.write("enter", job.job_id, step="batch" if spank.step_id == BATCH_STEP else spank.step_id,
                       task=spank.local_task_id, digest=job.digest,

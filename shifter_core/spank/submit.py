@@ -101,9 +101,11 @@ def _pending(request: str) -> dict[str, str]:
 
 
 def _resolve(cfg, ref: imageref.ImageRef, *, new_job: bool) -> dict[str, str]:
-    """The pin for `ref`; for an image not pulled yet, start the pull (see the module doc)."""
-    if ref.type == "id":
-        return _pinned(ref, ref.image_id)
+    """The pin for `ref`; for an image not pulled yet, start the pull (see the module doc).
+
+    An `id:` image is looked up too: the gateway says now, rather than every
+    node later, when it does not exist or the user may not use it.
+    """
     from ..gwclient import GatewayClient
 
     client = GatewayClient(cfg.image_gateway, cfg.system, cfg.gateway_timeout,

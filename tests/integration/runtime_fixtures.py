@@ -127,30 +127,22 @@ def push_image(cluster, name: str, extra_entries: list) -> str:
     return descriptor
 
 
-def failed_prolog(cluster, *sbatch_args: str) -> tuple[int, str]:
-    """Submit a job whose prolog must fail on FAILING_NODE; return its id and the
-    shifter error it logged.  Slurm drains the node and holds the job: the job is cancelled and
-    the node resumed, and the cluster must be idle again afterwards."""
-    log = cluster.layout.log / f"slurmd-{FAILING_NODE}.log"
-    start = log.stat().st_size
+def failed_job(cluster, *sbatch_args: str) -> tuple[int, str]:
+    """Submit a job whose prolog must refuse it on FAILING_NODE; return its id and the reason.
+
+    A failure the job caused fails the job, not the node: the job ends FAILED
+    (not requeued, not held), its batch script never runs, the reason is in its
+    output file and its AdminComment, and the node stays in service."""
     job = cluster.sbatch("#!/bin/sh\necho the job ran\n", "-w", FAILING_NODE, *sbatch_args)
-    deadline = time.monotonic() + 60
-    try:
-        while "drain" not in cluster.node_states()[FAILING_NODE]:
-            assert time.monotonic() < deadline, f"the prolog of job {job} did not fail"
-            time.sleep(0.2)
-    finally:
-        cluster.run(["scancel", str(job)], as_user=False)
-        cluster.wait(job)
-        cluster.resume_nodes()
+    assert cluster.wait(job) == "FAILED", cluster.job_fields(job)
     assert_in_service(cluster, FAILING_NODE)
-    with open(log, encoding="utf-8", errors="replace") as f:
-        f.seek(start)
-        errors = [line.split("error: shifter: ", 1)[1].strip() for line in f if "error: shifter: " in line]
-    assert errors, f"no shifter error in {log}"
-    assert not os.path.exists(cluster.home / f"slurm-{job}.out") or \
-        "the job ran" not in (cluster.home / f"slurm-{job}.out").read_text()
-    return job, errors[0]
+    output = cluster.output(job)
+    assert "the job ran" not in output, output
+    prefix = f"shifter: job {job} cannot run on {FAILING_NODE}: "
+    reasons = [line.split(prefix, 1)[1].strip() for line in output.splitlines() if prefix in line]
+    assert reasons, f"no reason in the output of job {job}:\n{output}"
+    assert cluster.job_fields(job)["AdminComment"] == f"shifter: {reasons[0]}"
+    return job, reasons[0]
 
 
 def assert_in_service(cluster, node: str, timeout: float = 30) -> None:

@@ -124,7 +124,8 @@ def test_create_enter_destroy(site, tmp_path):
         out = result.stdout
         assert 'PRETTY_NAME="Alpha Test Image"' in out
         assert f"\n{job.uid}\n" in out
-        assert json.loads(out.split("\n")[3])["digest"] == meta.digest
+        assert out.split("\n")[3] == ('{"identifier":"%s","user":"nobody","volMap":"","modules":""}'
+                                       % meta.id)
         assert "nodeA\nnodeA\n" in out
         for cap in ("CapEff", "CapPrm", "CapBnd"):
             assert f"{cap}:\t0000000000000000" in out
@@ -196,7 +197,7 @@ def test_failed_setup_leaves_nothing(site, tmp_path):
     meta = _make_image(tmp_path, "gamma", "Gamma")
     spec = _spec(site, meta, 501)
     spec.image_file = str(tmp_path / "images" / "missing.squashfs")
-    with pytest.raises(container.ContainerError):
+    with pytest.raises(container.SetupFailed, match="image file .* is gone"):
         container.create(site, spec)
     assert not os.path.exists(container.state_path(site.run_dir, 501, "nodeA"))
     assert not container.destroy(site, 501, "nodeA")

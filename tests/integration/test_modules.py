@@ -14,6 +14,7 @@ import re
 import pytest
 
 from ci.harness import sitemodules
+from shifter_core.container import SetupFailed
 from shifter_core.errors import ConfigError, ContainerError, ModuleError
 from tests.integration.runtime_fixtures import Site, assert_no_container_left, run
 
@@ -88,7 +89,7 @@ def test_a_copy_path_file_of_a_user_is_refused(site):
 
 def test_a_failing_root_hook_fails_the_container(site):
     (site.path / "software" / "gpu" / "roothook.sh").write_text("echo no GPU here >&2; exit 2\n")
-    with pytest.raises(ContainerError, match="roothook.sh failed with status 2: no GPU here"):
+    with pytest.raises(SetupFailed, match="module_gpu_roothook .*roothook.sh failed with status 2: no GPU here"):
         site.create(site.cfg, site.image("mods"), 25, modules="gpu")
 
 

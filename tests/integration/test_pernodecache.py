@@ -108,7 +108,7 @@ def test_root_gets_no_cache(site):
 def test_a_failure_after_the_cache_leaves_nothing(site):
     """The cache is mounted, then the next volume fails: no mount, loop device or file remains."""
     meta = site.image("cache")
-    with pytest.raises(ShifterError, match="/does does not exist in the container"):
+    with pytest.raises(ShifterError, match="--volume source /does/not/exist does not exist in the container"):
         site.create(site.cfg, meta, 15,
                     volumes="/x:/cache:perNodeCache=size=512M;/does/not/exist:/data")
     assert os.listdir(site.cfg.per_node_cache_path) == []

@@ -43,7 +43,7 @@ def _spec(env=()):
     user = etcfiles.User("alice", 1000, 1000, "", "/home/alice", "/bin/bash", (1000,))
     return container.ContainerSpec(job_id=41, node="n1", image=ImageMeta(digest="sha256:" + "ab" * 32,
                                    env=list(env)), image_file="/i/x.squashfs", user=user,
-                                   hosts=("n1", "n1", "n2"), ccm_secret=SECRET)
+                                   hosts=("n1", "n1", "n2"))
 
 
 def _cfg(**values):

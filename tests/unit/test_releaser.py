@@ -20,20 +20,23 @@ class RecordingSlurm:
         self.jobs = list(jobs)
         self.calls: list[tuple] = []
 
-    def our_pending_jobs(self):
-        return list(self.jobs)
+    def pending_jobs(self):
+        """As squeue --json shows them (shifter_core.slurmctl)."""
+        return [{"job_id": job.job_id, "user_id": job.uid, "comment": job.comment,
+                 "admin_comment": job.admin_comment, "priority": 0 if job.held else 1}
+                for job in self.jobs]
 
-    def set_comment(self, job, text):
-        self.calls.append(("comment", job.job_id, text))
+    def set_comment(self, job_id, text):
+        self.calls.append(("comment", job_id, text))
 
-    def set_admin_comment(self, job, text):
-        self.calls.append(("admin", job.job_id, text))
+    def set_admin_comment(self, job_id, text):
+        self.calls.append(("admin", job_id, text))
 
-    def release(self, job):
-        self.calls.append(("release", job.job_id))
+    def release(self, job_id):
+        self.calls.append(("release", job_id))
 
-    def cancel(self, job):
-        self.calls.append(("cancel", job.job_id))
+    def cancel(self, job_id):
+        self.calls.append(("cancel", job_id))
 
 
 class Gateway:
@@ -117,10 +120,10 @@ def test_an_unreachable_gateway_keeps_the_job_waiting_and_says_why():
 
 def test_one_job_failing_does_not_stop_the_others():
     class Refusing(RecordingSlurm):
-        def release(self, job):
-            if job.job_id == 1:
+        def release(self, job_id):
+            if job_id == 1:
                 raise GatewayError("scontrol: Access/permission denied")
-            super().release(job)
+            super().release(job_id)
 
     slurm = Refusing(held(job_id=1), held(job_id=2))
     Releaser(cfg=None, slurm=slurm, gateway=Gateway(PullState(image_id=IMAGE))).round()
