@@ -8,7 +8,8 @@ Endpoints (all end in a slash; `<tag>` may contain `/`, usually sent as %2F):
     POST /api/doimport/<system>/<type>/<tag>/     record
     GET  /api/expire/<system>/<type>/<tag>/       {"status": true, "id": ...}   (admins)
     GET  /api/autoexpire/<system>/                {"status": [ids]}             (admins)
-                                 others get Shifter's 200 {"status": false} on these two
+                                 others get Shifter's 200 {"status": false} on these two;
+                                 an image that is not there, {"status": null}
     GET  /api/metrics/<system>/?limit=N           [lookup...]                   (admins)
     GET  /api/queue/<system>/                     {"list": [{"status", "image"}]}
 
@@ -145,7 +146,11 @@ def create_app(config: GatewayConfig | str | None = None, *, db: Database | None
         refusal = refused_unless_admin(who, system)
         if refusal is not None:
             return refusal
-        image = in_session(lambda session: catalog.expire(session, who, system, itype, tag))
+        try:
+            image = in_session(lambda session: catalog.expire(session, who, system, itype, tag))
+        except ImageNotFound as error:          # Shifter's answer: 200 {"status": null}
+            log.info("%s %s: %s", request.method, request.path, error)
+            return jsonify({"status": None})
         if job_submitted is not None:
             job_submitted.set()
         return jsonify({"status": True, "id": image.image_id})

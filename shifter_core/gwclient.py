@@ -77,7 +77,10 @@ class GatewayClient:
         return self._request("GET", f"/api/list/{self._quote(self.system)}/")["list"]
 
     def expire(self, image) -> dict:
-        return self._admin_only("expire images", self._request("GET", self._image_path("expire", image)))
+        answer = self._admin_only("expire images", self._request("GET", self._image_path("expire", image)))
+        if answer.get("status") is None:        # Shifter's answer for an image it does not have
+            raise ImageNotFound(f"{image} is not available on {self.system}: there is nothing to expire")
+        return answer
 
     def autoexpire(self) -> list[str]:
         answer = self._request("GET", f"/api/autoexpire/{self._quote(self.system)}/")

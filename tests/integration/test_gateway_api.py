@@ -255,7 +255,9 @@ def test_expire(gateway, munged, root, registry, tmp_path):
     while os.path.exists(image_file) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not os.path.exists(image_file)
-    with pytest.raises(ImageNotFound):
+    with pytest.raises(ImageNotFound, match="nothing to expire"):
         root.expire(image)
+    gone = raw(gateway, munged, "GET", f"/api/expire/{SYSTEM}/docker/{urllib.parse.quote(image, safe='')}/")
+    assert assert_json(gone, 200) == {"status": None}                # as Shifter's gateway answers
     again = wait_pull(root, image)                       # an expired image can be pulled again
     assert again["status"] == "READY" and again["id"] == record["id"] and os.path.exists(image_file)
