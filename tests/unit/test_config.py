@@ -431,6 +431,25 @@ def test_trusted_load_follows_symlinks_to_check_the_real_file(tmp_path):
         config.load(str(link))
 
 
+@root_only
+def test_check_config_prints_the_warnings_jobs_never_show(tmp_path):
+    from click.testing import CliRunner
+    from shifter_core.cli import admin
+
+    os.chmod(tmp_path, 0o755)
+    path = write(tmp_path / "udiRoot.conf", MINIMAL + "system=other\ncpPath=/bin/cp\n")
+    result = CliRunner().invoke(admin.main, ["check-config", "--config", path])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == [
+        f"warning: {path}:7: system is also set on line 5: this later line wins, as in Shifter",
+        f"warning: {path}:8: cpPath is obsolete and ignored: shifter-py copies and mounts with system calls, not tools",
+        f"{path}: usable, 2 warning(s)",
+    ]
+    broken = write(tmp_path / "broken.conf", MINIMAL + "bogus=1\n")
+    result = CliRunner().invoke(admin.main, ["check-config", "--config", broken])
+    assert result.exit_code == 1 and f"{broken}:7: unknown key 'bogus'" in result.output
+
+
 def test_require_root_owned_reports_missing_paths(tmp_path):
     with pytest.raises(ConfigError, match="cannot check hook .*No such file"):
         config.require_root_owned(str(tmp_path / "nope.sh"), "hook")
