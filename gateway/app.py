@@ -8,6 +8,8 @@ Endpoints (all end in a slash; `<tag>` may contain `/`, usually sent as %2F):
     POST /api/doimport/<system>/<type>/<tag>/     record
     GET  /api/expire/<system>/<type>/<tag>/       {"status": true, "id": ...}   (admins)
     GET  /api/autoexpire/<system>/                {"status": [ids]}             (admins)
+                                 others get Shifter's 200 {"status": false} on these two;
+                                 an image that is not there, {"status": null}
     GET  /api/metrics/<system>/?limit=N           [lookup...]                   (admins)
     GET  /api/queue/<system>/                     {"list": [{"status", "image"}]}
 
@@ -128,11 +130,27 @@ def create_app(config: GatewayConfig | str | None = None, *, db: Database | None
         return jsonify(in_session(lambda session: job_record(queued(catalog.request_import(
             session, who, system, itype, tag, body["filepath"], body["format"], users, groups)))))
 
+    def refused_unless_admin(who: auth.Caller, system: str):
+        """Shifter's answer to a non-admin on expire and autoexpire: 200 {"status": false}
+        (its client exits 0 on it), with the refusal in our log."""
+        try:
+            auth.require_admin(who, config.platform(system))
+        except AccessDenied as error:
+            log.warning("%s %s refused: %s", request.method, request.path, error)
+            return jsonify({"status": False})
+        return None
+
     @app.get("/api/expire/<system>/<itype>/<path:tag>/")
     def expire(system, itype, tag):
         who = caller(system)
-        auth.require_admin(who, config.platform(system))
-        image = in_session(lambda session: catalog.expire(session, who, system, itype, tag))
+        refusal = refused_unless_admin(who, system)
+        if refusal is not None:
+            return refusal
+        try:
+            image = in_session(lambda session: catalog.expire(session, who, system, itype, tag))
+        except ImageNotFound as error:          # Shifter's answer: 200 {"status": null}
+            log.info("%s %s: %s", request.method, request.path, error)
+            return jsonify({"status": None})
         if job_submitted is not None:
             job_submitted.set()
         return jsonify({"status": True, "id": image.image_id})
@@ -140,7 +158,9 @@ def create_app(config: GatewayConfig | str | None = None, *, db: Database | None
     @app.get("/api/autoexpire/<system>/")
     def autoexpire(system):
         who = caller(system)
-        auth.require_admin(who, config.platform(system))
+        refusal = refused_unless_admin(who, system)
+        if refusal is not None:
+            return refusal
         expired = in_session(lambda session: catalog.autoexpire(session, who, system))
         if expired and job_submitted is not None:
             job_submitted.set()

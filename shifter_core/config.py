@@ -4,9 +4,12 @@ The file is `key=value` lines; a line whose first non-blank character is `#` is
 a comment, a trailing backslash continues the value on the next line (pieces
 joined by one space), values are not quoted, and an empty value means "not
 set".  Unlike Shifter, nothing is ignored silently: an unknown key, a module
-sub-key in the wrong case, a key given twice or a bad value is a ConfigError
-naming the file and line.  Keys Shifter needed but we do not (tool paths,
-kernel-module loading) are accepted and listed in `UdiRootConfig.warnings`.
+sub-key in the wrong case or a bad value is a ConfigError naming the file and
+line.  What Shifter accepts and we can honour is accepted with a warning in
+`UdiRootConfig.warnings`: keys it needed but we do not (tool paths, kernel
+modules), a key given twice (Shifter's rule: list keys add up, others take
+the later line), the example's `module_<name>_copypath`, cache file systems
+we cannot make.
 
 Code that runs as root loads the file with `trusted=True` (the default): it
 must be a regular root-owned file that neither group nor others can write,
@@ -29,7 +32,7 @@ import re
 import stat
 from collections.abc import Callable
 
-from . import imageref, volumes
+from . import environ, imageref, volumes
 from .errors import ConfigError, ModuleError, VolumeError
 
 DEFAULT_PATH = "/etc/shifter/udiRoot.conf"
@@ -37,6 +40,7 @@ DEFAULT_RUN_DIR = "/run/shifter"
 DEFAULT_GATEWAY_TIMEOUT = 60.0
 DEFAULT_SSHD_PORT = 1204
 DEFAULT_PULL_WAIT = 10.0
+DEFAULT_MKFS_EXT4 = "/sbin/mkfs.ext4"
 
 
 class _Invalid(Exception):
@@ -178,8 +182,12 @@ def _env_path_list(value: str) -> dict[str, str]:
     return _env_assignments(value, allow_empty=False)
 
 
-def _env_names(value: str) -> tuple[str, ...]:
-    return tuple(_env_name(word) for word in value.split())
+def _unset_names(value: str) -> tuple[str, ...]:
+    """Variable names, or bash's exported functions (BASH_FUNC_module() / BASH_FUNC_module%%)."""
+    for word in value.split():
+        if not environ.BASH_FUNCTION_RE.match(word):
+            _env_name(word)
+    return tuple(value.split())
 
 
 _MODULE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]*$")
@@ -197,8 +205,29 @@ def _module_names(value: str, separator: str | None) -> tuple[str, ...]:
 
 @dataclasses.dataclass(frozen=True)
 class _Key:
+    """`combine(earlier, later)` merges a key given twice; None: the later line wins."""
+
     attribute: str
     convert: Callable[[str], object]
+    combine: Callable[[object, object], object] | None = None
+
+
+# Shifter's parser calls its setter once per line: list keys append, the others
+# overwrite (module list sub-keys too, except siteFs).  These merge the same way.
+def _concat(earlier: tuple, later: tuple) -> tuple:
+    return earlier + later
+
+
+def _merge_set(earlier: dict, later: dict) -> dict:
+    return {**earlier, **later}
+
+
+def _merge_append(earlier: dict, later: dict) -> dict:
+    return {**earlier, **{k: f"{earlier[k]}:{v}" if k in earlier else v for k, v in later.items()}}
+
+
+def _merge_prepend(earlier: dict, later: dict) -> dict:
+    return {**earlier, **{k: f"{v}:{earlier[k]}" if k in earlier else v for k, v in later.items()}}
 
 
 _KEYS: dict[str, _Key] = {
@@ -210,11 +239,11 @@ _KEYS: dict[str, _Key] = {
     "optUdiImage": _Key("opt_udi_image", _absolute_path),
     "sitePreMountHook": _Key("site_pre_mount_hook", _absolute_path),
     "sitePostMountHook": _Key("site_post_mount_hook", _absolute_path),
-    "siteFs": _Key("site_fs", _site_volumes),
-    "siteEnv": _Key("site_env", _env_set),
-    "siteEnvAppend": _Key("site_env_append", _env_path_list),
-    "siteEnvPrepend": _Key("site_env_prepend", _env_path_list),
-    "siteEnvUnset": _Key("site_env_unset", _env_names),
+    "siteFs": _Key("site_fs", _site_volumes, _concat),
+    "siteEnv": _Key("site_env", _env_set, _merge_set),
+    "siteEnvAppend": _Key("site_env_append", _env_path_list, _merge_append),
+    "siteEnvPrepend": _Key("site_env_prepend", _env_path_list, _merge_prepend),
+    "siteEnvUnset": _Key("site_env_unset", _unset_names, _concat),
     "allowLibcPwdCalls": _Key("allow_libc_pwd_calls", _boolean),
     "populateEtcDynamically": _Key("populate_etc_dynamically", _boolean),
     "usersToImport": _Key("users_to_import", _words),
@@ -224,9 +253,9 @@ _KEYS: dict[str, _Key] = {
     "mkfsXfsPath": _Key("mkfs_xfs_path", _absolute_path),
     "perNodeCachePath": _Key("per_node_cache_path", _absolute_path),
     "perNodeCacheSizeLimit": _Key("per_node_cache_size_limit", _byte_size),
-    "perNodeCacheAllowedFsType": _Key("per_node_cache_allowed_fs_type", _words),
+    "perNodeCacheAllowedFsType": _Key("per_node_cache_allowed_fs_type", _words, _concat),
     "gatewayTimeout": _Key("gateway_timeout", _float_seconds),
-    "imageGateway": _Key("image_gateway", _gateway_urls),
+    "imageGateway": _Key("image_gateway", _gateway_urls, _concat),
     "system": _Key("system", _system_name),
     "defaultImageType": _Key("default_image_type", _choice(*imageref.TYPES)),
     "mountPropagationStyle": _Key("mount_propagation_style", _choice("private", "slave")),
@@ -238,6 +267,7 @@ _KEYS: dict[str, _Key] = {
     "holdJobsForPull": _Key("hold_jobs_for_pull", _boolean),
     "pullWaitAtSubmit": _Key("pull_wait_at_submit", _seconds_or_zero),
     "provenanceDir": _Key("provenance_dir", _absolute_path),
+    "mkfsExt4Path": _Key("mkfs_ext4_path", _absolute_path),
 }
 
 REQUIRED_KEYS = ("udiMount", "loopMount", "imagePath", "etcPath", "system", "imageGateway")
@@ -266,12 +296,14 @@ _MODULE_KEYS: dict[str, _Key] = {
     "siteEnv": _Key("site_env", _env_set),
     "siteEnvAppend": _Key("site_env_append", _env_path_list),
     "siteEnvPrepend": _Key("site_env_prepend", _env_path_list),
-    "siteEnvUnset": _Key("site_env_unset", _env_names),
-    "siteFs": _Key("site_fs", _site_volumes),
+    "siteEnvUnset": _Key("site_env_unset", _unset_names),
+    "siteFs": _Key("site_fs", _site_volumes, _concat),
     "copyPath": _Key("copy_path", _absolute_path),
     "conflict": _Key("conflict", lambda v: _module_names(v, None)),
     "enabled": _Key("enabled", _boolean),
 }
+# Shifter's own example writes `copypath`, which Shifter then ignored.
+_MODULE_KEY_ALIASES = {"copypath": "copyPath"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -319,12 +351,13 @@ class UdiRootConfig:
     populate_etc_dynamically: bool = False
     users_to_import: tuple[str, ...] = ()
     mount_udi_root_writable: bool = False
-    max_group_count: int | None = None
+    max_group_count: int | None = 0
     rootfs_type: str = "tmpfs"
     mkfs_xfs_path: str | None = None
     per_node_cache_path: str | None = None
     per_node_cache_size_limit: int | None = None
     per_node_cache_allowed_fs_type: tuple[str, ...] = ("xfs",)
+    mkfs_ext4_path: str = DEFAULT_MKFS_EXT4
     gateway_timeout: float = DEFAULT_GATEWAY_TIMEOUT
     default_image_type: str = "docker"
     mount_propagation_style: str = "private"
@@ -339,12 +372,20 @@ class UdiRootConfig:
     path: str | None = None
     warnings: tuple[str, ...] = ()
 
+    def mkfs_path(self, fs_type: str) -> str | None:
+        """The mkfs that makes perNodeCache file systems of `fs_type` (None: not configured)."""
+        return {"xfs": self.mkfs_xfs_path, "ext4": self.mkfs_ext4_path}[fs_type]
+
     def cache_policy(self) -> volumes.CachePolicy:
-        """perNodeCache needs perNodeCachePath and mkfsXfsPath; the limit bounds one job's total."""
+        """perNodeCache needs perNodeCachePath and the mkfs of an allowed type (xfs:
+        mkfsXfsPath); the first type with its mkfs is the default; the limit bounds
+        one job's total."""
+        offered = tuple(fs for fs in self.per_node_cache_allowed_fs_type if self.mkfs_path(fs))
         return volumes.CachePolicy(
-            available=bool(self.per_node_cache_path and self.mkfs_xfs_path),
+            available=bool(self.per_node_cache_path and offered),
             size_limit=self.per_node_cache_size_limit,
-            min_size=volumes.XFS_MIN_SIZE,
+            fs_types=offered or self.per_node_cache_allowed_fs_type,
+            min_sizes=volumes.MIN_SIZES,
         )
 
     def user_volumes(self, spec: str) -> tuple[volumes.VolumeMount, ...]:
@@ -502,32 +543,44 @@ def parse(text: str, *, source: str = "udiRoot.conf") -> UdiRootConfig:
     seen: dict[str, int] = {}
     warnings: list[str] = []
     for number, key, value in _logical_lines(text, source):
-        if key in seen:
-            raise ConfigError(f"{source}:{number}: {key} is already set on line {seen[key]}")
-        seen[key] = number
-        if key in _OBSOLETE:
-            warnings.append(f"{source}:{number}: {key} is obsolete and ignored: {_OBSOLETE[key]}")
-            continue
         module_match = _MODULE_KEY_RE.match(key)
         if module_match:
             name, sub = module_match.groups()
             if not _MODULE_NAME_RE.match(name):
                 raise ConfigError(f"{source}:{number}: {name!r} is not a module name (letters, digits, . and -)")
+            if sub in _MODULE_KEY_ALIASES:
+                sub = _MODULE_KEY_ALIASES[sub]
+                warnings.append(f"{source}:{number}: {key} is read as module_{name}_{sub} "
+                                f"(Shifter ignored this spelling)")
+                key = f"module_{name}_{sub}"
             spec = _MODULE_KEYS.get(sub)
             if spec is None:
                 raise _unknown(sub, _MODULE_KEYS, source, number, f"module {name} sub-key")
             target = module_values.setdefault(name, {"name": name})
+        elif key in _OBSOLETE:
+            spec, target = None, None
         else:
             spec = _KEYS.get(key)
             if spec is None:
                 raise _unknown(key, list(_KEYS) + list(_OBSOLETE), source, number)
             target = values
-        if not value:
-            continue
-        try:
-            target[spec.attribute] = spec.convert(value)
-        except _Invalid as error:
-            raise ConfigError(f"{source}:{number}: {key}: {error}") from None
+        if key in seen:
+            rule = "the values add up" if spec and spec.combine else "this later line wins"
+            warnings.append(f"{source}:{number}: {key} is also set on line {seen[key]}: {rule}, as in Shifter")
+        seen[key] = number
+        if spec is None:
+            warnings.append(f"{source}:{number}: {key} is obsolete and ignored: {_OBSOLETE[key]}")
+        elif not value:
+            if not spec.combine:
+                target.pop(spec.attribute, None)
+        else:
+            try:
+                converted = spec.convert(value)
+            except _Invalid as error:
+                raise ConfigError(f"{source}:{number}: {key}: {error}") from None
+            if spec.combine and spec.attribute in target:
+                converted = spec.combine(target[spec.attribute], converted)
+            target[spec.attribute] = converted
     return _assemble(values, module_values, seen, warnings, source)
 
 
@@ -540,9 +593,8 @@ def _assemble(values, module_values, seen, warnings, source) -> UdiRootConfig:
         return ConfigError(f"{source}:{seen.get(key, '?')}: {key}: {message}")
 
     if "per_node_cache_allowed_fs_type" in values:
-        bad = [fs for fs in values["per_node_cache_allowed_fs_type"] if fs != "xfs"]
-        if bad:
-            raise fail("perNodeCacheAllowedFsType", f"{bad[0]!r} is not supported: xfs is the only type")
+        values["per_node_cache_allowed_fs_type"] = _cache_fs_types(
+            values["per_node_cache_allowed_fs_type"], f"{source}:{seen['perNodeCacheAllowedFsType']}", warnings)
 
     modules = {name: Module(**fields) for name, fields in module_values.items()}
     config = UdiRootConfig(**values, path=source, warnings=tuple(warnings))
@@ -566,6 +618,17 @@ def _assemble(values, module_values, seen, warnings, source) -> UdiRootConfig:
     except ModuleError as error:
         raise fail("defaultModules", str(error)) from None
     return dataclasses.replace(config, modules=modules)
+
+
+def _cache_fs_types(listed: tuple[str, ...], where: str, warnings: list[str]) -> tuple[str, ...]:
+    """perNodeCacheAllowedFsType without the types we cannot make (warned), xfs if none is left."""
+    known = tuple(dict.fromkeys(fs.lower() for fs in listed if fs.lower() in volumes.CACHE_FS_TYPES))
+    unknown = [fs for fs in listed if fs.lower() not in volumes.CACHE_FS_TYPES]
+    if unknown:
+        kept = " ".join(known) if known else "xfs, the default"
+        warnings.append(f"{where}: perNodeCacheAllowedFsType: shifter-py cannot make {' '.join(unknown)} caches "
+                        f"(it makes {' and '.join(volumes.CACHE_FS_TYPES)}); keeping {kept}")
+    return known or ("xfs",)
 
 
 def _cross_link_conflicts(modules: dict[str, Module]) -> dict[str, Module]:

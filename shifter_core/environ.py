@@ -11,6 +11,11 @@ The prolog turns that order into a list of operations once per job
 environment, in Python (`apply`) or in the C plugin's fast path, which
 executes the same four operations.
 
+siteEnvUnset may name a bash function the user exported (Lmod's and
+Environment Modules' `module`): Shifter's example writes `BASH_FUNC_module()`,
+the name patched bashes of RHEL 6/7 export, while bash itself exports
+`BASH_FUNC_module%%` since 2014; either spelling removes both.
+
     >>> compose({"PATH": "/host/bin"}, ["PATH=/usr/bin"],
     ...         site_env_append={"PATH": "/opt/udiImage/bin"},
     ...         site_env_prepend={"PATH": "/sbin"})["PATH"]
@@ -18,9 +23,11 @@ executes the same four operations.
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 
 OPERATIONS = ("set", "append", "prepend", "unset")
+BASH_FUNCTION_RE = re.compile(r"^BASH_FUNC_([A-Za-z0-9_.:+@-]+)(?:\(\)|%%)$")
 
 
 def parse_image_env(items: Iterable[str]) -> dict[str, str]:
@@ -38,7 +45,15 @@ def _level(site_env: Mapping[str, str] = (), site_env_append: Mapping[str, str] 
     yield from (("set", k, v) for k, v in dict(site_env).items())
     yield from (("append", k, v) for k, v in dict(site_env_append).items())
     yield from (("prepend", k, v) for k, v in dict(site_env_prepend).items())
-    yield from (("unset", k, "") for k in site_env_unset)
+    yield from (("unset", name, "") for k in site_env_unset for name in unset_names(k))
+
+
+def unset_names(name: str) -> tuple[str, ...]:
+    """The variables siteEnvUnset's `name` removes: an exported bash function in both forms."""
+    function = BASH_FUNCTION_RE.match(name)
+    if function is None:
+        return (name,)
+    return (f"BASH_FUNC_{function.group(1)}%%", f"BASH_FUNC_{function.group(1)}()")
 
 
 def operations(image_env: Iterable[str], *, levels: Iterable[Mapping] = (),

@@ -1,8 +1,9 @@
 """Client of the image gateway's REST API, used by shifterimg and the submit-time lookup.
 
-Gateways are tried in the order udiRoot.conf lists them: one that cannot be
-reached, times out or fails on its side (5xx) is skipped; a definite answer
-(found, not found, refused) ends the search.  Every request carries a fresh
+Each request tries every gateway udiRoot.conf lists, in a new random order,
+as Shifter's client does, so that the load spreads over all of them: one that
+cannot be reached, times out or fails on its side (5xx) is skipped; a definite
+answer (found, not found, refused) ends the search.  Every request carries a fresh
 munge credential in the `authentication` header (munged refuses to decode a
 credential twice).
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import random
 import tempfile
 import urllib.parse
 
@@ -75,10 +77,27 @@ class GatewayClient:
         return self._request("GET", f"/api/list/{self._quote(self.system)}/")["list"]
 
     def expire(self, image) -> dict:
-        return self._request("GET", self._image_path("expire", image))
+        answer = self._admin_only("expire images", self._request("GET", self._image_path("expire", image)))
+        if answer.get("status") is None:        # Shifter's answer for an image it does not have
+            raise ImageNotFound(f"{image} is not available on {self.system}: there is nothing to expire")
+        return answer
 
     def autoexpire(self) -> list[str]:
-        return self._request("GET", f"/api/autoexpire/{self._quote(self.system)}/")["status"]
+        answer = self._request("GET", f"/api/autoexpire/{self._quote(self.system)}/")
+        return self._admin_only("expire images", answer)["status"]
+
+    def _admin_only(self, what: str, answer: dict) -> dict:
+        """Shifter's gateway refuses a non-admin with 200 `{"status": false}`: an error here."""
+        if answer.get("status") is False:
+            import pwd   # only on this error path
+
+            try:
+                user = pwd.getpwuid(os.getuid()).pw_name
+            except KeyError:
+                user = f"uid {os.getuid()}"
+            raise AccessDenied(f"{user} is not an image administrator of system {self.system}: "
+                               f"the gateway refused to {what}")
+        return answer
 
     def metrics(self, limit: int = 10) -> list[dict]:
         return self._request("GET", f"/api/metrics/{self._quote(self.system)}/?limit={int(limit)}")
@@ -156,7 +175,7 @@ class GatewayClient:
 
     def _request(self, method: str, path: str, *, body: dict | None = None, payload: bytes = b""):
         failures = []
-        for url in self.urls:
+        for url in self.in_random_order():
             headers = {HEADER: self.munge.encode(payload)}
             data = None
             if body is not None:
@@ -180,6 +199,10 @@ class GatewayClient:
             except ValueError:
                 failures.append(f"{url}: answered something that is not JSON")
         raise GatewayError("no image gateway answered: " + "; ".join(failures))
+
+    def in_random_order(self) -> list[str]:
+        """Every gateway once, shuffled anew for each request (Shifter's client shuffles per call)."""
+        return random.sample(self.urls, len(self.urls))
 
     def _send(self, url: str, method: str, path: str, headers: dict, data) -> tuple[int, str, bytes]:
         """One request on a fresh connection: (status, reason, body)."""

@@ -1,12 +1,13 @@
-"""perNodeCache: a private XFS file system per job and node, for fast scratch I/O.
+"""perNodeCache: a private file system per job and node, for fast scratch I/O.
 
-`--volume=/x:/cache:perNodeCache=size=10G[,bs=4K]` gives the job, on every
-node, a new XFS at /cache owned by the user: small files and fsyncs stay on
-the node instead of hitting the shared file system.  As in Shifter, the
-source is not used (Shifter issue #261) and root gets no cache.
+`--volume=/x:/cache:perNodeCache=size=10G[,bs=4K][,fs=ext4]` gives the job,
+on every node, a new XFS (or ext4, where perNodeCacheAllowedFsType allows it)
+at /cache owned by the user: small files and fsyncs stay on the node instead
+of hitting the shared file system.  As in Shifter, the source is not used
+(Shifter issue #261) and root gets no cache.
 
 The file system lives in a sparse file created 0600 and O_EXCL in the site's
-perNodeCachePath, formatted with mkfsXfsPath and loop-mounted read-write,
+perNodeCachePath, formatted with mkfsXfsPath (mkfsExt4Path) and loop-mounted read-write,
 nosuid, nodev inside the job's mount namespace.  The file is unlinked right
 after the mount: only the loop device still holds it, so its blocks return
 to the node's file system when the namespace dies with the job, and a crashed
@@ -41,12 +42,12 @@ def mount(target: int, volume: volumes.VolumeMount, spec, cfg) -> None:
     import tempfile   # as subprocess below: only jobs with a cache pay for these imports
 
     fd, path = tempfile.mkstemp(prefix=f"{_job_prefix(spec.job_id, spec.node)}uid{user.uid}.",
-                                suffix=".xfs", dir=directory)
+                                suffix=f".{cache.fs_type}", dir=directory)
     try:
         os.ftruncate(fd, cache.size)
-        _make_xfs(cfg.mkfs_xfs_path, fd, cache.block_size, volume.target)
+        _make_fs(cfg.mkfs_path(cache.fs_type), cache, fd, volume.target)
         try:
-            cache_fs = syscalls.loop_mount(fd, "xfs", MOUNT_FLAGS, shown=path)
+            cache_fs = syscalls.loop_mount(fd, cache.fs_type, MOUNT_FLAGS, shown=path)
         except OSError as error:
             raise ContainerError(f"cannot mount the perNodeCache at {volume.target}: "
                                  f"{error.strerror}") from None
@@ -105,17 +106,25 @@ def _require_space(directory: str, size: int) -> None:
                           f"its cache file system has {free / 1024 ** 3:.1f} GiB free; ask for less")
 
 
-def _make_xfs(mkfs: str, fd: int, block_size: int, shown: str) -> None:
-    """mkfs.xfs on the open file, with the block size the user chose (Shifter issue #289).
+def _make_fs(mkfs: str, cache: volumes.PerNodeCache, fd: int, shown: str) -> None:
+    """mkfs on the open file, with the block size the user chose (Shifter issue #289).
 
-    A subprocess is fine here: only jobs asking for a cache pay for it.
+    Neither mkfs discards blocks (the file is sparse already); ext4 keeps no
+    blocks for root, who never writes into a user's cache.  A subprocess is
+    fine here: only jobs asking for a cache pay for it.
     """
     import subprocess
 
-    config.require_root_owned(mkfs, "mkfsXfsPath")
+    device = f"/proc/self/fd/{fd}"
+    if cache.fs_type == "xfs":
+        config.require_root_owned(mkfs, "mkfsXfsPath")
+        argv = [mkfs, "-q", "-K", "-b", f"size={cache.block_size}", device]
+    else:
+        config.require_root_owned(mkfs, "mkfsExt4Path")
+        argv = [mkfs, "-q", "-t", "ext4", "-b", str(cache.block_size), "-m", "0", "-E", "nodiscard", device]
     try:
         result = subprocess.run(
-            [mkfs, "-q", "-K", "-b", f"size={block_size}", f"/proc/self/fd/{fd}"],
+            argv,
             pass_fds=(fd,), env={"PATH": _TOOL_PATH, "LC_ALL": "C"}, stdin=subprocess.DEVNULL,
             capture_output=True, text=True, timeout=MKFS_TIMEOUT, check=False)
     except subprocess.TimeoutExpired:

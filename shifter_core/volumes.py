@@ -7,9 +7,10 @@ quotes, each `source:target[:flag]...`.  Flags (names in any case):
     rec           recursive bind (site only)
     slave         slave propagation (site only)
     private       private propagation (site only)
-    perNodeCache=size=<bytes>[,bs=<bytes>][,method=loop][,fs=xfs]
-                  a fresh node-local XFS file system at the target; the
-                  source is not used.  bs is the XFS block size.
+    perNodeCache=size=<bytes>[,bs=<bytes>][,method=loop][,fs=xfs|ext4]
+                  a fresh node-local file system at the target; the source
+                  is not used.  bs is its block size; fs defaults to the
+                  first type the site allows (xfs unless it says otherwise).
 
 Sizes take Shifter's parseBytes form: a number with an optional 1024-based
 unit, `500K`, `500KB`, `1.5g`, `4T`.  In siteFs a bare `path` means
@@ -35,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import posixpath
 import re
+from collections.abc import Mapping
 
 from .errors import VolumeError
 
@@ -46,6 +48,11 @@ MiB = 1024 * KiB
 XFS_MIN_SIZE = 300 * MiB          # mkfs.xfs (xfsprogs >= 5.19) refuses smaller
 XFS_BLOCK_SIZES = tuple(2 ** n for n in range(10, 17))   # 1 KiB .. 64 KiB
 DEFAULT_BLOCK_SIZE = 4 * KiB
+# The file systems a cache can be: what each needs at least, and its block sizes
+# (ext4 above the 4 KiB page size does not mount on common kernels).
+CACHE_FS_TYPES = ("xfs", "ext4")
+MIN_SIZES = {"xfs": XFS_MIN_SIZE, "ext4": 16 * MiB}
+BLOCK_SIZES = {"xfs": XFS_BLOCK_SIZES, "ext4": (1 * KiB, 2 * KiB, 4 * KiB)}
 
 _PATH_CHARS_RE = re.compile(r"[^A-Za-z0-9_.+\-/]")
 _BYTES_RE = re.compile(r"^(\d+(?:\.\d+)?)(?:([kmgtpe])(?:i?b)?|b)?$", re.IGNORECASE | re.ASCII)
@@ -110,12 +117,15 @@ class CachePolicy:
     """What the site allows for perNodeCache volumes (from udiRoot.conf).
 
     The default allows anything, so the grammar can be checked on its own.
-    `size_limit` bounds the total size of the caches of one specification.
+    `size_limit` bounds the total size of the caches of one specification;
+    `fs_types` are the file systems offered, the first one the default;
+    `min_sizes` the smallest cache of each (MIN_SIZES on a real site).
     """
 
     available: bool = True
     size_limit: int | None = None
-    min_size: int = 0
+    fs_types: tuple[str, ...] = CACHE_FS_TYPES
+    min_sizes: Mapping[str, int] = dataclasses.field(default_factory=dict)
 
 
 def parse(spec: str, context: str, policy: CachePolicy = CachePolicy()) -> tuple[VolumeMount, ...]:
@@ -124,7 +134,8 @@ def parse(spec: str, context: str, policy: CachePolicy = CachePolicy()) -> tuple
         raise ValueError(f"unknown volume context {context!r}")
     if not isinstance(spec, str):
         raise VolumeError("a volume specification must be text like /src:/dst:ro")
-    mounts = tuple(_parse_entry(entry.strip(), context) for entry in spec.split(";") if entry.strip())
+    mounts = tuple(_parse_entry(entry.strip(), context, policy.fs_types[0])
+                   for entry in spec.split(";") if entry.strip())
     check_policy(mounts, policy)
     return mounts
 
@@ -138,10 +149,13 @@ def check_policy(mounts, policy: CachePolicy) -> None:
             continue
         total += cache.size
         refusal = None
+        min_size = policy.min_sizes.get(cache.fs_type, 0)
         if not policy.available:
             refusal = "perNodeCache is not available on this system"
-        elif cache.size < policy.min_size:
-            refusal = f"perNodeCache size must be at least {format_bytes(policy.min_size)} for XFS"
+        elif cache.fs_type not in policy.fs_types:
+            refusal = f"this system offers perNodeCache as {' or '.join(policy.fs_types)}, not {cache.fs_type}"
+        elif cache.size < min_size:
+            refusal = f"perNodeCache size must be at least {format_bytes(min_size)} for {cache.fs_type}"
         elif policy.size_limit is not None and cache.size > policy.size_limit:
             refusal = f"perNodeCache size exceeds the site's limit of {format_bytes(policy.size_limit)}"
         if refusal:
@@ -183,7 +197,7 @@ def format_bytes(size: int) -> str:
     return f"{size} bytes"
 
 
-def _parse_entry(entry: str, context: str) -> VolumeMount:
+def _parse_entry(entry: str, context: str, default_fs: str) -> VolumeMount:
     text = entry
     if len(entry) >= 2 and entry[0] == entry[-1] == '"':
         entry = entry[1:-1]
@@ -198,7 +212,7 @@ def _parse_entry(entry: str, context: str) -> VolumeMount:
         tokens.append(tokens[0])
     source = _clean_path(tokens[0], "source", fail)
     target = _clean_path(tokens[1], "target", fail)
-    flags = _parse_flags(tokens[2:], context, fail)
+    flags = _parse_flags(tokens[2:], context, fail, default_fs)
     mount = VolumeMount(
         source=source,
         target=target,
@@ -226,7 +240,7 @@ def _clean_path(path: str, role: str, fail) -> str:
     return posixpath.normpath("/" + path.lstrip("/"))
 
 
-def _parse_flags(tokens: list[str], context: str, fail) -> dict:
+def _parse_flags(tokens: list[str], context: str, fail, default_fs: str) -> dict:
     names = {name.lower(): name for name in _FLAG_ORDER}
     flags: dict = {}
     for token in tokens:
@@ -243,7 +257,7 @@ def _parse_flags(tokens: list[str], context: str, fail) -> dict:
         if name == "perNodeCache":
             if not has_value:
                 raise fail("perNodeCache needs a size, e.g. perNodeCache=size=10G")
-            flags[name] = _parse_cache(value, fail)
+            flags[name] = _parse_cache(value, fail, default_fs)
         elif has_value:
             raise fail(f"flag {name} takes no value")
         else:
@@ -253,7 +267,7 @@ def _parse_flags(tokens: list[str], context: str, fail) -> dict:
     return flags
 
 
-def _parse_cache(text: str, fail) -> PerNodeCache:
+def _parse_cache(text: str, fail, default_fs: str) -> PerNodeCache:
     options: dict[str, str] = {}
     for item in text.split(","):
         key, has_value, value = item.partition("=")
@@ -274,13 +288,16 @@ def _parse_cache(text: str, fail) -> PerNodeCache:
         raise fail(f"perNodeCache: {error}") from None
     if size <= 0:
         raise fail("perNodeCache size must be more than 0")
-    if block_size not in XFS_BLOCK_SIZES:
-        raise fail("perNodeCache bs is the XFS block size: a power of two from 1K to 64K")
     if options.get("method", "loop").lower() != "loop":
         raise fail("perNodeCache method must be loop")
-    if options.get("fs", "xfs").lower() != "xfs":
-        raise fail("perNodeCache fs must be xfs")
-    return PerNodeCache(size=size, block_size=block_size)
+    fs_type = options.get("fs", default_fs).lower()
+    if fs_type not in CACHE_FS_TYPES:
+        raise fail(f"perNodeCache fs must be {' or '.join(CACHE_FS_TYPES)}")
+    sizes = BLOCK_SIZES[fs_type]
+    if block_size not in sizes:
+        raise fail(f"perNodeCache bs is the {fs_type} block size: a power of two from "
+                   f"{format_bytes(sizes[0])} to {format_bytes(sizes[-1])}")
+    return PerNodeCache(size=size, block_size=block_size, fs_type=fs_type)
 
 
 def _is_within(path: str, tree: str) -> bool:

@@ -81,11 +81,12 @@ static char *read_small_file(const char *path, size_t max, int require_root_only
     return buf;
 }
 
-/* udiRoot.conf's runDir (shifter_core/config.py: DEFAULT_RUN_DIR if unset). */
+/* udiRoot.conf's runDir (shifter_core/config.py: DEFAULT_RUN_DIR if unset); as there,
+   the last line giving it wins and an empty value means the default. */
 static int run_dir(const char *config, char *out, size_t size)
 {
     char *text = read_small_file(config, MAX_RECORD, 1), *line, *save = NULL;
-    int found = 0;
+    int fits = 1;
 
     if (text == NULL)
         return -1;
@@ -105,12 +106,11 @@ static int run_dir(const char *config, char *out, size_t size)
                 value++;
             for (end = value + strlen(value); end > value && (end[-1] == ' ' || end[-1] == '\t'); end--)
                 end[-1] = '\0';
-            found = value[0] == '/' && snprintf(out, size, "%s", value) < (int) size;
-            break;
+            fits = snprintf(out, size, "%s", value[0] ? value : "/run/shifter") < (int) size;
         }
     }
     free(text);
-    return found || out[0] == '/' ? 0 : -1;
+    return fits && out[0] == '/' ? 0 : -1;
 }
 
 /* Backslash escapes of the record: \\ and \n (container.py: _escape). */

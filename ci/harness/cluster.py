@@ -688,8 +688,9 @@ def udiroot_conf(layout: Layout, record: Record) -> str:
     Module `slurm` (on by default) puts the Slurm client bundle at /opt/slurm with
     munge's socket, so `srun` works in a batch script that runs inside an image.
     The other modules bind fake MPI and GPU software (ci/harness/sitemodules.py);
-    perNodeCache volumes of up to 2G live in .cluster/cache.  optUdiImage is the
-    host's OpenSSH (shifter_core/udiimage.py), for --ccm.
+    perNodeCache volumes (xfs or ext4) of up to 2G live in .cluster/cache.
+    siteEnvUnset drops the exported bash functions of Lmod, as Shifter's example
+    does.  optUdiImage is the host's OpenSSH (shifter_core/udiimage.py), for --ccm.
     """
     home = pwd.getpwnam(TEST_USER).pw_dir
     prefix = slurmclient.PREFIX
@@ -716,7 +717,10 @@ def udiroot_conf(layout: Layout, record: Record) -> str:
         *sitemodules.config_lines(layout.site_software),
         f"perNodeCachePath={layout.node_cache}",
         f"mkfsXfsPath={shutil.which('mkfs.xfs', path=DAEMON_PATH)}",
+        f"mkfsExt4Path={shutil.which('mkfs.ext4', path=DAEMON_PATH)}",
+        "perNodeCacheAllowedFsType=xfs ext4",
         "perNodeCacheSizeLimit=2G",
+        "siteEnvUnset=BASH_FUNC_module() BASH_FUNC_ml%%",
     ]) + "\n"
 
 

@@ -2,6 +2,8 @@
 
     shifter-admin plugstack [--config /etc/shifter/udiRoot.conf]
         prints the plugstack.conf line that installs this shifter-py
+    shifter-admin check-config [--config ...]
+        reads udiRoot.conf as the plugin does and prints its warnings
     shifter-admin release-held-jobs [--config ...] [--interval 2] [--once]
         the daemon that starts jobs held until their image is pulled
     shifter-admin provenance [--job N] [--digest sha256:...] [--user U] [--json]
@@ -40,6 +42,23 @@ def plugstack(config_path: str) -> None:
     if not os.path.exists(plugin):
         raise click.ClickException(f"{plugin} is not built: reinstall shifter-py (pip install .)")
     click.echo(f"required {plugin} venv={sys.prefix} config={os.path.abspath(config_path)}")
+
+
+@main.command("check-config")
+@click.option("--config", "config_path", default=config.DEFAULT_PATH, show_default=True,
+              help="udiRoot.conf to check.")
+def check_config(config_path: str) -> None:
+    """Read udiRoot.conf as the plugin does; print each warning (a key given twice,
+    an obsolete Shifter key ...), which jobs never show, and fail on an error."""
+    from ..errors import ShifterError
+
+    try:
+        cfg = config.load(config_path)
+    except ShifterError as error:
+        raise click.ClickException(str(error)) from None
+    for warning in cfg.warnings:
+        click.echo(f"warning: {warning}")
+    click.echo(f"{config_path}: usable, {len(cfg.warnings)} warning(s)")
 
 
 @main.command("release-held-jobs")

@@ -19,6 +19,7 @@ from shifter_core.imagestore import ImageStore
 from tests.integration.test_container import _in_container, _make_image  # noqa: F401 (re-exported)
 
 MKFS_XFS = shutil.which("mkfs.xfs", path="/usr/sbin:/sbin:/usr/bin:/bin")
+MKFS_EXT4 = shutil.which("mkfs.ext4", path="/usr/sbin:/sbin:/usr/bin:/bin")
 EXTRA_APPLETS = ("dd", "df", "mkdir", "rm", "sync", "head", "wc")
 
 

@@ -169,11 +169,22 @@ def test_wrong_method_is_405_json(gateway, munged):
     assert body["error"] == "Method Not Allowed"
 
 
-def test_admin_endpoints_refuse_other_users(gateway, munged, pulled, busybox):
+def test_metrics_refuse_other_users(gateway, munged):
+    body = assert_json(raw(gateway, munged, "GET", f"/api/metrics/{SYSTEM}/",
+                           credential=credential_as(munged, NOBODY)), 403)
+    assert "not an image administrator" in body["message"]
+
+
+def test_expire_by_other_users_answers_as_shifter(gateway, munged, root, pulled, busybox):
+    """Shifter's gateway answers a non-admin's expire and autoexpire 200 {"status": false}
+    (its client then exits 0); ours does the same, logs the refusal, and expires nothing."""
     for path in (f"/api/expire/{SYSTEM}/docker/{urllib.parse.quote(busybox, safe='')}/",
-                 f"/api/autoexpire/{SYSTEM}/", f"/api/metrics/{SYSTEM}/"):
-        body = assert_json(raw(gateway, munged, "GET", path, credential=credential_as(munged, NOBODY)), 403)
-        assert "not an image administrator" in body["message"]
+                 f"/api/autoexpire/{SYSTEM}/"):
+        response = raw(gateway, munged, "GET", path, credential=credential_as(munged, NOBODY))
+        assert assert_json(response, 200) == {"status": False}
+        logged = f"GET {urllib.parse.unquote(path)} refused: nobody is not an image administrator of system {SYSTEM}"
+        assert logged in gateway.log()
+    assert root.lookup(busybox)["id"] == pulled["id"]
 
 
 def test_metrics_record_lookups(root, pulled, busybox):
@@ -244,7 +255,9 @@ def test_expire(gateway, munged, root, registry, tmp_path):
     while os.path.exists(image_file) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not os.path.exists(image_file)
-    with pytest.raises(ImageNotFound):
+    with pytest.raises(ImageNotFound, match="nothing to expire"):
         root.expire(image)
+    gone = raw(gateway, munged, "GET", f"/api/expire/{SYSTEM}/docker/{urllib.parse.quote(image, safe='')}/")
+    assert assert_json(gone, 200) == {"status": None}                # as Shifter's gateway answers
     again = wait_pull(root, image)                       # an expired image can be pulled again
     assert again["status"] == "READY" and again["id"] == record["id"] and os.path.exists(image_file)

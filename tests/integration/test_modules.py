@@ -94,8 +94,18 @@ def test_a_failing_root_hook_fails_the_container(site):
 
 
 def test_an_unknown_module_key_is_a_config_error(site):
-    with pytest.raises(ConfigError, match="unknown module gpu sub-key 'copypath' .*did you mean copyPath"):
-        site.config(module_gpu_copypath=str(site.path))
+    with pytest.raises(ConfigError, match="unknown module gpu sub-key 'copyPaths' .*did you mean copyPath"):
+        site.config(module_gpu_copyPaths=str(site.path))
+
+
+def test_copypath_as_shifters_example_writes_it_copies(site):
+    """Shifter's example spells the key `copypath`, which Shifter ignored; here it is copyPath."""
+    lines = dict(line.split("=", 1) for line in sitemodules.config_lines(site.path / "software"))
+    lines["module_gpu_copypath"] = lines.pop("module_gpu_copyPath")
+    cfg = site.config(**lines)
+    assert any("module_gpu_copypath is read as module_gpu_copyPath" in w for w in cfg.warnings)
+    job = site.create(cfg, site.image("mods"), 26, modules="gpu")
+    assert "fake-smi" in run(job, "ls /opt/udiImage/modules/gpu/bin")
 
 
 # --- on the mini-cluster ------------------------------------------------------

@@ -13,7 +13,7 @@ import pytest
 
 from shifter_core import etcfiles, pernodecache
 from shifter_core.errors import ShifterError, VolumeError
-from tests.integration.runtime_fixtures import (MKFS_XFS, Site, assert_no_container_left, loop_backing_files,
+from tests.integration.runtime_fixtures import (MKFS_EXT4, MKFS_XFS, Site, assert_no_container_left, loop_backing_files,
                                                 mounts_under, run)
 
 MiB = 1024 ** 2
@@ -54,6 +54,36 @@ def test_cache_is_a_private_xfs_owned_by_the_user(site):
     assert re.fullmatch(rf"{site.path}/cache/perNodeCache\.job11\.nodeA\.uid{job.uid}\.\w+\.xfs \(deleted\)",
                         backing)
     assert not mounts_under(f"{site.path}/udi", besides=job), "the cache is visible outside the job"
+
+
+def test_an_ext4_cache_where_the_site_allows_it(site):
+    """perNodeCacheAllowedFsType=xfs ext4 (Shifter sites write it; Shifter made xfs anyway):
+    fs=ext4 gives an ext4 in a sparse file, mounted and handed over like the XFS one."""
+    cfg = site.config(perNodeCachePath=f"{site.path}/cache", mkfsXfsPath=MKFS_XFS,
+                      mkfsExt4Path=MKFS_EXT4, perNodeCacheAllowedFsType="xfs ext4")
+    meta = site.image("cache")
+    job = site.create(cfg, meta, 18, volumes="/x:/scratch/cache:perNodeCache=size=64M,fs=ext4,bs=1K")
+    out = run(job, "grep ' /scratch/cache ' /proc/mounts; stat -c 'owner=%u' /scratch/cache;"
+                   " stat -f -c 'bsize=%S blocks=%b free=%f avail=%a' /scratch/cache;"
+                   " dd if=/dev/zero of=/scratch/cache/data bs=1M count=48 2>/dev/null && sync;"
+                   " ls -l /scratch/cache/data")
+    assert re.search(r" /scratch/cache ext4 rw,nosuid,nodev\b", out), out
+    assert f"owner={job.uid}" in out and "50331648" in out
+    bsize, blocks = map(int, re.search(r"bsize=(\d+) blocks=(\d+)", out).groups())
+    free, avail = map(int, re.search(r"free=(\d+) avail=(\d+)", out).groups())
+    # The kernel holds back 2% for delayed allocation; mke2fs's default would keep 5% more for root.
+    assert free - avail <= blocks * 0.025, "blocks are kept for root in a user's cache"
+    assert bsize == 1024 and 48 * MiB < bsize * blocks <= 64 * MiB, out
+    assert os.listdir(cfg.per_node_cache_path) == []
+    [backing] = _cache_loops(site).values()
+    assert re.fullmatch(rf"{site.path}/cache/perNodeCache\.job18\.nodeA\.uid{job.uid}\.\w+\.ext4 \(deleted\)",
+                        backing)
+    assert not mounts_under(f"{site.path}/udi", besides=job), "the cache is visible outside the job"
+
+
+def test_a_site_without_ext4_refuses_it(site):
+    with pytest.raises(VolumeError, match="this system offers perNodeCache as xfs, not ext4"):
+        site.cfg.user_volumes("/x:/cache:perNodeCache=size=512M,fs=ext4")
 
 
 def test_space_is_given_back_when_the_job_ends(site):
@@ -179,6 +209,22 @@ def test_a_job_writes_into_its_cache_and_the_space_comes_back(cluster):
     after = st.f_bfree * st.f_frsize
     assert after - during > 300 * MiB, f"only {(after - during) / MiB:.0f} MiB came back"
     assert_no_container_left(cluster, job)
+
+
+@pytest.mark.cluster
+def test_an_ext4_cache_on_the_cluster(cluster, image):
+    """The cluster allows xfs and ext4: one step gets one cache of each, on two nodes."""
+    volume = "--volume=/u:/xfs:perNodeCache=size=300M;/u:/ext4:perNodeCache=size=32M,fs=ext4"
+    out = cluster.srun("-N2", "-w", "n1,n3", f"--image={image}", "--autoshift", volume, "sh", "-c",
+                       "grep -E ' /(xfs|ext4) ' /proc/mounts | cut -d' ' -f2-4;"
+                       " stat -c 'owner=%u' /ext4; echo data > /ext4/f && cat /ext4/f").stdout
+    assert out.count("/xfs xfs rw,nosuid,nodev") == 2, out
+    assert out.count("/ext4 ext4 rw,nosuid,nodev") == 2, out
+    assert out.count(f"owner={cluster.uid}") == 2 and out.count("data") == 2, out
+    cluster.wait_until_settled()
+    cache_dir = str(cluster.layout.node_cache)
+    assert not [f for f in loop_backing_files().values() if f.startswith(cache_dir + "/")]
+    assert os.listdir(cache_dir) == []
 
 
 @pytest.mark.cluster

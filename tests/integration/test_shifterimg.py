@@ -7,8 +7,10 @@ import re
 
 import pytest
 
-from tests.integration.gateway_fixtures import (GatewayProcess, busybox, gateway_config, munged,  # noqa: F401
-                                                registry, shifterimg, udiroot_conf)
+from shifter_core.gwclient import GatewayClient
+from shifter_core.munge import Munge
+from tests.integration.gateway_fixtures import (SYSTEM, GatewayProcess, busybox, gateway_config,  # noqa: F401
+                                                munged, registry, shared_dir, shifterimg, udiroot_conf)
 
 pytestmark = pytest.mark.slow
 
@@ -66,11 +68,31 @@ def test_unreachable_gateway_is_reported(tmp_path, munged):
     assert "no image gateway answered" in result.stderr
 
 
-def test_gateways_are_tried_in_order(gateway, munged, busybox, tmp_path_factory):
-    from tests.integration.gateway_fixtures import shared_dir
-    conf = udiroot_conf(shared_dir("failover"), ["http://127.0.0.1:1", gateway.url])
-    result = shifterimg(["images"], conf, munged)
-    assert result.returncode == 0, result.stderr
+DOWN = "http://127.0.0.1:1"     # nothing listens there: connection refused at once
+
+
+@pytest.mark.parametrize("order", ["down first", "down last"])
+def test_a_gateway_that_is_down_is_skipped_whatever_the_order(gateway, munged, order):
+    """Shifter's client shuffles imageGateway for every call; failover must hold for each draw."""
+    urls = [DOWN, gateway.url] if order == "down first" else [gateway.url, DOWN]
+    conf = udiroot_conf(shared_dir("failover"), urls)
+    for _ in range(3):
+        result = shifterimg(["images"], conf, munged)
+        assert result.returncode == 0, result.stderr
+    both = GatewayClient(urls, SYSTEM, timeout=10, munge=Munge(munged.socket))
+    for _ in range(20):
+        assert isinstance(both.images(), list)
+
+
+def test_requests_spread_over_the_gateways(gateway, munged, registry, busybox, tmp_path):
+    """Two live gateways with their own catalogues: only the first has the image, so
+    each answer shows which one served it; over 24 calls both must have served."""
+    pulled = shifterimg(["pull", f"docker:{busybox}"], udiroot_conf(gateway.workdir, [gateway.url]), munged)
+    assert pulled.returncode == 0, pulled.stderr
+    with GatewayProcess(str(tmp_path), gateway_config(str(tmp_path), munged, registry)) as other:
+        both = GatewayClient([gateway.url, other.url], SYSTEM, timeout=10, munge=Munge(munged.socket))
+        served_by_first = [any(busybox in r["tag"] for r in both.images()) for _ in range(24)]
+    assert 0 < sum(served_by_first) < 24, served_by_first
 
 
 def test_pull_output_when_not_a_terminal(gateway, conf, munged, busybox):

@@ -33,7 +33,7 @@ def test_minimal_file_gives_typed_defaults():
     assert cfg.default_image_type == "docker"
     assert cfg.rootfs_type == "tmpfs"
     assert cfg.mount_propagation_style == "private"
-    assert cfg.max_group_count is None
+    assert cfg.max_group_count == 0
     assert cfg.mount_udi_root_writable is False
     assert cfg.run_dir == "/run/shifter"
     assert cfg.sshd_port == config.DEFAULT_SSHD_PORT
@@ -69,7 +69,10 @@ def test_gateway_client_keys():
     ("siteEnv=1BAD=x", "environment variable name"),
     ("siteEnvAppend=PATH=", "empty value"),
     ("siteEnvUnset=A-B", "environment variable name"),
-    ("perNodeCacheAllowedFsType=ext4", "xfs is the only type"),
+    ("siteEnvUnset=BASH_FUNC_a b()", "environment variable name"),
+    ("siteEnvUnset=BASH_FUNC_()", "environment variable name"),
+    ("siteEnvUnset=BASH_FUNC_module%", "environment variable name"),
+    ("siteEnvAppend=BASH_FUNC_module%%=x", "environment variable name"),
 ])
 def test_bad_values_name_file_line_and_key(line, message):
     with pytest.raises(ConfigError) as error:
@@ -113,9 +116,64 @@ def test_empty_key_and_missing_equals_are_errors():
         parse("justakey\n")
 
 
-def test_duplicate_key_is_an_error():
-    with pytest.raises(ConfigError, match=r":7: system is already set on line 5"):
-        parse("system=other\n")
+# Shifter's parser hands every line to its setter: list keys append, the others
+# overwrite.  We follow that rule and warn with both lines.
+
+def test_a_scalar_key_given_twice_takes_the_later_line_with_a_warning():
+    cfg = parse("system=other\n")
+    assert cfg.system == "other"
+    assert cfg.warnings == ("udiRoot.conf:7: system is also set on line 5: this later line wins, as in Shifter",)
+
+
+def test_an_empty_later_line_unsets_a_scalar_key():
+    assert parse("optUdiImage=/opt/udi\noptUdiImage=\n").opt_udi_image is None
+    with pytest.raises(ConfigError, match="missing: system"):
+        parse("system=\n")
+
+
+@pytest.mark.parametrize("lines, attribute, expected", [
+    ("imageGateway=http://gw2:5000\n", "image_gateway", ("http://127.0.0.1:5000", "http://gw2:5000")),
+    ("siteFs=/a\nsiteFs=/b:/c:ro\n", "site_fs", ("/a:/a", "/b:/c:ro")),
+    ("siteEnv=A=1 B=1\nsiteEnv=B=2\n", "site_env", {"A": "1", "B": "2"}),
+    ("siteEnvAppend=PATH=/a X=1\nsiteEnvAppend=PATH=/b\n", "site_env_append", {"PATH": "/a:/b", "X": "1"}),
+    ("siteEnvPrepend=PATH=/a\nsiteEnvPrepend=PATH=/b\n", "site_env_prepend", {"PATH": "/b:/a"}),
+    ("siteEnvUnset=A\nsiteEnvUnset=B\n", "site_env_unset", ("A", "B")),
+    ("perNodeCacheAllowedFsType=xfs\nperNodeCacheAllowedFsType=ext4\n", "per_node_cache_allowed_fs_type",
+     ("xfs", "ext4")),
+    ("siteEnv=A=1\nsiteEnv=\n", "site_env", {"A": "1"}),
+])
+def test_list_keys_given_twice_add_up(lines, attribute, expected):
+    cfg = parse(lines)
+    value = getattr(cfg, attribute)
+    assert (tuple(m.render() for m in value) if attribute == "site_fs" else value) == expected
+    assert len(cfg.warnings) == 1 and "the values add up, as in Shifter" in cfg.warnings[0]
+
+
+def test_module_keys_given_twice_follow_shifter():
+    """Shifter replaces a module's list sub-keys (its siteFs alone appends)."""
+    cfg = parse("module_m_siteEnv=A=1\nmodule_m_siteFs=/a\nmodule_m_siteEnv=B=2\nmodule_m_siteFs=/b\n"
+                "module_m_enabled=0\nmodule_m_enabled=1\n")
+    module = cfg.modules["m"]
+    assert module.site_env == {"B": "2"}
+    assert [m.target for m in module.site_fs] == ["/a", "/b"]
+    assert module.enabled
+    assert cfg.warnings == (
+        "udiRoot.conf:9: module_m_siteEnv is also set on line 7: this later line wins, as in Shifter",
+        "udiRoot.conf:10: module_m_siteFs is also set on line 8: the values add up, as in Shifter",
+        "udiRoot.conf:12: module_m_enabled is also set on line 11: this later line wins, as in Shifter",
+    )
+
+
+def test_a_key_given_three_times_names_the_line_before():
+    cfg = parse("system=a\nsystem=b\n")
+    assert cfg.system == "b"
+    assert [w.split(": ")[1] for w in cfg.warnings] == [
+        "system is also set on line 5", "system is also set on line 7"]
+
+
+def test_a_bad_value_is_refused_even_when_a_later_line_would_replace_it():
+    with pytest.raises(ConfigError, match=r"udiRoot.conf:7: gatewayTimeout"):
+        parse("gatewayTimeout=soon\ngatewayTimeout=5\n")
 
 
 def test_comments_blank_lines_and_whitespace():
@@ -154,7 +212,8 @@ def test_site_environment():
 
 
 def test_max_group_count_semantics_are_explicit():
-    assert parse().max_group_count is None
+    """Unset means 0, as in Shifter (its struct starts zeroed): the user is listed in no group."""
+    assert parse().max_group_count == 0
     assert parse("maxGroupCount=unlimited\n").max_group_count is None
     assert parse("maxGroupCount=31\n").max_group_count == 31
     assert parse("maxGroupCount=0\n").max_group_count == 0
@@ -246,10 +305,27 @@ def test_module_selection():
 
 
 def test_module_subkeys_are_case_sensitive_and_checked():
-    with pytest.raises(ConfigError, match=r"unknown module mpich sub-key 'copypath' \(did you mean copyPath\?\)"):
-        parse("module_mpich_copypath=/x\n")
+    with pytest.raises(ConfigError, match=r"unknown module mpich sub-key 'siteenv' \(did you mean siteEnv\?\)"):
+        parse("module_mpich_siteenv=A=1\n")
     with pytest.raises(ConfigError, match="unknown module gpu sub-key 'devices'"):
         parse("module_gpu_devices=/dev/nvidia0\n")
+
+
+def test_copypath_as_in_shifters_example_is_copy_path():
+    cfg = parse("module_mpich_copypath=/opt/mpich/\n")
+    assert cfg.modules["mpich"].copy_path == "/opt/mpich"
+    assert cfg.warnings == ("udiRoot.conf:7: module_mpich_copypath is read as module_mpich_copyPath "
+                            "(Shifter ignored this spelling)",)
+    both = parse("module_mpich_copyPath=/a\nmodule_mpich_copypath=/b\n")
+    assert both.modules["mpich"].copy_path == "/b"
+    assert "module_mpich_copyPath is also set on line 7" in both.warnings[1]
+
+
+def test_site_env_unset_takes_bash_exported_functions():
+    cfg = parse("siteEnvUnset=LOADEDMODULES BASH_FUNC_module() BASH_FUNC_ml%% BASH_FUNC__module_raw()\n"
+                "module_lmod_siteEnvUnset=BASH_FUNC_switchml%%\n")
+    assert cfg.site_env_unset == ("LOADEDMODULES", "BASH_FUNC_module()", "BASH_FUNC_ml%%", "BASH_FUNC__module_raw()")
+    assert cfg.modules["lmod"].site_env_unset == ("BASH_FUNC_switchml%%",)
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -355,6 +431,25 @@ def test_trusted_load_follows_symlinks_to_check_the_real_file(tmp_path):
         config.load(str(link))
 
 
+@root_only
+def test_check_config_prints_the_warnings_jobs_never_show(tmp_path):
+    from click.testing import CliRunner
+    from shifter_core.cli import admin
+
+    os.chmod(tmp_path, 0o755)
+    path = write(tmp_path / "udiRoot.conf", MINIMAL + "system=other\ncpPath=/bin/cp\n")
+    result = CliRunner().invoke(admin.main, ["check-config", "--config", path])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == [
+        f"warning: {path}:7: system is also set on line 5: this later line wins, as in Shifter",
+        f"warning: {path}:8: cpPath is obsolete and ignored: shifter-py copies and mounts with system calls, not tools",
+        f"{path}: usable, 2 warning(s)",
+    ]
+    broken = write(tmp_path / "broken.conf", MINIMAL + "bogus=1\n")
+    result = CliRunner().invoke(admin.main, ["check-config", "--config", broken])
+    assert result.exit_code == 1 and f"{broken}:7: unknown key 'bogus'" in result.output
+
+
 def test_require_root_owned_reports_missing_paths(tmp_path):
     with pytest.raises(ConfigError, match="cannot check hook .*No such file"):
         config.require_root_owned(str(tmp_path / "nope.sh"), "hook")
@@ -382,6 +477,41 @@ def test_site_fs_errors_name_the_line():
 
 
 CACHE = "perNodeCachePath=/scratch/pnc\nmkfsXfsPath=/usr/sbin/mkfs.xfs\n"
+
+
+def test_ext4_caches_are_offered_when_the_site_allows_them():
+    cfg = parse(CACHE + "perNodeCacheAllowedFsType=xfs ext4\n")
+    assert cfg.per_node_cache_allowed_fs_type == ("xfs", "ext4")
+    assert cfg.mkfs_path("ext4") == config.DEFAULT_MKFS_EXT4
+    assert cfg.cache_policy().fs_types == ("xfs", "ext4")
+    assert cfg.user_volumes("/x:/c:perNodeCache=size=1G")[0].per_node_cache.fs_type == "xfs"
+    ext4 = cfg.user_volumes("/x:/c:perNodeCache=size=20M,fs=ext4,bs=1K")[0].per_node_cache
+    assert (ext4.fs_type, ext4.size, ext4.block_size) == ("ext4", 20 * 1024 ** 2, 1024)
+    with pytest.raises(VolumeError, match="at least 16M for ext4"):
+        cfg.user_volumes("/x:/c:perNodeCache=size=8M,fs=ext4")
+    with pytest.raises(VolumeError, match="ext4 block size: a power of two from 1K to 4K"):
+        cfg.user_volumes("/x:/c:perNodeCache=size=1G,fs=ext4,bs=64K")
+    with pytest.raises(VolumeError, match="this system offers perNodeCache as xfs, not ext4"):
+        parse(CACHE).user_volumes("/x:/c:perNodeCache=size=1G,fs=ext4")
+
+
+def test_the_first_type_with_its_mkfs_is_the_default():
+    ext4_first = parse(CACHE + "perNodeCacheAllowedFsType=ext4 xfs\nmkfsExt4Path=/usr/sbin/mkfs.ext4\n")
+    assert ext4_first.mkfs_path("ext4") == "/usr/sbin/mkfs.ext4"
+    assert ext4_first.user_volumes("/x:/c:perNodeCache=size=1G")[0].per_node_cache.fs_type == "ext4"
+    no_xfs_tool = parse("perNodeCachePath=/scratch/pnc\nperNodeCacheAllowedFsType=xfs ext4\n")
+    assert no_xfs_tool.cache_policy().available and no_xfs_tool.cache_policy().fs_types == ("ext4",)
+    assert not parse("perNodeCachePath=/scratch/pnc\n").cache_policy().available
+
+
+def test_cache_types_we_cannot_make_are_dropped_with_a_warning_never_refused():
+    cfg = parse(CACHE + "perNodeCacheAllowedFsType=XFS btrfs ext4\n")
+    assert cfg.per_node_cache_allowed_fs_type == ("xfs", "ext4")
+    assert cfg.warnings == ("udiRoot.conf:9: perNodeCacheAllowedFsType: shifter-py cannot make btrfs caches "
+                            "(it makes xfs and ext4); keeping xfs ext4",)
+    only_unknown = parse(CACHE + "perNodeCacheAllowedFsType=zfs\n")
+    assert only_unknown.per_node_cache_allowed_fs_type == ("xfs",)
+    assert only_unknown.warnings[0].endswith("keeping xfs, the default")
 
 
 def test_per_node_cache_policy_comes_from_the_config():

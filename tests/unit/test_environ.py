@@ -37,3 +37,16 @@ def test_operations_are_what_compose_applies():
     assert ops == [("set", "PATH", "/usr/bin"), ("set", "X", "1"), ("prepend", "PATH", "/m"),
                    ("unset", "X", ""), ("set", "SHIFTER_IMAGE", "abc")]
     assert environ.apply({"PATH": "/host"}, ops) == {"PATH": "/m:/usr/bin", "SHIFTER_IMAGE": "abc"}
+
+
+def test_an_exported_bash_function_goes_in_both_spellings():
+    """bash exports `module` as BASH_FUNC_module%% (upstream since 2014) or
+    BASH_FUNC_module() (RHEL 6/7's patched bash); Shifter's example names the latter."""
+    task = {"BASH_FUNC_module%%": "() {  eval x\n}", "BASH_FUNC_ml()": "() {  y\n}", "BASH_FUNC_other%%": "() { z\n}",
+            "BASH_FUNC_module": "kept: a plain variable of that name", "PATH": "/bin"}
+    result = environ.compose(task, [], site_env_unset=["BASH_FUNC_module()", "BASH_FUNC_ml%%"])
+    assert result == {"BASH_FUNC_other%%": "() { z\n}", "BASH_FUNC_module": "kept: a plain variable of that name",
+                      "PATH": "/bin"}
+    assert environ.operations([], site_env_unset=["BASH_FUNC_module()"]) == [
+        ("unset", "BASH_FUNC_module%%", ""), ("unset", "BASH_FUNC_module()", "")]
+    assert environ.unset_names("PATH") == ("PATH",)

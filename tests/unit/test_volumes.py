@@ -193,7 +193,8 @@ def test_paths_are_normalised():
     ("/a:/b:perNodeCache=size=0", "size must be more than 0"),
     ("/a:/b:perNodeCache=size=1G,bs=3000", "power of two"),
     ("/a:/b:perNodeCache=size=1G,method=nbd", "method must be loop"),
-    ("/a:/b:perNodeCache=size=1G,fs=ext4", "fs must be xfs"),
+    ("/a:/b:perNodeCache=size=1G,fs=btrfs", "fs must be xfs or ext4"),
+    ("/a:/b:perNodeCache=size=1G,fs=ext4,bs=8K", "the ext4 block size: a power of two from 1K to 4K"),
 ])
 def test_invalid_specs_say_why(spec, message):
     text = refused(spec, SITE)
@@ -207,10 +208,12 @@ def test_flags_are_case_insensitive_and_rendered_canonically():
 
 
 def test_cache_policy():
-    policy = CachePolicy(size_limit=10 * GiB, min_size=volumes.XFS_MIN_SIZE)
+    policy = CachePolicy(size_limit=10 * GiB, min_sizes=volumes.MIN_SIZES)
     assert parse("/x:/cache:perNodeCache=size=10G", USER, policy)[0].per_node_cache.size == 10 * GiB
     assert "exceeds the site's limit of 10G" in refused("/x:/cache:perNodeCache=size=11G", USER, policy)
-    assert "at least 300M for XFS" in refused("/x:/cache:perNodeCache=size=100M", USER, policy)
+    assert "at least 300M for xfs" in refused("/x:/cache:perNodeCache=size=100M", USER, policy)
+    assert parse("/x:/cache:perNodeCache=size=100M,fs=ext4", USER, policy)[0].per_node_cache.fs_type == "ext4"
+    assert "at least 16M for ext4" in refused("/x:/cache:perNodeCache=size=1M,fs=ext4", USER, policy)
     assert "total 12G, more than the site's limit of 10G" in refused(
         "/x:/c1:perNodeCache=size=6G;/x:/c2:perNodeCache=size=6G", USER, policy
     )
@@ -218,6 +221,13 @@ def test_cache_policy():
         "/x:/cache:perNodeCache=size=1G", USER, CachePolicy(available=False)
     )
     assert parse("/a:/b", USER, CachePolicy(available=False))
+
+
+def test_a_cache_without_fs_gets_the_sites_first_type():
+    ext4_site = CachePolicy(fs_types=("ext4",))
+    assert parse("/x:/c:perNodeCache=size=1G", USER, ext4_site)[0].per_node_cache.fs_type == "ext4"
+    assert "offers perNodeCache as ext4, not xfs" in refused("/x:/c:perNodeCache=size=1G,fs=xfs", USER, ext4_site)
+    assert parse("/x:/c:perNodeCache=size=1G", USER)[0].per_node_cache.fs_type == "xfs"
 
 
 def test_render_of_a_spec_round_trips():
@@ -244,11 +254,12 @@ def test_unknown_context_is_a_programming_error():
 SEGMENT_ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.+-"
 segment = st.text(SEGMENT_ALPHABET, min_size=1, max_size=8).filter(lambda s: s not in (".", ".."))
 path = st.lists(segment, min_size=1, max_size=5).map(lambda parts: "/" + "/".join(parts))
-cache = st.builds(
+cache = st.sampled_from(volumes.CACHE_FS_TYPES).flatmap(lambda fs: st.builds(
     PerNodeCache,
     size=st.integers(1, 2 ** 60),
-    block_size=st.sampled_from(volumes.XFS_BLOCK_SIZES),
-)
+    block_size=st.sampled_from(volumes.BLOCK_SIZES[fs]),
+    fs_type=st.just(fs),
+))
 
 
 def protected_for_user(target):
