@@ -62,7 +62,7 @@ BY_HAND = "ci/cluster"  # Record.started_by of a cluster someone started at a sh
 # cluster at a time per machine: this file names the checkout whose cluster is up.
 MACHINE_CLAIM = Path("/run/shifter-mini-cluster")
 MACHINE_CLAIMER = Path("/run/shifter-mini-cluster.by")     # "<pid> <start time>" of the claiming process
-CLAIM_WAIT = float(os.environ.get("SHIFTER_CLUSTER_WAIT", "3600"))   # seconds
+CLAIM_WAIT = float(os.environ.get("SHIFTER_CLUSTER_WAIT", "10800"))   # seconds
 
 
 class ClusterError(ShifterError):
