@@ -283,13 +283,14 @@ class Cluster:
             raise ClusterError("ci/cluster up needs root (daemons, namespaces, mounts)")
         with self._exclusive():
             record = Record.load(self.layout)
+            if record is not None and self.is_running(record):
+                _say("cluster is already up")
+                return record
+            self._claim_machine()
             if record is not None:
-                if self.is_running(record):
-                    _say("cluster is already up")
-                    return record
                 _say("cleaning up what a previous, incomplete cluster left")
                 self._down(record)
-            self._claim_machine()
+                self._claim_machine()
             record = Record(started_by=started_by)
             try:
                 self._start(record, with_plugin)
@@ -324,6 +325,13 @@ class Cluster:
             if time.monotonic() > deadline:
                 raise ClusterError(f"the mini-cluster of {owner} is still up; take it down first")
             time.sleep(2)
+
+    def _owns_machine(self) -> bool:
+        """Are the bridge and the node namespaces this checkout's to remove?"""
+        owner, _ = _read_claim()
+        if owner is not None:
+            return owner == str(self.layout.root)
+        return _slurm_daemon_of_another_checkout(str(self.layout.root)) is None
 
     def _release_machine(self) -> None:
         with open(f"{MACHINE_CLAIM}.lock", "a") as lock:
@@ -543,9 +551,11 @@ class Cluster:
             daemon = record.daemons.get(name)
             if daemon is not None:
                 daemon.stop()
-        self._stop_network()
+        machine = self._owns_machine()
+        if machine:                 # the bridge and n1..n3 are another checkout's otherwise
+            self._stop_network()
         # processes an epilog just signalled may need a moment to exit
-        scope = self.scope(record)
+        scope = self.scope(record, machine=machine)
         _wait_until(lambda: not scope.remains(), 5, 0.2)
         remains = scope.remains()
         self.layout.record_file.unlink(missing_ok=True)
@@ -578,10 +588,12 @@ class Cluster:
             if link in present.links:
                 _run([IP, "link", "delete", link], check=False)
 
-    def scope(self, record: Record) -> leaks.Scope:
-        """Everything that belongs to the cluster, for the leak check."""
+    def scope(self, record: Record, *, machine: bool = True) -> leaks.Scope:
+        """Everything that belongs to the cluster, for the leak check.  Without `machine`
+        (another checkout has it), the bridge, the node namespaces and the test user's
+        processes are that checkout's."""
         try:
-            test_uid = frozenset({pwd.getpwnam(TEST_USER).pw_uid})
+            test_uid = frozenset({pwd.getpwnam(TEST_USER).pw_uid}) if machine else frozenset()
         except KeyError:
             test_uid = frozenset()
         return leaks.Scope(
@@ -589,8 +601,8 @@ class Cluster:
             namespaces=frozenset(record.namespaces),
             uids=test_uid,
             pids=frozenset(d.pid for d in record.daemons.values()),
-            netns=frozenset(NODES),
-            links=frozenset({BRIDGE, *(f"{BRIDGE[:-2]}{n}" for n in NODES)}),
+            netns=frozenset(NODES) if machine else frozenset(),
+            links=frozenset({BRIDGE, *(f"{BRIDGE[:-2]}{n}" for n in NODES)}) if machine else frozenset(),
         )
 
     # env / status ------------------------------------------------------
