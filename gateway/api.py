@@ -76,7 +76,7 @@ def queued(result):
 @api.get("/")
 def index():
     """Shifter's answer for programs; a browser is sent to the status page."""
-    if request.accept_mimetypes.best == "text/html":
+    if request.accept_mimetypes.best_match(["text/plain", "text/html"]) == "text/html":
         return redirect(url_for("status.overview"))
     return Response("{lookup,pull,expire,list}\n", mimetype="text/plain")
 

@@ -131,10 +131,10 @@ def images_stamp(session: Session, system: str) -> str:
 def queue(session: Session, system: str) -> Queue:
     """Active jobs: public pulls in full, the rest only counted."""
     jobs = session.execute(
-        select(Job.kind, Job.public, Job.itype, Job.tag, Job.status, Job.status_message, Job.bytes_done,
+        select(Job.kind, Job.public, Job.tag, Job.status, Job.status_message, Job.bytes_done,
                Job.bytes_total, Job.attempts, Job.created, Job.phase_started)
         .where(Job.system == system, Job.status.in_(ACTIVE)).order_by(Job.pk)).all()
-    pulls = [Pull(tag=f"{j.itype}:{j.tag}", status=j.status, message=j.status_message, bytes_done=j.bytes_done,
+    pulls = [Pull(tag=j.tag, status=j.status, message=j.status_message, bytes_done=j.bytes_done,
                   bytes_total=j.bytes_total, attempts=j.attempts, created=j.created, phase_started=j.phase_started)
              for j in jobs if _shown(j)]
     return Queue(pulls=pulls, others=len(jobs) - len(pulls))
@@ -143,11 +143,11 @@ def queue(session: Session, system: str) -> Queue:
 def failures(session: Session, system: str, now: float) -> list[Failure]:
     """The latest failed public pulls of the last FAILURE_DAYS days, newest first."""
     jobs = session.execute(
-        select(Job.itype, Job.tag, Job.status_message, Job.finished, Job.attempts)
+        select(Job.tag, Job.status_message, Job.finished, Job.attempts)
         .where(Job.system == system, Job.kind == PULL, Job.status == FAILURE, Job.public.is_(True),
                Job.finished >= now - FAILURE_DAYS * DAY)
         .order_by(Job.finished.desc()).limit(MAX_FAILURES)).all()
-    return [Failure(tag=f"{j.itype}:{j.tag}", reason=j.status_message, finished=j.finished, attempts=j.attempts)
+    return [Failure(tag=j.tag, reason=j.status_message, finished=j.finished, attempts=j.attempts)
             for j in jobs]
 
 

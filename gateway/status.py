@@ -131,10 +131,10 @@ def chart(usage: public.Usage, *, width: int, height: int) -> Chart:
             bars.append(Bar(x=round(index * step + step * 0.1, 2), y=round(height - tall, 2),
                             width=round(step * 0.8, 2), height=round(tall, 2),
                             title=f"{_period(start, usage.period)}: {count} lookup{'s' * (count != 1)}"))
-    span = f"{len(usage.counts)} {'days' if usage.period >= public.DAY else 'hours'}"
+    unit = "day" if usage.period >= public.DAY else "hour"
     return Chart(width=width, height=height, bars=bars,
-                 summary=f"{usage.total} lookups in the last {span}, at most {max(usage.counts)} per"
-                         f" {'day' if usage.period >= public.DAY else 'hour'}")
+                 summary=f"{usage.total} lookups in the last {duration(len(usage.counts) * usage.period)},"
+                         f" at most {max(usage.counts)} per {unit}")
 
 
 def _period(start: float, period: int) -> str:
