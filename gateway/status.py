@@ -132,9 +132,10 @@ def chart(usage: public.Usage, *, width: int, height: int) -> Chart:
                             width=round(step * 0.8, 2), height=round(tall, 2),
                             title=f"{_period(start, usage.period)}: {count} lookup{'s' * (count != 1)}"))
     unit = "day" if usage.period >= public.DAY else "hour"
+    span = len(usage.counts) * usage.period
+    span_text = f"{span // public.DAY} days" if span % public.DAY == 0 else f"{span // public.HOUR} hours"
     return Chart(width=width, height=height, bars=bars,
-                 summary=f"{usage.total} lookups in the last {duration(len(usage.counts) * usage.period)},"
-                         f" at most {max(usage.counts)} per {unit}")
+                 summary=f"{usage.total} lookups in the last {span_text}, at most {max(usage.counts)} per {unit}")
 
 
 def _period(start: float, period: int) -> str:

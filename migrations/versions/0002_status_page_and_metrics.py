@@ -38,8 +38,9 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table("counters")
     op.drop_table("image_usage")
-    # plain ALTER TABLE (SQLite >= 3.35 has it): Alembic's batch mode would rebuild
-    # jobs and could lose the WHERE of its partial unique index
-    for table, column in (("jobs", "phase_started"), ("jobs", "started"), ("jobs", "public"),
-                          ("images", "layers")):
-        op.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
+    with op.batch_alter_table("jobs") as batch:       # SQLite: the table is rebuilt, indexes kept
+        batch.drop_column("phase_started")
+        batch.drop_column("started")
+        batch.drop_column("public")
+    with op.batch_alter_table("images") as batch:
+        batch.drop_column("layers")
