@@ -20,8 +20,8 @@ from selenium.common.exceptions import StaleElementReferenceException
 from ci.harness.oci import File, ImageConfig, Layout, busybox_config, busybox_entries, busybox_image
 from ci.harness.registry import Registry
 from tests.integration.browser import browser  # noqa: F401
-from tests.integration.gateway_fixtures import (SYSTEM, GatewayProcess, busybox, client,  # noqa: F401
-                                                credential_as, gateway_config, munged, postgres, registry)
+from tests.integration.gateway_fixtures import (SYSTEM, GatewayProcess, busybox, credential_as,  # noqa: F401
+                                                gateway_config, munged, postgres, registry)
 from tests.integration.throttle import ThrottledProxy
 
 pytestmark = pytest.mark.slow

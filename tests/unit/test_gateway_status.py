@@ -6,7 +6,7 @@ import pytest
 
 from gateway import public
 from gateway.app import create_app
-from gateway.models import CONVERSION, FAILURE, Job
+from gateway.models import CONVERSION
 from gateway.status import chart, duration, size
 from shifter_core.imagestore import ImageMeta
 from tests.unit.test_gateway_queue import caller, catalog, clock, config, db, pull, queue  # noqa: F401
@@ -40,7 +40,7 @@ def site(db, catalog, queue, clock):
         converting = queue.claim(s, "w1")
         queue.progress(s, converting, "w1", public=True, bytes_done=50, bytes_total=100)
         queue.progress(s, converting, "w1", status=CONVERSION)
-        s.get(Job, queue.claim(s, "w1").pk)                               # unknown/yet: public unknown
+        queue.claim(s, "w1")                              # unknown/yet: not resolved, so not known public
         broken = queue.claim(s, "w1")
         queue.progress(s, broken, "w1", public=True)
         queue.fail(s, broken, "w1", "layer 1 entry '../x' leaves the image root", retryable=False)
