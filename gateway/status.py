@@ -50,9 +50,9 @@ def overview():
 def queue(system):
     gw = services()
     _known(system)
-    queue, stamp = gw.in_session(lambda session: (public.queue(session, system),
+    pulls, stamp = gw.in_session(lambda session: (public.queue(session, system),
                                                   public.images_stamp(session, system)))
-    response = render_template("status/queue.html", system=system, queue=queue, stamp=stamp, now=time.time())
+    response = render_template("status/queue.html", system=system, queue=pulls, stamp=stamp, now=time.time())
     return response, {"Cache-Control": "no-store"}
 
 
