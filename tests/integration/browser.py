@@ -7,8 +7,9 @@
         browser.shot("overview")                       # PNG in the test's directory
         assert browser.console_errors() == []
 
-Chromium runs with its background services off and every host name except
-127.0.0.1 unresolvable, so a page can only reach the servers the test started.
+Chromium runs with its background services off and every host unresolvable
+(addresses too) but loopback and the mini-cluster's bridge, so a page can only
+reach the servers the tests started.
 Screenshots also go to $SHIFTER_SCREENSHOT_DIR when set (how docs/images/ is made).
 """
 from __future__ import annotations
@@ -21,6 +22,8 @@ from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
+from ci.harness.cluster import HOST_ADDRESS
+
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 WINDOW = (1280, 900)
@@ -28,7 +31,7 @@ ARGUMENTS = (
     "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=%d,%d" % WINDOW,
     "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-default-apps",
     "--no-first-run", "--no-default-browser-check", "--disable-features=Translate,MediaRouter,OptimizationHints",
-    "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
+    f"--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1 , EXCLUDE {HOST_ADDRESS}",
 )
 SCREENSHOT_ENV = "SHIFTER_SCREENSHOT_DIR"
 
