@@ -51,7 +51,7 @@ setup(
     # migrations/ installs next to gateway/, where gateway.db looks for it
     packages=find_packages(include=["shifter_core", "shifter_core.*", "gateway", "gateway.*"])
     + ["migrations", "migrations.versions"],
-    package_data={"gateway": ["*.ini"], "migrations": ["script.py.mako"]},
+    package_data={"gateway": ["*.ini", "templates/status/*.html", "static/*"], "migrations": ["script.py.mako"]},
     setup_requires=["cffi>=1.16"],
     ext_modules=[plugin],
     cffi_modules=["spank/build_shim.py:ffi", "spank/build_libc.py:ffi", "spank/build_munge.py:ffi"],
@@ -70,10 +70,12 @@ setup(
             "psycopg[binary]>=3.1",
             "gunicorn>=22",
             "zstandard>=0.22",
+            "prometheus_client>=0.20",
         ],
         "test": [
             "pytest>=8",
             "hypothesis>=6.100",
+            "selenium>=4.20",
         ],
     },
     entry_points={

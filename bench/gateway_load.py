@@ -7,7 +7,10 @@ clients, each lookup on its own connection with its own munge credential,
 closed once the answer is read, as distinct nodes would.  Credentials are made before the clock starts (each
 node makes its own, on its own CPU).  Reports lookups per second, latency
 p50/p99 and the wall time for all lookups; the issue's target is 4096
-lookups in at most 2 s on this 2-core machine.
+lookups in at most 2 s on this 2-core machine.  Also the CPU seconds the API
+processes (gunicorn and its workers) spent per round: on a shared machine it
+moves much less with other work than the wall time, so it is the figure to
+compare two versions of the gateway by.
 
     python -m bench.gateway_load [--lookups 4096] [--clients 256] [--api-processes 3] [--rounds 3]
                                  [--gunicorn "-k sync"] [--metrics] [--lookup-cache 0]
@@ -102,6 +105,25 @@ def _content_length(head: bytes) -> int:
     return 1 << 62     # no length: read until the server closes
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User and system CPU time of process `pid` and its children, living and reaped."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for process in [pid, *_children(pid)]:
+        try:
+            with open(f"/proc/{process}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        total += sum(int(value) for value in fields[11:15])     # utime stime cutime cstime
+    return total / ticks
+
+
+def _children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(child) for child in f.read().split()]
+
+
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
@@ -141,15 +163,18 @@ def main(argv: list[str] | None = None) -> int:
             rounds = []
             for _ in range(args.rounds + 1):                # the first round warms up
                 credentials = [munge.encode() for _ in range(args.lookups)]
-                rounds.append(_storm(gateway.url, path, credentials, args.clients))
+                cpu_before = _cpu_seconds(gateway.api.process.pid)
+                rounds.append((*_storm(gateway.url, path, credentials, args.clients),
+                               _cpu_seconds(gateway.api.process.pid) - cpu_before))
             rounds = rounds[1:]
 
-    for wall, _, statuses in rounds:
+    for wall, _, statuses, _ in rounds:
         if statuses != {200: args.lookups}:
             print(f"unexpected answers: {statuses}", file=sys.stderr)
             return 1
-    walls = [wall for wall, _, _ in rounds]
-    latencies = [lat for _, lats, _ in rounds for lat in lats]
+    walls = [wall for wall, _, _, _ in rounds]
+    latencies = [lat for _, lats, _, _ in rounds for lat in lats]
+    cpu = [seconds for _, _, _, seconds in rounds]
     result = {
         "bench": "gateway_load",
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -160,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         "wall_s": {"best": min(walls), "median": statistics.median(walls), "all": walls},
         "lookups_per_s": args.lookups / statistics.median(walls),
         "latency_ms": {"p50": 1000 * _percentile(latencies, 0.50), "p99": 1000 * _percentile(latencies, 0.99)},
+        "api_cpu_s": {"median": statistics.median(cpu), "all": cpu},
         "target": "4096 lookups in <= 2 s",
     }
     out = results.save("gateway_load", result)
@@ -168,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
           f" load before {load_before:.1f}): "
           f"median {result['wall_s']['median']:.2f} s (best {result['wall_s']['best']:.2f} s), "
           f"{result['lookups_per_s']:.0f} lookups/s, p50 {result['latency_ms']['p50']:.1f} ms, "
-          f"p99 {result['latency_ms']['p99']:.1f} ms  -> {out}")
+          f"p99 {result['latency_ms']['p99']:.1f} ms, API CPU {result['api_cpu_s']['median']:.2f} s per round"
+          f"  -> {out}")
     return 0
 
 

@@ -218,7 +218,7 @@ class Catalog:
         now = self.clock()
         image = self._image_row(session, job, meta)
         for field in ("format", "env", "entrypoint", "cmd", "workdir", "user", "labels", "arch", "os",
-                      "size", "private", "user_acl", "group_acl"):
+                      "size", "layers", "private", "user_acl", "group_acl"):
             setattr(image, field, getattr(meta, field))
         image.status = READY
         image.last_pull = now

@@ -7,12 +7,14 @@ connection fails; SQLAlchemy then discards the whole pool, and
 `retry_if_reconnected` runs the work once more on a fresh connection.  When
 the database is down, work fails with DatabaseUnavailable (HTTP 503).  The
 schema belongs to Alembic: `upgrade()` brings any database, empty or old, to
-the current revision; nothing calls `create_all`.
+the current revision; nothing calls `create_all`.  `on_unavailable` is
+called for each such failure (the database-errors metric).
 """
 from __future__ import annotations
 
 import contextlib
 import os
+from typing import Callable
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
@@ -76,11 +78,12 @@ class Database:
         self.uri = uri
         self.engine = make_engine(uri)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self.on_unavailable: Callable[[], None] | None = None
 
     @contextlib.contextmanager
     def session(self):
         """An ORM transaction, committed at the end, rolled back on error."""
-        with _unavailable_on_failure():
+        with _unavailable_on_failure(self.on_unavailable):
             session: Session = self._sessions()
             try:
                 yield session
@@ -94,7 +97,7 @@ class Database:
     @contextlib.contextmanager
     def connection(self):
         """An autocommit connection: each statement is its own transaction (the fast lookup path)."""
-        with _unavailable_on_failure(), \
+        with _unavailable_on_failure(self.on_unavailable), \
                 self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
             yield connection
 
@@ -130,12 +133,14 @@ def alembic_config(uri: str) -> AlembicConfig:
 
 
 @contextlib.contextmanager
-def _unavailable_on_failure():
+def _unavailable_on_failure(notify: Callable[[], None] | None):
     """Lost or refused database connections become DatabaseUnavailable (HTTP 503)."""
     try:
         yield
     except DBAPIError as e:
         if isinstance(e, (OperationalError, InterfaceError)) or e.connection_invalidated:
+            if notify is not None:
+                notify()
             raise DatabaseUnavailable(
                 f"the gateway database is unavailable ({_first_line(e.orig)}); retry in a moment",
                 stale_connection=e.connection_invalidated) from e

@@ -184,6 +184,19 @@ class LayerCache:
                 pass
 
 
+def stored_bytes(directory: str) -> int | None:
+    """Bytes of the entries of the cache in `directory`; None if this host has none."""
+    total = 0
+    try:
+        with os.scandir(os.path.join(directory, "entries")) as entries:
+            for entry in entries:
+                with contextlib.suppress(FileNotFoundError):       # evicted meanwhile
+                    total += entry.stat(follow_symlinks=False).st_size
+    except FileNotFoundError:
+        return None
+    return total
+
+
 class _SealingWriter:
     """File wrapper that hashes what is written and appends the trailer."""
 

@@ -8,7 +8,10 @@
   status, the worker holding them, its heartbeat, attempts and backoff.  A
   partial unique index allows one active job per (system, type, tag): that is
   what makes eight concurrent pull requests one conversion.
-* `lookups`: lookup metrics (Shifter's `metrics` collection).
+* `lookups`: lookup metrics (Shifter's `metrics` collection), per user.
+* `image_usage`: lookups per image and hour, without users (the status page).
+* `counters`: Prometheus counters and histogram buckets, added to by every
+  gateway process (gateway/metrics.py), read at scrape time.
 
 Times are float epoch seconds, as Shifter's API reports them.
 """
@@ -54,6 +57,7 @@ class Image(Base):
     arch: Mapped[str | None] = mapped_column(String(32), nullable=True)
     os: Mapped[str | None] = mapped_column(String(32), nullable=True)
     size: Mapped[int] = mapped_column(BigInteger, default=0)
+    layers: Mapped[list] = mapped_column(JSON, default=list)
     private: Mapped[bool] = mapped_column(Boolean, default=False)
     user_acl: Mapped[list] = mapped_column(JSON, default=list)
     group_acl: Mapped[list] = mapped_column(JSON, default=list)
@@ -100,12 +104,16 @@ class Job(Base):
     # Registry login for a private image; erased when the job ends.
     credentials: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     import_path: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # True once the registry served the manifest without a login (the status page shows the pull)
+    public: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
     image_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     not_before: Mapped[float] = mapped_column(Float, default=0.0)
     worker: Mapped[str | None] = mapped_column(String(128), nullable=True)
     heartbeat: Mapped[float | None] = mapped_column(Float, nullable=True)
     created: Mapped[float] = mapped_column(Float)
+    started: Mapped[float | None] = mapped_column(Float, nullable=True)          # this attempt's claim
+    phase_started: Mapped[float | None] = mapped_column(Float, nullable=True)    # when status last changed
     finished: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
@@ -120,3 +128,21 @@ class Lookup(Base):
     tag: Mapped[str] = mapped_column(String(512))
     image_id: Mapped[str] = mapped_column(String(64))
     time: Mapped[float] = mapped_column(Float)
+
+
+class ImageUsage(Base):
+    __tablename__ = "image_usage"
+
+    system: Mapped[str] = mapped_column(String(64), primary_key=True)
+    hour: Mapped[int] = mapped_column(Integer, primary_key=True)         # epoch seconds // 3600
+    image_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    lookups: Mapped[int] = mapped_column(BigInteger)
+    last: Mapped[float] = mapped_column(Float)
+
+
+class Counter(Base):
+    __tablename__ = "counters"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    labels: Mapped[str] = mapped_column(String(1024), primary_key=True)  # JSON object, keys sorted
+    value: Mapped[float] = mapped_column(Float)

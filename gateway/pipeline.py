@@ -320,6 +320,8 @@ def _image_meta(image: Image) -> ImageMeta:
         labels=dict(runtime.get("Labels") or {}),
         arch=image.config.get("architecture", "amd64"),
         os=image.config.get("os", "linux"),
+        layers=[{key: layer[key] for key in ("digest", "size", "mediaType") if key in layer}
+                for layer in image.layers],
     )
 
 

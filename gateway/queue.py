@@ -12,6 +12,8 @@ workers on any hosts share it.
   refused because the job names another holder.
 * A failed attempt is retried after an exponential backoff unless the error
   cannot go away by itself (unknown image, refused login, hostile content).
+* How attempts end, how long pulls and conversions took, is counted
+  (gateway/metrics.py) in the transaction that records it.
 """
 from __future__ import annotations
 
@@ -21,8 +23,8 @@ from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from . import models
-from .models import ACTIVE, FAILURE, PENDING, READY, RUNNING, Job
+from . import metrics, models
+from .models import ACTIVE, EXPIRE, FAILURE, PENDING, READY, RUNNING, Job
 
 
 class LostJob(Exception):
@@ -94,7 +96,7 @@ class JobQueue:
         due = due.order_by(Job.not_before, Job.pk).limit(1).with_for_update(skip_locked=True)
         pk = session.execute(
             update(Job).where(Job.pk == due.scalar_subquery(), Job.status == PENDING)
-            .values(status=models.PULLING, worker=worker, heartbeat=now,
+            .values(status=models.PULLING, worker=worker, heartbeat=now, started=now, phase_started=now,
                     attempts=Job.attempts + 1, status_message="")
             .returning(Job.pk)
         ).scalar()
@@ -102,15 +104,28 @@ class JobQueue:
 
     def progress(self, session: Session, job: Job, worker: str, **values) -> None:
         """Record status/bytes and the heartbeat; LostJob if no longer ours."""
+        now = self.clock()
+        counts = {}
+        if "status" in values:
+            before = session.execute(select(Job.status, Job.phase_started).where(Job.pk == job.pk)).first()
+            if before is not None and before.status != values["status"]:
+                values["phase_started"] = now
+                if before.status == models.CONVERSION and before.phase_started is not None:
+                    counts = metrics.CONVERSION_SECONDS.increments(now - before.phase_started, system=job.system)
         result = session.execute(
             update(Job).where(Job.pk == job.pk, Job.worker == worker, Job.status.in_(RUNNING))
-            .values(heartbeat=self.clock(), **values)
+            .values(heartbeat=now, **values)
         )
         if result.rowcount != 1:
             raise LostJob(f"job {job.pk} is no longer held by {worker}")
+        metrics.add(session, counts)
 
     def succeed(self, session: Session, job: Job, worker: str, image_id: str | None, message: str = "") -> None:
-        self._finish(session, job, worker, status=READY, image_id=image_id, status_message=message)
+        started = self._finish(session, job, worker, status=READY, image_id=image_id, status_message=message)
+        counts = _ended(job, "ready")
+        if job.kind != EXPIRE and started is not None:
+            counts.update(metrics.PULL_SECONDS.increments(self.clock() - started, system=job.system, kind=job.kind))
+        metrics.add(session, counts)
 
     def fail(self, session: Session, job: Job, worker: str, reason: str, retryable: bool) -> bool:
         """Fail this attempt; True if the job was put back for another one."""
@@ -124,26 +139,33 @@ class JobQueue:
             )
             if result.rowcount != 1:
                 raise LostJob(f"job {job.pk} is no longer held by {worker}")
+            metrics.add(session, _ended(job, "retry"))
             return True
         self._finish(session, job, worker, status=FAILURE, status_message=reason)
+        metrics.add(session, _ended(job, "failure"))
         return False
 
-    def _finish(self, session: Session, job: Job, worker: str, **values) -> None:
-        result = session.execute(
+    def _finish(self, session: Session, job: Job, worker: str, **values) -> float | None:
+        """End the job; return when this attempt started."""
+        started = session.execute(
             update(Job).where(Job.pk == job.pk, Job.worker == worker, Job.status.in_(RUNNING))
             .values(finished=self.clock(), heartbeat=None, credentials=None, **values)
-        )
-        if result.rowcount != 1:
+            .returning(Job.started)
+        ).first()
+        if started is None:
             raise LostJob(f"job {job.pk} is no longer held by {worker}")
+        return started[0]
 
     def recover(self, session: Session) -> list[int]:
         """Put back the jobs of workers whose heartbeat stopped; return their ids."""
         now = self.clock()
         stale = or_(Job.heartbeat.is_(None), Job.heartbeat < now - self.heartbeat_timeout)
         dead = session.execute(
-            select(Job.pk, Job.attempts).where(Job.status.in_(RUNNING), stale).with_for_update(skip_locked=True)
+            select(Job.pk, Job.attempts, Job.system, Job.kind).where(Job.status.in_(RUNNING), stale)
+            .with_for_update(skip_locked=True)
         ).all()
-        for pk, attempts in dead:
+        lost = {}
+        for pk, attempts, system, kind in dead:
             if attempts >= self.max_attempts:
                 values = dict(status=FAILURE, finished=now, credentials=None,
                               status_message=f"the worker stopped responding {attempts} times; giving up")
@@ -152,7 +174,10 @@ class JobQueue:
                               status_message="the worker stopped responding; the job was queued again")
             session.execute(update(Job).where(Job.pk == pk, Job.status.in_(RUNNING), stale)
                             .values(worker=None, heartbeat=None, **values))
-        return [pk for pk, _ in dead]
+            for key, value in metrics.JOBS.increments(system=system, kind=kind, outcome="lost").items():
+                lost[key] = lost.get(key, 0) + value
+        metrics.add(session, lost)
+        return [row.pk for row in dead]
 
     def queued(self, session: Session, system: str) -> list[Job]:
         return list(session.scalars(
@@ -164,3 +189,7 @@ class JobQueue:
         result = session.execute(delete(Job).where(
             Job.status.not_in(ACTIVE), and_(Job.finished.is_not(None), Job.finished < cutoff)))
         return result.rowcount
+
+
+def _ended(job: Job, outcome: str) -> dict:
+    return metrics.JOBS.increments(system=job.system, kind=job.kind, outcome=outcome)

@@ -28,6 +28,7 @@ from shifter_core.errors import ShifterError
 
 from .config import DEFAULT_PATH, GatewayConfig, load
 from .db import Database
+from .metrics import Counters
 from .worker import Worker
 
 API_THREADS = 16
@@ -98,6 +99,7 @@ def _migrate(config: GatewayConfig, downgrade_to: str | None = None) -> None:
 def _start_workers(config: GatewayConfig, count: int, stop: threading.Event, wake: threading.Event | None,
                    systems: list[str] | None) -> list[threading.Thread]:
     db = Database(config.database_uri)
+    db.on_unavailable = Counters(db, process="worker").database_error
     threads = []
     for n in range(count):
         w = Worker(config, db, systems=systems)

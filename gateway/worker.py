@@ -207,6 +207,8 @@ class _Heartbeat:
         message = info.get("message")
         if message:
             values["status_message"] = str(message)[:1000]
+        if "login_required" in info:      # the status page shows only pulls the registry serves to anyone
+            values["public"] = not info["login_required"]
         with self._lock:
             changed = values.get("status") not in (None, self._pending.get("status"))
             self._pending.update(values)

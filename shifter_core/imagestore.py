@@ -47,6 +47,7 @@ class ImageMeta:
     arch: str = "amd64"
     os: str = "linux"
     size: int = 0                    # bytes of the squashfs file
+    layers: list[dict] = dataclasses.field(default_factory=list)   # {digest, size, mediaType} as pulled
     private: bool = False
     user_acl: list[int] = dataclasses.field(default_factory=list)
     group_acl: list[int] = dataclasses.field(default_factory=list)
