@@ -248,6 +248,7 @@ _KEYS: dict[str, _Key] = {
     "populateEtcDynamically": _Key("populate_etc_dynamically", _boolean),
     "usersToImport": _Key("users_to_import", _words),
     "mountUdiRootWritable": _Key("mount_udi_root_writable", _boolean),
+    "allowLocalChroot": _Key("allow_local_chroot", _boolean),
     "maxGroupCount": _Key("max_group_count", _group_count),
     "rootfsType": _Key("rootfs_type", _choice("tmpfs", "ramfs")),
     "mkfsXfsPath": _Key("mkfs_xfs_path", _absolute_path),
@@ -287,7 +288,6 @@ _OBSOLETE = {
     "optionalSshdAsRoot": "the container sshd always runs as the user",
     "nodeContextPrefix": "it has no effect",
     "batchType": "Slurm is the only batch system",
-    "allowLocalChroot": "shifter-py has no local: images",
 }
 
 _MODULE_KEYS: dict[str, _Key] = {
@@ -351,6 +351,7 @@ class UdiRootConfig:
     populate_etc_dynamically: bool = False
     users_to_import: tuple[str, ...] = ()
     mount_udi_root_writable: bool = False
+    allow_local_chroot: bool = False
     max_group_count: int | None = 0
     rootfs_type: str = "tmpfs"
     mkfs_xfs_path: str | None = None

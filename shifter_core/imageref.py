@@ -1,7 +1,8 @@
 """Image descriptors: what a user writes after --image or `shifterimg pull`.
 
 Shifter's form is `[type:]tag`, the type one of `docker`, `custom` or `id`
-(default `docker`).  A docker tag is a Docker reference,
+(default `docker`), or `local:/path`, a directory tree of the node used as the
+image where the site allows it (allowLocalChroot).  A docker tag is a Docker reference,
 `[registry[:port]/]repository[:tag][@sha256:<hex>]`.  Unlike Shifter, which
 silently deletes characters it dislikes, a descriptor that does not parse is
 refused with a message that says why: a typo must never select another image.
@@ -19,7 +20,8 @@ import re
 
 from .errors import ImageRefError
 
-TYPES = ("docker", "custom", "id")
+TYPES = ("docker", "custom", "id")          # what the gateway serves
+LOCAL = "local"
 DEFAULT_TAG = "latest"
 
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
@@ -32,6 +34,7 @@ _DOMAIN_RE = re.compile(
 _TAG_RE = re.compile(r"^[\w][\w.-]{0,127}$", re.ASCII)
 _HEX_RE = re.compile(r"^[0-9a-f]{64}$")
 _CUSTOM_RE = re.compile(r"^[A-Za-z0-9_.+-]+(?::[\w][\w.-]{0,127})?$", re.ASCII)
+_LOCAL_RE = re.compile(r"^/[A-Za-z0-9_.+/-]*$", re.ASCII)
 _MAX_NAME = 255
 
 
@@ -40,7 +43,8 @@ class ImageRef:
     """A parsed descriptor.
 
     `registry` is None when the reference names no registry: the gateway then
-    uses its default location.  For `id:` references only `digest` is set.
+    uses its default location.  For `id:` references only `digest` is set; a
+    `local:` reference keeps its path in `repository` (and local_digest).
     """
 
     type: str
@@ -57,6 +61,8 @@ class ImageRef:
     @property
     def gateway_tag(self) -> str:
         """The descriptor without its type, as Shifter's REST paths carry it."""
+        if self.type == LOCAL:
+            return self.repository
         if self.type == "id":
             return self.digest.split(":", 1)[1]
         if self.type == "custom":
@@ -85,7 +91,7 @@ def parse(text: str, default_type: str = "docker") -> ImageRef:
     if any(c.isspace() for c in text):
         raise ImageRefError(f"invalid image {text!r}: whitespace is not allowed")
     kind, sep, rest = text.partition(":")
-    if sep and kind.lower() in TYPES:
+    if sep and kind.lower() in (*TYPES, LOCAL):
         kind = kind.lower()
     else:
         kind, rest = default_type, text
@@ -95,6 +101,8 @@ def parse(text: str, default_type: str = "docker") -> ImageRef:
         raise ImageRefError(f"invalid image {text!r}: nothing after {kind}:")
     if kind == "id":
         return _parse_id(text, rest)
+    if kind == LOCAL:
+        return _parse_local(text, rest)
     if kind == "custom":
         return _parse_custom(text, rest)
     return _parse_docker(text, rest)
@@ -105,6 +113,23 @@ def _parse_id(text: str, rest: str) -> ImageRef:
     if not _HEX_RE.match(hexid):
         raise ImageRefError(f"invalid image {text!r}: an id is 64 lower-case hex digits")
     return ImageRef(type="id", digest=f"sha256:{hexid}")
+
+
+def _parse_local(text: str, rest: str) -> ImageRef:
+    """`local:/path`: an absolute path of letters, digits and _ . + - /, without `..`."""
+    if not _LOCAL_RE.match(rest) or ".." in rest.split("/"):
+        raise ImageRefError(f"invalid image {text!r}: a local image is an absolute path of letters,"
+                            " digits and _ . + - / without '..'")
+    path = "/" + "/".join(p for p in rest.split("/") if p not in ("", "."))
+    return ImageRef(type=LOCAL, repository=path, digest=local_digest(path))
+
+
+def local_digest(path: str) -> str:
+    """What names a local image's container (its record, marker and provenance): the
+    path, hashed; unlike a pulled image's digest it pins the path, not the content."""
+    import hashlib
+
+    return "sha256:" + hashlib.sha256(f"local:{path}".encode()).hexdigest()
 
 
 def _parse_custom(text: str, rest: str) -> ImageRef:

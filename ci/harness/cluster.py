@@ -725,6 +725,7 @@ def udiroot_conf(layout: Layout, record: Record) -> str:
         f"module_slurm_siteEnv=SLURM_CONF={prefix}/etc/slurm.conf",
         "defaultModules=slurm",
         "holdJobsForPull=1",
+        "allowLocalChroot=1",
         f"provenanceDir={layout.provenance}",
         *sitemodules.config_lines(layout.site_software),
         f"perNodeCachePath={layout.node_cache}",

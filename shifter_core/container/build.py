@@ -31,8 +31,9 @@ import os
 import stat
 import time
 
-from .. import config, etcfiles, pathsafety, syscalls, volumes
-from ..errors import ContainerError, ImageContentError, ImageNotFound, ModuleError, ShifterError, VolumeError
+from .. import config, etcfiles, imageref, pathsafety, syscalls, volumes
+from ..errors import (AccessDenied, ContainerError, ImageContentError, ImageNotFound, ModuleError,
+                      ShifterError, VolumeError)
 from . import marker
 from .roottree import RootTree
 
@@ -98,18 +99,8 @@ def _mount_stage(cfg) -> int:
 
 
 def _mount_root(cfg, spec, stage: int) -> RootTree:
-    """Loop-mount the image, lay the overlay over it at udiMount, keep a writable view in rw/."""
-    image = _open_image(spec)
-    try:
-        squashfs = syscalls.loop_mount(image, spec.image.format, IMAGE_ATTRS, shown=spec.image_file)
-    except syscalls.LoopDeviceError as error:
-        raise ContainerError(f"cannot mount the image: {error.strerror}") from None
-    except OSError as error:
-        raise ImageContentError(f"the image file {spec.image_file} does not mount ({error.strerror}): it was"
-                                " damaged or replaced after the pull; pull the image again") from None
-    finally:
-        os.close(image)
-    _attach_at(squashfs, stage, "image")
+    """Mount the image, lay the overlay over it at udiMount, keep a writable view in rw/."""
+    _attach_at(_bind_local(spec) if spec.image.format == imageref.LOCAL else _loop_mount(spec), stage, "image")
     lower, upper, work = (f"{cfg.loop_mount}/{name}" for name in ("image", "upper", "work"))
     overlay = syscalls.new_mount("overlay", {"lowerdir": lower, "upperdir": upper, "workdir": work},
                                  ROOT_ATTRS, shown=cfg.udi_mount)
@@ -124,6 +115,40 @@ def _mount_root(cfg, spec, stage: int) -> RootTree:
         os.close(overlay)
         raise
     return RootTree(overlay, cfg.udi_mount)
+
+
+def _loop_mount(spec) -> int:
+    """The image's squashfs, mounted ro,nosuid,nodev (detached)."""
+    image = _open_image(spec)
+    try:
+        return syscalls.loop_mount(image, spec.image.format, IMAGE_ATTRS, shown=spec.image_file)
+    except syscalls.LoopDeviceError as error:
+        raise ContainerError(f"cannot mount the image: {error.strerror}") from None
+    except OSError as error:
+        raise ImageContentError(f"the image file {spec.image_file} does not mount ({error.strerror}): it was"
+                                " damaged or replaced after the pull; pull the image again") from None
+    finally:
+        os.close(image)
+
+
+def _bind_local(spec) -> int:
+    """A local: image, the node's directory tree: opened as the user (who must be able to
+    read it), bound ro,nosuid,nodev (detached) with none of the mounts below it."""
+    with as_user(spec.user):
+        try:
+            tree = os.open(spec.image_file, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as error:
+            raise ImageNotFound(f"the local image {spec.image_file} is not a directory {spec.user.name} can"
+                                f" reach on this node: {error.strerror}") from None
+        readable = os.access(f"/proc/self/fd/{tree}", os.R_OK | os.X_OK, effective_ids=True)
+    try:
+        if not readable:
+            raise AccessDenied(f"{spec.user.name} cannot read the local image {spec.image_file}")
+        mount = syscalls.clone_tree(tree)
+        syscalls.set_attributes(mount, add=IMAGE_ATTRS, propagation=syscalls.MS_PRIVATE)
+        return mount
+    finally:
+        os.close(tree)
 
 
 def _open_image(spec) -> int:

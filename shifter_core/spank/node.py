@@ -14,7 +14,7 @@ import os
 
 from .. import container, etcfiles, hostlist, imageref, provenance, pullhold, slurmctl, volumes
 from ..errors import AccessDenied, JobFault, ShifterError, one_line
-from ..imagestore import ImageStore
+from ..imagestore import ImageMeta, ImageStore
 from . import settings
 from .bridge import log_error, log_info
 
@@ -42,11 +42,8 @@ def job_prolog(spank, opts) -> None:
 
 
 def _set_up(spank, opts, cfg, node: str) -> None:
-    image_id, pinned = _pinned_id(opts, cfg)
-    store = ImageStore(cfg.image_path)
-    meta = store.read(image_id)
     user = etcfiles.User.lookup(spank.uid)
-    _check_acl(meta, user)
+    meta, image_file, pinned = _image(opts, cfg, user)
     extensions = ()
     if opts.ccm:
         from .. import ccm   # its imports cost tens of ms: only for CCM jobs
@@ -54,8 +51,7 @@ def _set_up(spank, opts, cfg, node: str) -> None:
         ccm.require_enabled(settings.parse_args(spank.args))
         extensions = (ccm.Sshd(ccm.open_secret(os.environ.get(f"SPANK_{ccm.SECRET_VARIABLE}", ""), user.uid)),)
     spec = container.ContainerSpec(
-        job_id=spank.job_id, node=node, image=meta,
-        image_file=store.image_path(meta.id, meta.format), user=user,
+        job_id=spank.job_id, node=node, image=meta, image_file=image_file, user=user,
         volumes=volumes.parse(opts.volume or "", "user", cfg.cache_policy()),
         modules=cfg.select_modules(opts.module), hosts=tuple(_hosts()),
         request=os.environ.get("SPANK_SHIFTER_IMAGEREQUEST", opts.image), extensions=extensions)
@@ -107,6 +103,20 @@ def job_epilog(spank, opts) -> None:
         from .. import ccm
 
         ccm.forget(cfg, spank.job_id, node_name())
+
+
+def _image(opts, cfg, user: etcfiles.User) -> tuple[ImageMeta, str, str]:
+    """The job's image: its metadata, its file (or tree), and when it was pinned."""
+    ref = imageref.parse(opts.image, cfg.default_image_type)
+    if ref.type == imageref.LOCAL:
+        if not cfg.allow_local_chroot:
+            raise JobFault(f"{ref}: local images are not enabled on this cluster (allowLocalChroot)")
+        return ImageMeta(digest=ref.digest, format=imageref.LOCAL), ref.repository, "submit"
+    image_id, pinned = _pinned_id(opts, cfg)
+    store = ImageStore(cfg.image_path)
+    meta = store.read(image_id)
+    _check_acl(meta, user)
+    return meta, store.image_path(meta.id, meta.format), pinned
 
 
 def _pinned_id(opts, cfg) -> tuple[str, str]:

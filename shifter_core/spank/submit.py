@@ -23,7 +23,7 @@ import os
 import time
 
 from .. import imageref, provenance, pullhold, volumes
-from ..errors import ImageNotFound, ShifterError
+from ..errors import ImageNotFound, ImageRefError, ShifterError
 from . import settings
 from .bridge import log_info
 
@@ -94,6 +94,17 @@ def _pinned(ref: imageref.ImageRef, image_id: str) -> dict[str, str]:
             "SHIFTER_IMAGE_DIGEST": f"sha256:{image_id}"}
 
 
+def _pinned_local(cfg, ref: imageref.ImageRef) -> dict[str, str]:
+    """A directory tree of the nodes as the image: where the site allows it, and a
+    tree the user can read (checked here, as the user, and again on every node)."""
+    if not cfg.allow_local_chroot:
+        raise ImageRefError(f"{ref}: local images are not enabled on {cfg.system} (udiRoot.conf"
+                            " allowLocalChroot); pull an image instead")
+    if not os.path.isdir(ref.repository) or not os.access(ref.repository, os.R_OK | os.X_OK):
+        raise ImageNotFound(f"{ref}: {ref.repository} is not a directory you can read here")
+    return {**_pinned(ref, ref.image_id), "SHIFTER_IMAGETYPE": imageref.LOCAL}
+
+
 def _pending(request: str) -> dict[str, str]:
     """No pin yet: the releaser pins the job once its image is pulled."""
     return {"SHIFTER_IMAGEREQUEST": request, "SHIFTER_IMAGE": "", "SHIFTER_IMAGETYPE": "id",
@@ -106,6 +117,8 @@ def _resolve(cfg, ref: imageref.ImageRef, *, new_job: bool) -> dict[str, str]:
     An `id:` image is looked up too: the gateway says now, rather than every
     node later, when it does not exist or the user may not use it.
     """
+    if ref.type == imageref.LOCAL:
+        return _pinned_local(cfg, ref)
     from ..gwclient import GatewayClient
 
     client = GatewayClient(cfg.image_gateway, cfg.system, cfg.gateway_timeout,

@@ -598,3 +598,8 @@ def test_continuation_lines_do_not_change_the_value(words, breaks):
         pieces.append(("\\\n   " if newline else " ") + word)
     continued = parse(f"siteEnv={''.join(pieces)}\n").site_env
     assert continued == one_line == dict(w.split("=", 1) for w in words)
+
+
+def test_local_images_are_off_unless_the_site_allows_them():
+    assert not config.parse(MINIMAL).allow_local_chroot
+    assert config.parse(MINIMAL + "allowLocalChroot=1\n").allow_local_chroot

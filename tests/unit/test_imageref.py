@@ -24,7 +24,7 @@ def test_untyped_descriptor_takes_the_default_type():
     assert parse("myimage:1", default_type="custom") == ImageRef("custom", "myimage", "1")
 
 
-@pytest.mark.parametrize("text", ["this is *incorrect*", "/this/is/not/allowed", "local:/"])
+@pytest.mark.parametrize("text", ["this is *incorrect*", "/this/is/not/allowed", "local:"])
 def test_what_shifter_filtered_is_refused(text):
     # Shifter deleted the characters it disliked ("thisisincorrect"); a typo
     # must not silently select another image, so we refuse.
@@ -165,3 +165,13 @@ def test_anything_accepted_is_canonical_and_safe_in_a_url(text):
     assert URL_SAFE.match(ref.gateway_tag), ref.gateway_tag
     assert all(segment not in (".", "..") for segment in ref.gateway_tag.split("/"))
     assert ref.gateway_tag.isascii()
+
+
+def test_local_trees_are_absolute_clean_paths_named_by_a_digest_of_the_path():
+    ref = parse("local:/home/me/./tree/")
+    assert (ref.type, ref.repository, str(ref)) == ("local", "/home/me/tree", "local:/home/me/tree")
+    assert ref.digest == parse("local:/home/me/tree").digest != parse("local:/home/me/other").digest
+    assert parse("local:/").repository == "/"
+    for bad in ("local:relative", "local:/a/../b", "local:/a*b", "local:"):
+        with pytest.raises(ImageRefError):
+            parse(bad)
