@@ -85,13 +85,25 @@ def _text(value: str | None):
 
 # ---- paths ------------------------------------------------------------------
 
+OPENAT2_RETRIES = 128
+
+
 def openat2(dir_fd: int, path: str, flags: int, resolve: int, mode: int = 0) -> int:
-    """openat2(2): open `path` below `dir_fd` under the `resolve` rules; close-on-exec."""
+    """openat2(2): open `path` below `dir_fd` under the `resolve` rules; close-on-exec.
+
+    With RESOLVE_IN_ROOT the kernel answers EAGAIN when a rename anywhere on
+    the node raced a `..` of the walk; the walk is then simply done again (a
+    user renaming in a loop must not be able to fail other jobs' lookups).
+    """
     how = _ffi.new("struct open_how *", {"flags": flags | os.O_CLOEXEC, "mode": mode, "resolve": resolve})
-    fd = _syscall(_SYS_OPENAT2, dir_fd, _text(path), how, _ffi.sizeof("struct open_how"))
-    if fd < 0:
-        _fail(f"open {path}", path)
-    return fd
+    encoded = _text(path)
+    for _ in range(OPENAT2_RETRIES):
+        fd = _syscall(_SYS_OPENAT2, dir_fd, encoded, how, _ffi.sizeof("struct open_how"))
+        if fd >= 0:
+            return fd
+        if _ffi.errno != errno.EAGAIN:
+            break
+    _fail(f"open {path}", path)
 
 
 # ---- the mount API ------------------------------------------------------------

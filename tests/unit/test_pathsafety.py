@@ -222,3 +222,28 @@ def test_agrees_with_shifters_realpath_and_stays_inside(entries, queries):
             else:
                 with pytest.raises(VolumeError):
                     resolve(root, path)
+
+
+def test_renames_elsewhere_on_the_node_never_fail_a_lookup(root, tmp_path):
+    """The kernel answers EAGAIN to a walk with `..` that raced any rename on the system;
+    a user renaming in a loop must not make other jobs' lookups fail."""
+    import threading
+
+    churn = tmp_path / "churn"
+    churn.mkdir()
+    (churn / "a").touch()
+    stop = threading.Event()
+
+    def rename_forever():
+        while not stop.is_set():
+            os.rename(churn / "a", churn / "b")
+            os.rename(churn / "b", churn / "a")
+
+    renamer = threading.Thread(target=rename_forever)
+    renamer.start()
+    try:
+        for _ in range(3000):
+            assert resolve(root, "/test/path/../../etc/passwd") == f"{root}/etc/passwd"
+    finally:
+        stop.set()
+        renamer.join()
