@@ -129,11 +129,14 @@ def _holder_main(cfg, spec, path: str, reply_fd: int) -> None:
         _record(cfg, spec, timings).save(path)
         os.write(reply_fd, b'{"ok": true}')
     except BaseException as error:          # noqa: BLE001 - report everything, then die
-        message = str(error) if isinstance(error, (ShifterError, OSError)) else repr(error)
+        expected = isinstance(error, (ShifterError, OSError))
+        message = str(error) if expected else f"internal error of shifter (please report it): {error!r}"
+        # a bug an image or a job triggers must not take nodes out of service
+        job_fault = isinstance(error, JobFault) or not expected
         try:
             if namespace is not None:     # what the build started there (a CCM sshd) dies too
                 _kill_namespace(namespace, spare=os.getpid())
-            os.write(reply_fd, json.dumps({"error": message, "job_fault": isinstance(error, JobFault)}).encode())
+            os.write(reply_fd, json.dumps({"error": message, "job_fault": job_fault}).encode())
         finally:
             os._exit(1)
     os.close(reply_fd)

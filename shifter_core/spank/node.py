@@ -39,6 +39,11 @@ def job_prolog(spank, opts) -> None:
     except ShifterError as error:
         _drain(node, f"shifter: {one_line(str(error))}")
         raise
+    except Exception as error:      # noqa: BLE001 - a bug a job triggers fails that job only
+        import traceback
+        for line in traceback.format_exc().splitlines():
+            log_error(f"shifter: {line}")
+        _fail_job(cfg, spank.job_id, node, f"internal error of shifter (please report it): {error!r}")
 
 
 def _set_up(spank, opts, cfg, node: str) -> None:
