@@ -1,17 +1,25 @@
 """Build and install shifter-py.
 
 `pip install .` compiles the SPANK plugin in two parts: shifter_core/
-shifter_spank.so (spank/plugin.c: the file plugstack.conf names, no Python in
-it) and shifter_core/_spank*.so (spank/build_shim.py, cffi embedding mode:
-the Python half it loads only for jobs that use shifter).  Both are built for
-the interpreter that runs pip, so install into a venv made with the
-distribution's python3 (whose libpython the nodes' loader finds).
+shifter_spank.so (spank/plugin.c, fastpath.c, seam.c: the file plugstack.conf
+names, no Python in it) and shifter_core/_spank*.so (spank/build_embed.py,
+cffi embedding mode: the Python it loads only for jobs that need it).  Both
+are built for the interpreter that runs pip, so install into a venv made with
+the distribution's python3 (whose libpython the nodes' loader finds).
+
+The names and formats the C and Python sides share are written once, in
+shifter_core/seam.py; the header the C side includes is generated from it
+here, into build/seam/.
 """
 import os
+import sys
 import sysconfig
 
 from setuptools import Extension, find_packages, setup
 from setuptools.command.build_ext import build_ext
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from shifter_core import seam  # noqa: E402
 
 PLUGIN = "shifter_core.shifter_spank"
 
@@ -32,8 +40,8 @@ def _c_string(value: str) -> str:
 
 plugin = Extension(
     PLUGIN,
-    sources=["spank/plugin.c", "spank/fastpath.c"],
-    include_dirs=["spank"],
+    sources=["spank/plugin.c", "spank/fastpath.c", "spank/seam.c"],
+    include_dirs=["spank", seam.write_header()],
     libraries=["dl"],
     extra_compile_args=["-Wall", "-Werror=implicit-function-declaration"],
     define_macros=[
@@ -54,7 +62,8 @@ setup(
     package_data={"gateway": ["*.ini", "templates/status/*.html", "static/*"], "migrations": ["script.py.mako"]},
     setup_requires=["cffi>=1.16"],
     ext_modules=[plugin],
-    cffi_modules=["spank/build_shim.py:ffi", "spank/build_libc.py:ffi", "spank/build_munge.py:ffi"],
+    cffi_modules=["spank/build_embed.py:ffi", "spank/build_libc.py:ffi", "spank/build_munge.py:ffi",
+                  "spank/build_seam.py:ffi"],
     cmdclass={"build_ext": BuildExt},
     install_requires=[
         "cffi>=1.16",

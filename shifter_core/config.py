@@ -32,11 +32,11 @@ import re
 import stat
 from collections.abc import Callable
 
-from . import environ, imageref, volumes
+from . import environ, imageref, seam, trust, volumes
 from .errors import ConfigError, ModuleError, VolumeError
 
-DEFAULT_PATH = "/etc/shifter/udiRoot.conf"
-DEFAULT_RUN_DIR = "/run/shifter"
+DEFAULT_PATH = seam.DEFAULT_CONFIG
+DEFAULT_RUN_DIR = seam.DEFAULT_RUN_DIR
 DEFAULT_GATEWAY_TIMEOUT = 60.0
 DEFAULT_SSHD_PORT = 1204
 DEFAULT_PULL_WAIT = 10.0
@@ -262,7 +262,7 @@ _KEYS: dict[str, _Key] = {
     "mountPropagationStyle": _Key("mount_propagation_style", _choice("private", "slave")),
     "defaultModules": _Key("default_modules", lambda v: _module_names(v, ",")),
     # ours
-    "runDir": _Key("run_dir", _absolute_path),
+    seam.RUN_DIR_KEY: _Key("run_dir", _absolute_path),     # the C fast path reads it too
     "sshdPort": _Key("sshd_port", _port),
     "gatewayCaFile": _Key("gateway_ca_file", _absolute_path),
     "holdJobsForPull": _Key("hold_jobs_for_pull", _boolean),
@@ -430,81 +430,38 @@ def load(path: str = DEFAULT_PATH, *, trusted: bool = True) -> UdiRootConfig:
     return parse(text, source=path)
 
 
-def require_root_owned(path: str, what: str = "file") -> None:
-    """Raise ConfigError unless root alone controls `path`.
-
-    Root acts on what such a file says, so the file must be owned by root and
-    not writable by group or others, and so must every directory leading to
-    it (a sticky directory such as /tmp is allowed if root owns it: nobody
-    else can rename root's entries there).  Symlinks on the way must belong
-    to root.  The path as written and its symlink-free form are both checked.
-    """
-    absolute = os.path.abspath(path)
-    real = os.path.realpath(absolute)
-    st = _stat_or_fail(os.stat, real, what, path)
-    if not stat.S_ISREG(st.st_mode) and not stat.S_ISDIR(st.st_mode):
-        raise ConfigError(f"{what} {path} is not a regular file or directory")
-    _require_root_only(st, what, path)
-    for directory in _ancestors(absolute) | _ancestors(real):
-        dst = _stat_or_fail(os.stat, directory, "directory", directory)
-        if not dst.st_mode & stat.S_ISVTX:
-            _require_root_only(dst, f"directory {directory} holding {what}", path)
-        elif dst.st_uid != 0:
-            raise ConfigError(f"directory {directory} holding {what} {path} must be owned by root")
-    for component in _ancestors(absolute) | {absolute}:
-        lst = _stat_or_fail(os.lstat, component, "path", component)
-        if stat.S_ISLNK(lst.st_mode) and lst.st_uid != 0:
-            raise ConfigError(f"symlink {component} leading to {what} {path} must be owned by root")
-
-
-def _ancestors(path: str) -> set[str]:
-    """The directories above an absolute normalised path, up to /."""
-    result = set()
-    while path != "/":
-        path = os.path.dirname(path)
-        result.add(path)
-    return result
-
-
-def _stat_or_fail(stat_call, path: str, what: str, shown: str) -> os.stat_result:
-    try:
-        return stat_call(path)
-    except OSError as error:
-        raise ConfigError(f"cannot check {what} {shown}: {error.strerror}") from None
-
-
-def _require_root_only(st: os.stat_result, what: str, shown: str) -> None:
-    if st.st_uid != 0:
-        raise ConfigError(f"{what} {shown} must be owned by root (it is owned by uid {st.st_uid})")
-    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise ConfigError(
-            f"{what} {shown} must not be writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})"
-        )
-
-
 def _read_trusted(path: str) -> str:
-    require_root_owned(path, "configuration file")
+    trust.require_root_owned(path, "configuration file")
     fd = os.open(os.path.realpath(path), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     with os.fdopen(fd, encoding="utf-8") as handle:
         st = os.fstat(handle.fileno())
         if not stat.S_ISREG(st.st_mode):
             raise ConfigError(f"configuration file {path} is not a regular file")
-        _require_root_only(st, "configuration file", path)
+        trust.require_root_only(st, f"configuration file {path}")
         return handle.read()
 
 
 def _logical_lines(text: str, source: str):
-    """Yield (line number, key, value) with comments dropped and continuations joined."""
+    """Yield (line number, key, value) with comments dropped and continuations joined.
+
+    Lines end at newlines only and lose seam.CONFIG_BLANKS at both ends, as
+    the C fast path reads runDir (spank/seam.c: seam_run_dir).
+    """
     pieces: list[str] = []
     start = 0
-    for number, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
+    if "\0" in text:
+        raise ConfigError(f"{source}: the file holds a NUL character")
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()                 # no line after the last newline
+    for number, raw in enumerate(lines, 1):
+        line = raw.strip(seam.CONFIG_BLANKS)
         if not pieces:
             if not line or line.startswith("#"):
                 continue
             start = number
         if line.endswith("\\"):
-            pieces.append(line[:-1].strip())
+            pieces.append(line[:-1].strip(seam.CONFIG_BLANKS))
             continue
         pieces.append(line)
         yield start, *_split_key(" ".join(p for p in pieces if p), source, start)
@@ -515,7 +472,7 @@ def _logical_lines(text: str, source: str):
 
 def _split_key(line: str, source: str, number: int) -> tuple[str, str]:
     key, sep, value = line.partition("=")
-    key, value = key.strip(), value.strip()
+    key, value = key.strip(seam.CONFIG_BLANKS), value.strip(seam.CONFIG_BLANKS)
     if not sep:
         raise ConfigError(f"{source}:{number}: expected key=value, found {line!r}")
     if not key:

@@ -8,8 +8,8 @@ variable when it is unset or empty.
 
 The prolog turns that order into a list of operations once per job
 (`operations`), stored with the container; each task applies it to its own
-environment, in Python (`apply`) or in the C plugin's fast path, which
-executes the same four operations.
+environment, in Python (`apply`) or in the C plugin's fast path
+(spank/seam.c: seam_apply_env, held to `apply` by tests/unit/test_seam.py).
 
 siteEnvUnset may name a bash function the user exported (Lmod's and
 Environment Modules' `module`): Shifter's example writes `BASH_FUNC_module()`,
@@ -26,7 +26,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 
-OPERATIONS = ("set", "append", "prepend", "unset")
+from . import seam
+
 BASH_FUNCTION_RE = re.compile(r"^BASH_FUNC_([A-Za-z0-9_.:+@-]+)(?:\(\)|%%)$")
 
 
@@ -82,7 +83,7 @@ def apply(env: Mapping[str, str], ops: Iterable[tuple[str, str, str]]) -> dict[s
             if not current:
                 result[name] = value
             else:
-                result[name] = f"{current}:{value}" if op == "append" else f"{value}:{current}"
+                result[name] = seam.ENV_JOIN.join((current, value) if op == "append" else (value, current))
         else:
             raise ValueError(f"unknown environment operation {op!r}")
     return result

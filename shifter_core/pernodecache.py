@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 
-from . import config, syscalls, volumes
+from . import syscalls, trust, volumes
 from .errors import ContainerError, VolumeError
 
 FILE_PREFIX = "perNodeCache"
@@ -93,7 +93,7 @@ def _cache_directory(cfg) -> str:
     """perNodeCachePath, created 0700 if missing; root alone may change it."""
     directory = cfg.per_node_cache_path
     os.makedirs(directory, mode=0o700, exist_ok=True)
-    config.require_root_owned(directory, "perNodeCachePath")
+    trust.require_root_owned(directory, "perNodeCachePath")
     return directory
 
 
@@ -117,10 +117,10 @@ def _make_fs(mkfs: str, cache: volumes.PerNodeCache, fd: int, shown: str) -> Non
 
     device = f"/proc/self/fd/{fd}"
     if cache.fs_type == "xfs":
-        config.require_root_owned(mkfs, "mkfsXfsPath")
+        trust.require_root_owned(mkfs, "mkfsXfsPath")
         argv = [mkfs, "-q", "-K", "-b", f"size={cache.block_size}", device]
     else:
-        config.require_root_owned(mkfs, "mkfsExt4Path")
+        trust.require_root_owned(mkfs, "mkfsExt4Path")
         argv = [mkfs, "-q", "-t", "ext4", "-b", str(cache.block_size), "-m", "0", "-E", "nodiscard", device]
     try:
         result = subprocess.run(

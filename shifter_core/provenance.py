@@ -28,10 +28,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import stat
 import time
 from collections.abc import Iterable, Iterator
 
+from . import seam, trust
 from .errors import ContainerError
 
 SUFFIX = ".jsonl"
@@ -64,7 +64,7 @@ class Log:
         except OSError as error:
             raise ContainerError(f"cannot open the provenance directory {directory}: {error.strerror}") from None
         try:
-            _require_root_only(os.fstat(dir_fd), f"provenance directory {directory}")
+            trust.require_root_only(os.fstat(dir_fd), f"provenance directory {directory}", ContainerError)
             fd = os.open(node + SUFFIX, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
                          0o600, dir_fd=dir_fd)
         except OSError as error:
@@ -73,7 +73,7 @@ class Log:
         finally:
             os.close(dir_fd)
         try:
-            _require_root_only(os.fstat(fd), f"provenance log {directory}/{node}{SUFFIX}")
+            trust.require_root_only(os.fstat(fd), f"provenance log {directory}/{node}{SUFFIX}", ContainerError)
         except ContainerError:
             os.close(fd)
             raise
@@ -81,8 +81,7 @@ class Log:
 
     def write(self, event: str, job: int, **fields) -> None:
         """Append one record; one write(2), so concurrent writers never interleave a line."""
-        record = {"event": event, "time": round(time.time(), 3), "job": job, "node": self.node, **fields}
-        line = json.dumps(record, sort_keys=True, separators=(",", ":")) + "\n"
+        line = seam.provenance_line(event=event, time=round(time.time(), 3), job=job, node=self.node, **fields)
         try:
             os.write(self._fd, line.encode())
         except OSError as error:
@@ -105,11 +104,6 @@ def record(directory: str | None, node: str, event: str, job: int, **fields) -> 
 def milliseconds(**values) -> dict[str, float]:
     """Phase timings rounded for the log; phases that are unknown (None) are left out."""
     return {name: round(float(value), 3) for name, value in values.items() if value is not None}
-
-
-def _require_root_only(st: os.stat_result, what: str) -> None:
-    if st.st_uid != 0 or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise ContainerError(f"{what} must be owned by root and writable by root only")
 
 
 # ---- reading back ------------------------------------------------------------

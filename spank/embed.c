@@ -7,18 +7,18 @@
  * PYTHONPATH...), without the site module, with an import path of exactly
  * the standard library, the venv's site-packages and the directory holding
  * shifter_core.  No .pth file runs code as root, and start-up is shorter.
- * shifter_py_dispatch() is the extern "Python" entry point (build_shim.py)
+ * shifter_py_dispatch() is the extern "Python" entry point (build_embed.py)
  * into shifter_core.spank.bridge.
  */
 #include <stdio.h>
 #include <limits.h>
 
-#include "shim.h"
+#include "embed.h"
 
 static int code_ready;
 
 /* Called by the last line of the cffi init code. */
-static void shim_python_ready(void)
+static void py_code_ready(void)
 {
     code_ready = 1;
 }

@@ -4,11 +4,13 @@
  *
  * It exports the slurm_spank_* symbols, registers the shifter options and
  * hands callbacks to Python (shifter_core.spank.bridge), but only when a
- * shifter option is in play for this job.  Until then nothing of Python is
- * even loaded: the plugin does not link libpython, it dlopen()s it together
- * with the module shifter_core._spank (embed.c, build_shim.py) on first
- * need, so a job without shifter options costs srun, sbatch, slurmstepd and
- * the prolog no more than loading this small file.
+ * shifter option is in play for this job and the fast path (fastpath.c)
+ * cannot serve it.  Until then nothing of Python is even loaded: the plugin
+ * does not link libpython, it dlopen()s it together with the embedded module
+ * shifter_core._spank (embed.c, build_embed.py) on first need, so a job
+ * without shifter options costs srun, sbatch, slurmstepd and the prolog no
+ * more than loading this small file.  Its options, arguments and the names
+ * it shares with Python come from shifter_core/seam.py (seam_table.h).
  *
  * Any failure to start Python or to load its code fails the callback instead
  * of letting the job run outside its container.
@@ -17,6 +19,7 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <limits.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,8 +27,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "embed.h"
 #include "fastpath.h"
-#include "shim.h"
 
 SPANK_PLUGIN(shifter, 1);
 
@@ -33,13 +36,10 @@ SPANK_PLUGIN(shifter, 1);
 #error "SHIFTER_LIBPYTHON, SHIFTER_PYTHON_DIR and SHIFTER_MODULE_FILE must name the Python part"
 #endif
 
-#define SHIFTER_DEFAULT_CONFIG "/etc/shifter/udiRoot.conf"   /* config.DEFAULT_PATH */
-#define SLURM_BATCH_SCRIPT 0xfffffffbU                        /* slurm.h: the batch step */
-
 /* ---- options ---------------------------------------------------------- */
 
-static int opt_set[OPT_COUNT];
-static char *opt_value[OPT_COUNT];
+static int opt_set[SEAM_OPTION_COUNT];
+static char *opt_value[SEAM_OPTION_COUNT];
 
 /* Slurm fires an option callback once per occurrence and, in slurmstepd,
  * twice per option (environment and job-options block): the last value wins.
@@ -56,34 +56,22 @@ static void store_option(int which, const char *optarg)
 static int option_cb(int val, const char *optarg, int remote)
 {
     (void) remote;
-    if (val < 0 || val >= OPT_COUNT)
+    if (val < 0 || val >= SEAM_OPTION_COUNT)
         return -1;
     store_option(val, optarg);
     return 0;
 }
 
-static struct spank_option shim_options[] = {
-    { "image", "image",
-      "Run in a container of this image, e.g. docker:ubuntu:22.04 (pinned to its digest at submit)",
-      1, OPT_IMAGE, option_cb },
-    { "volume", "/host:/container[:flags]",
-      "Bind host paths into the container; separate several with ';' (flags: ro, perNodeCache=size=...)",
-      1, OPT_VOLUME, option_cb },
-    { "module", "name[,name...]",
-      "Site modules to enable in the container ('none' for none)",
-      1, OPT_MODULE, option_cb },
-    { "ccm", NULL,
-      "Cluster compatibility mode: an sshd in the container on every node, ssh between them",
-      0, OPT_CCM, option_cb },
-    { "autoshift", NULL,
-      "Run the batch script and the tasks of every step inside the image",
-      0, OPT_AUTOSHIFT, option_cb },
+static struct spank_option options[] = {
+#define OPTION(e, name, arginfo, usage, has_arg) { name, arginfo, usage, has_arg, SEAM_OPT_##e, option_cb },
+    SEAM_OPTIONS(OPTION)
+#undef OPTION
     SPANK_OPTIONS_TABLE_END
 };
 
 static int any_option_set(void)
 {
-    for (int i = 0; i < OPT_COUNT; i++)
+    for (int i = 0; i < SEAM_OPTION_COUNT; i++)
         if (opt_set[i])
             return 1;
     return 0;
@@ -92,9 +80,9 @@ static int any_option_set(void)
 /* prolog and epilog run in a fresh process: ask Slurm for the job's options. */
 static void load_job_options(spank_t sp)
 {
-    for (int i = 0; i < OPT_COUNT; i++) {
+    for (int i = 0; i < SEAM_OPTION_COUNT; i++) {
         char *optarg = NULL;
-        if (spank_option_getopt(sp, &shim_options[i], &optarg) == ESPANK_SUCCESS)
+        if (spank_option_getopt(sp, &options[i], &optarg) == ESPANK_SUCCESS)
             store_option(i, optarg);
     }
 }
@@ -104,15 +92,15 @@ static void load_job_options(spank_t sp)
 static int step_inherits_container(spank_t sp)
 {
     char buf[8];
-    return spank_getenv(sp, "SHIFTER_AUTOSHIFT", buf, sizeof buf) == ESPANK_SUCCESS
+    return spank_getenv(sp, SEAM_AUTOSHIFT_VAR, buf, sizeof buf) == ESPANK_SUCCESS
         && strcmp(buf, "1") == 0;
 }
 
 /* ---- Python ----------------------------------------------------------- */
 
 static enum { PY_NOT_STARTED, PY_STARTED, PY_FAILED } py_state = PY_NOT_STARTED;
-static shim_dispatch_fn py_dispatch;
-static shim_ready_fn py_ready;
+static py_dispatch_fn py_dispatch;
+static py_ready_fn py_ready;
 
 static const char *plugin_arg(int ac, char **av, const char *key)
 {
@@ -130,7 +118,7 @@ static int root_only(const char *venv, const char *path, struct stat *st, int st
         return 0;
     }
     /* a root-owned sticky directory (/tmp) lets nobody else rename root's entries */
-    if (!fastpath_root_only(st) && !(sticky_ok && st->st_uid == 0 && (st->st_mode & S_ISVTX))) {
+    if (!seam_root_only(st->st_uid, st->st_mode) && !(sticky_ok && st->st_uid == 0 && (st->st_mode & S_ISVTX))) {
         slurm_error("shifter: refusing to run Python from %s: %s is not root-owned "
                     "or is writable by group/others", venv, path);
         return 0;
@@ -141,7 +129,7 @@ static int root_only(const char *venv, const char *path, struct stat *st, int st
 /* The venv runs as root in slurmstepd: it, every directory above it, its
  * pyvenv.cfg and its site-packages must be root-owned and writable by nobody
  * else (directories above it may be root's sticky ones), as
- * shifter_core.config.require_root_owned checks for the Python side.  A
+ * shifter_core.trust.require_root_owned checks for the Python side.  A
  * directory that is not a venv is refused, so Python never falls back to
  * whatever the system's own path holds. */
 static int venv_is_trusted(const char *venv)
@@ -204,7 +192,7 @@ static int start_python(int ac, char **av)
 {
     char module[PATH_MAX], package_root[PATH_MAX];
     void *handle;
-    shim_start_fn start;
+    py_start_fn start;
 
     if (py_state == PY_STARTED)
         return 0;
@@ -231,9 +219,9 @@ static int start_python(int ac, char **av)
         slurm_error("shifter: cannot load %s: %s", module, dlerror());
         return -1;
     }
-    start = (shim_start_fn) symbol(handle, SHIM_START, module);
-    py_dispatch = (shim_dispatch_fn) symbol(handle, SHIM_DISPATCH, module);
-    py_ready = (shim_ready_fn) symbol(handle, SHIM_READY, module);
+    start = (py_start_fn) symbol(handle, PY_START, module);
+    py_dispatch = (py_dispatch_fn) symbol(handle, PY_DISPATCH, module);
+    py_ready = (py_ready_fn) symbol(handle, PY_READY, module);
     if (!start || !py_dispatch || !py_ready || start(venv, package_root) != 0)
         return -1;
     py_state = PY_STARTED;
@@ -242,7 +230,7 @@ static int start_python(int ac, char **av)
 
 static int dispatch(const char *callback, spank_t sp, int ac, char **av)
 {
-    struct shim_call call = { callback, sp, spank_context(), ac, av, { 0 }, { 0 }, 0 };
+    struct py_call call = { callback, sp, spank_context(), ac, av, { 0 }, { 0 }, 0 };
     struct timespec now;
     int rc;
 
@@ -251,7 +239,7 @@ static int dispatch(const char *callback, spank_t sp, int ac, char **av)
 
     if (start_python(ac, av) < 0)
         return -1;
-    for (int i = 0; i < OPT_COUNT; i++) {
+    for (int i = 0; i < SEAM_OPTION_COUNT; i++) {
         call.set[i] = opt_set[i];
         call.value[i] = opt_value[i];
     }
@@ -271,15 +259,19 @@ static int dispatch(const char *callback, spank_t sp, int ac, char **av)
  * (shifter_core.spank.settings checks the values it uses.) */
 static int arguments_valid(int ac, char **av)
 {
-    static const char *known[] = { "venv=/", "config=/", "enable_ccm=", NULL };
+    static const struct { const char *name; int absolute; } known[] = SEAM_PLUGIN_ARGUMENTS;
 
     for (int i = 0; i < ac; i++) {
-        const char **k = known;
-        while (*k && strncmp(av[i], *k, strlen(*k)) != 0)
-            k++;
-        if (*k == NULL) {
-            slurm_error("shifter: plugstack.conf: bad plugin argument '%s' (known: venv=<absolute"
-                        " path>, config=<absolute path>, enable_ccm=0|1)", av[i]);
+        int k = 0;
+        for (; known[k].name; k++) {
+            size_t n = strlen(known[k].name);
+            if (strncmp(av[i], known[k].name, n) == 0 && av[i][n] == '='
+                && (!known[k].absolute || av[i][n + 1] == '/'))
+                break;
+        }
+        if (known[k].name == NULL) {
+            slurm_error("shifter: plugstack.conf: bad plugin argument '%s' (known: %s)", av[i],
+                        SEAM_PLUGIN_ARGUMENTS_KNOWN);
             return 0;
         }
     }
@@ -298,7 +290,7 @@ int slurm_spank_init(spank_t sp, int ac, char **av)
     case S_CTX_LOCAL:
     case S_CTX_REMOTE:
     case S_CTX_ALLOCATOR:
-        for (struct spank_option *o = shim_options; o->name; o++)
+        for (struct spank_option *o = options; o->name; o++)
             if (spank_option_register(sp, o) != ESPANK_SUCCESS) {
                 slurm_error("shifter: cannot register option --%s", o->name);
                 return -1;
@@ -313,43 +305,35 @@ int slurm_spank_init(spank_t sp, int ac, char **av)
 /* How this process serves the job, decided in init_post_opt. */
 static enum { MODE_NONE, MODE_PYTHON, MODE_FAST, MODE_FAST_ENTER, MODE_FAILED } mode;
 
-/* The options as submit.py records them in SHIFTER_PINNED_OPTIONS. */
-static void options_text(char *out, size_t size)
-{
-    snprintf(out, size, "%s\x1f%s\x1f%s\x1f%d\x1f%d",
-             opt_value[OPT_IMAGE] ? opt_value[OPT_IMAGE] : "",
-             opt_value[OPT_VOLUME] ? opt_value[OPT_VOLUME] : "",
-             opt_value[OPT_MODULE] ? opt_value[OPT_MODULE] : "",
-             opt_set[OPT_CCM], opt_set[OPT_AUTOSHIFT]);
-}
-
 /* Can this step do without Python?  srun: when the job pinned these very
  * options already.  slurmstepd: when the tasks run on the host (no
  * --autoshift), or enter a container whose record asks for nothing more.
  * A job whose prolog failed here because of the job fails every task. */
 static int fast_path(spank_t sp, int ac, char **av)
 {
-    char options[3 * 4096];
+    char text[3 * 4096];
     const char *config = plugin_arg(ac, av, "config");
-    enum fastpath_record record = RECORD_NONE;
+    enum seam_status record = SEAM_INVALID;
     uint32_t step;
 
     switch (spank_context()) {
     case S_CTX_LOCAL:
-        options_text(options, sizeof options);
-        return fastpath_pin_reusable(options) ? MODE_FAST : MODE_PYTHON;
-    case S_CTX_REMOTE:
-        if (opt_set[OPT_IMAGE] || opt_set[OPT_AUTOSHIFT] || opt_set[OPT_CCM])
-            record = fastpath_load(sp, config ? config : SHIFTER_DEFAULT_CONFIG);
-        if (record == RECORD_FAILED)
-            return MODE_FAILED;
-        if (opt_set[OPT_CCM])
+        /* the options as submit.pinned_options recorded them */
+        if (seam_options_text(opt_set, opt_value, text, sizeof text) < 0)
             return MODE_PYTHON;
-        if (!opt_set[OPT_AUTOSHIFT])
+        return fastpath_pin_reusable(text) ? MODE_FAST : MODE_PYTHON;
+    case S_CTX_REMOTE:
+        if (opt_set[SEAM_OPT_IMAGE] || opt_set[SEAM_OPT_AUTOSHIFT] || opt_set[SEAM_OPT_CCM])
+            record = fastpath_load(sp, config ? config : SEAM_DEFAULT_CONFIG);
+        if (record == SEAM_FAILED)
+            return MODE_FAILED;
+        if (opt_set[SEAM_OPT_CCM])
+            return MODE_PYTHON;
+        if (!opt_set[SEAM_OPT_AUTOSHIFT])
             return MODE_FAST;
-        if (spank_get_item(sp, S_JOB_STEPID, &step) != ESPANK_SUCCESS || step == SLURM_BATCH_SCRIPT)
+        if (spank_get_item(sp, S_JOB_STEPID, &step) != ESPANK_SUCCESS || step == SEAM_BATCH_STEP)
             return MODE_PYTHON;     /* the batch step binds its spool directory: enter.py */
-        return record == RECORD_READY ? MODE_FAST_ENTER : MODE_PYTHON;
+        return record == SEAM_READY ? MODE_FAST_ENTER : MODE_PYTHON;
     default:
         return MODE_PYTHON;
     }
@@ -360,7 +344,7 @@ int slurm_spank_init_post_opt(spank_t sp, int ac, char **av)
     if (!any_option_set()) {
         if (spank_context() != S_CTX_REMOTE || !step_inherits_container(sp))
             return 0;
-        opt_set[OPT_AUTOSHIFT] = 1;
+        opt_set[SEAM_OPT_AUTOSHIFT] = 1;
     }
     mode = fast_path(sp, ac, av);
     return mode == MODE_PYTHON ? dispatch("init_post_opt", sp, ac, av) : 0;

@@ -343,7 +343,7 @@ class Cluster:
     def _start(self, record: Record, with_plugin: bool | str) -> None:
         check_test_user_can_reach_the_repository()
         # a path: that build of the plugin (bench/srun_overhead.py compares builds)
-        record.plugin = with_plugin if isinstance(with_plugin, str) else find_shim() if with_plugin else None
+        record.plugin = with_plugin if isinstance(with_plugin, str) else find_plugin() if with_plugin else None
         self._prepare_directories()
         ensure_test_user()
         munged = start_munged_if_needed()
@@ -777,9 +777,9 @@ def _write(path: Path, text: str, mode: int = 0o644) -> None:
     tmp.replace(path)
 
 
-# -- host pieces: shim, user, munge ------------------------------------------
+# -- host pieces: plugin, user, munge ----------------------------------------
 
-def find_shim() -> str:
+def find_plugin() -> str:
     """Path of the built SPANK plugin (shifter_core/shifter_spank.so)."""
     from shifter_core.cli.admin import plugin_path
 
@@ -789,11 +789,11 @@ def find_shim() -> str:
                            "(pip install -e .), or ci/cluster up --without-plugin")
     # The plugin runs Python from the venv as root and refuses one that anyone but
     # root could change; say so now rather than through failing jobs.
-    from shifter_core import config
+    from shifter_core import trust
     from shifter_core.errors import ConfigError
 
     try:
-        config.require_root_owned(str(REPO / ".venv"), "the plugin's venv")
+        trust.require_root_owned(str(REPO / ".venv"), "the plugin's venv")
     except ConfigError as error:
         raise ClusterError(f"{error}; the plugin runs Python from it as root: fix that or clone the "
                            "repository under such a directory") from None

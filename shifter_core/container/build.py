@@ -31,7 +31,7 @@ import os
 import stat
 import time
 
-from .. import config, etcfiles, imageref, pathsafety, syscalls, volumes
+from .. import etcfiles, imageref, pathsafety, syscalls, trust, volumes
 from ..errors import (AccessDenied, ContainerError, ImageContentError, ImageNotFound, ModuleError,
                       ShifterError, VolumeError)
 from . import marker
@@ -191,7 +191,7 @@ def _open_mount_point(path: str, what: str) -> int:
     """udiMount or loopMount, made if missing: root alone may change the way there."""
     try:
         os.makedirs(path, mode=0o755, exist_ok=True)
-        config.require_root_owned(path, what)
+        trust.require_root_owned(path, what)
         return os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as error:
         raise ContainerError(f"{what} {path} is not usable: {error.strerror}") from None
@@ -359,12 +359,12 @@ def _bind_root_tree(tree: RootTree, source: str, inside: str) -> None:
 
 def _require_root_tree(directory: str, what: str) -> None:
     """Root binds this tree into containers: root alone may have written any of it."""
-    config.require_root_owned(directory, what)
+    trust.require_root_owned(directory, what)
     for parent, dirs, files in os.walk(directory):
         for name in dirs + files:
             path = os.path.join(parent, name)
             st = os.lstat(path)
-            if st.st_uid != 0 or (not stat.S_ISLNK(st.st_mode) and st.st_mode & 0o022):
+            if not (trust.root_only(st) or (stat.S_ISLNK(st.st_mode) and st.st_uid == 0)):
                 raise ContainerError(f"{what} {directory} must hold only files that root owns and "
                                      f"group and others cannot write; {path} is not one")
 
@@ -464,7 +464,7 @@ def _run_hook(script: str | None, root: str, what: str, error: type[ShifterError
     """
     if not script:
         return
-    config.require_root_owned(script, what)
+    trust.require_root_owned(script, what)
     import subprocess   # hooks are rare; keep it off the prolog's start-up
 
     result = subprocess.run(["/bin/sh", script], cwd=root, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},

@@ -23,7 +23,7 @@ import signal
 import stat
 import time
 
-from .. import environ, provenance, syscalls
+from .. import environ, provenance, syscalls, trust
 from ..errors import ContainerError, JobFault, ShifterError
 from . import build, procfs
 from .record import JobContainer, SetupFailed, state_path
@@ -36,7 +36,7 @@ def ensure_run_dir(run_dir: str) -> None:
     """The root-only directory of container state (created 0700 if missing)."""
     os.makedirs(run_dir, mode=0o700, exist_ok=True)
     st = os.lstat(run_dir)
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != 0 or st.st_mode & 0o077:
+    if not stat.S_ISDIR(st.st_mode) or not trust.root_only(st) or st.st_mode & 0o077:
         raise ContainerError(f"runDir {run_dir} must be a root-owned directory of mode 0700")
 
 
@@ -48,6 +48,9 @@ def find(cfg, job_id: int, node: str) -> JobContainer:
     except FileNotFoundError:
         raise ContainerError(
             f"job {job_id} has no container on {node}: its prolog did not set one up") from None
+    if (container.job_id, container.node) != (job_id, node):     # as the C fast path checks
+        raise ContainerError(f"the container record of job {job_id} on {node} names job"
+                             f" {container.job_id} on {container.node}")
     if not container.alive():
         raise ContainerError(f"the container of job {job_id} on {node} is gone")
     return container

@@ -5,10 +5,11 @@ compact, one line), for the tools and checks written for Shifter.
 
 /var/shifterMarker is ours: which job and which image digest the container
 was built for.  A task that has joined the container's namespace and chrooted
-into it reads it back, in Python (`check` below) and in C
-(spank/fastpath.c), and refuses to run unless both fields are its own: the
-last line of defence against entering the wrong container.  `key value` lines,
-as the container record.
+into it reads it back, in Python (`check` below) and in C (spank/fastpath.c,
+with seam_marker_matches, held to `matches` by tests/unit/test_seam.py), and
+refuses to run unless both fields are its own: the last line of defence
+against entering the wrong container.  `key value` lines, as the container
+record.
 
     shifter-marker 1
     job 42
@@ -19,12 +20,10 @@ from __future__ import annotations
 import json
 import os
 
-from .. import syscalls, volumes
+from .. import seam, syscalls, volumes
 from ..errors import ContainerError
 
 SHIFTER_CONFIG = "/var/shifterConfig.json"
-MARKER = "/var/shifterMarker"
-MARKER_FORMAT = "shifter-marker 1"
 _READ_RULES = (syscalls.RESOLVE_IN_ROOT | syscalls.RESOLVE_NO_XDEV | syscalls.RESOLVE_NO_SYMLINKS
                | syscalls.RESOLVE_NO_MAGICLINKS)
 
@@ -35,22 +34,37 @@ def write(tree, spec) -> None:
                "volMap": volumes.signature(spec.volumes),
                "modules": "".join(f"{m.name}," for m in spec.modules)}
     tree.write(SHIFTER_CONFIG, json.dumps(shifter, separators=(",", ":")) + "\n")
-    tree.write(MARKER, f"{MARKER_FORMAT}\njob {spec.job_id}\ndigest {spec.image.digest}\n")
+    job, digest = seam.MARKER_FIELDS
+    tree.write(seam.MARKER, f"{seam.MARKER_FORMAT}\n{job} {spec.job_id}\n{digest} {spec.image.digest}\n")
 
 
 def check(job_id: int, digest: str) -> None:
     """Fail closed unless this process, chrooted, sees the container of `job_id` and `digest`."""
     root = os.open("/", os.O_PATH | os.O_CLOEXEC)
     try:
-        fd = syscalls.openat2(root, MARKER.lstrip("/"), os.O_RDONLY, _READ_RULES)
-        with os.fdopen(fd, encoding="utf-8") as f:
-            lines = f.read(4096).split("\n")
-    except (OSError, ValueError) as error:
-        raise ContainerError(f"not inside the container of job {job_id}: cannot read {MARKER}: {error}") from None
+        fd = syscalls.openat2(root, seam.MARKER.lstrip("/"), os.O_RDONLY, _READ_RULES)
+        with os.fdopen(fd, "rb") as f:
+            data = f.read(seam.MARKER_MAX + 1)
+    except OSError as error:
+        raise ContainerError(f"not inside the container of job {job_id}: cannot read {seam.MARKER}:"
+                             f" {error.strerror}") from None
     finally:
         os.close(root)
+    ok, found = matches(data, job_id, digest)
+    if not ok:
+        raise ContainerError(f"not inside the container of job {job_id} ({digest}): {found}")
+
+
+def matches(data: bytes, job_id: int, digest: str) -> tuple[bool, str]:
+    """Does the marker's text name this job and digest?  And what it names, for a message."""
+    try:
+        text = data.decode()
+    except ValueError:
+        text = "\0"
+    if len(data) > seam.MARKER_MAX or "\0" in text:
+        return False, f"no readable {seam.MARKER.lstrip('/')}"
+    lines = text.split("\n")
     fields = dict(line.partition(" ")[::2] for line in lines[1:] if line)
-    if lines[0] != MARKER_FORMAT or fields.get("job") != str(job_id) or fields.get("digest") != digest:
-        raise ContainerError(
-            f"not inside the container of job {job_id} ({digest}): this one belongs to job "
-            f"{fields.get('job', '?')} ({fields.get('digest', '?')})")
+    job, their_digest = (fields.get(name, "?") for name in seam.MARKER_FIELDS)
+    ok = lines[0] == seam.MARKER_FORMAT and job == str(job_id) and their_digest == digest
+    return ok, f"this one belongs to job {job} ({their_digest})"

@@ -1,7 +1,14 @@
-"""What /proc says about processes: how the runtime tells a live holder from a reused pid."""
+"""What /proc says about processes: how the runtime tells a live holder from a reused pid.
+
+The one reader of /proc/<pid>/stat on the Python side (the harness and the
+tests use it too); spank/seam.c: seam_start_time is the C side's, held to
+`parse_start_time` by tests/unit/test_seam.py.
+"""
 from __future__ import annotations
 
 import os
+
+from .. import seam
 
 
 def pids():
@@ -10,25 +17,48 @@ def pids():
             yield int(entry)
 
 
-def _stat_fields(pid: int) -> list[str] | None:
-    """/proc/<pid>/stat from field 3 (state) on; the command name may hold spaces and ')'."""
+def _stat(pid: int) -> str | None:
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read().decode(errors="replace")
+            return f.read().decode(errors="replace")
     except OSError:
         return None
-    return data[data.rfind(")") + 2:].split()
+
+
+def _fields(text: str) -> list[str] | None:
+    """Fields 3 (state) on; the command name before them may hold spaces and ')'."""
+    end = text.rfind(")")
+    if end < 0 or text[end + 1:end + 2] != " ":
+        return None
+    return text[end + 2:].split(" ")
+
+
+def parse_start_time(text: str) -> int | None:
+    """Field 22 of a stat line, the start time in clock ticks since boot."""
+    fields = _fields(text)
+    index = seam.START_TIME_FIELD - 3
+    if fields is None or len(fields) <= index:
+        return None
+    return seam.uint(fields[index])
 
 
 def start_time(pid: int) -> int | None:
-    """Field 22, the start time in clock ticks since boot: with the pid, names one process."""
-    fields = _stat_fields(pid)
-    return int(fields[19]) if fields else None
+    """With the pid, names one process."""
+    text = _stat(pid)
+    return parse_start_time(text) if text is not None else None
 
 
 def state(pid: int) -> str | None:
-    fields = _stat_fields(pid)
+    """R, S, D, Z...; None when there is no such process."""
+    text = _stat(pid)
+    fields = _fields(text) if text is not None else None
     return fields[0] if fields else None
+
+
+def parent(pid: int) -> int | None:
+    text = _stat(pid)
+    fields = _fields(text) if text is not None else None
+    return int(fields[1]) if fields and len(fields) > 1 else None
 
 
 def mount_namespace(pid: int) -> int | None:

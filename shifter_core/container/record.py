@@ -2,8 +2,8 @@
 
 One file per job and node, `<runDir>/job<id>.<node>.state`, root-only, written
 whole (files.write_atomic).  Line-oriented `key value`, one value per line
-with backslash and newline escaped, because the plugin's C fast path
-(spank/fastpath.c) reads it too:
+with backslash and newline escaped, because the plugin's C fast path reads it
+too (spank/seam.c: seam_parse_record):
 
     shifter-container 1
     job 42
@@ -12,21 +12,26 @@ with backslash and newline escaped, because the plugin's C fast path
     ...
     env set PATH=/usr/bin
 
-A prolog that failed because of the job writes the same file with a `failed`
-line instead of a container: every task of the job on that node then fails
-with that reason, and the node stays in service.
+The keys, which ones are required and the kind of each value are
+shifter_core/seam.py's; `parse` and the C parser accept exactly the same
+records (tests/unit/test_seam.py).  A prolog that failed because of the job
+writes the same file with a `failed` line instead of a container: every task
+of the job on that node then fails with that reason, and the node stays in
+service.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
 
-from .. import files
+from .. import files, seam
 from ..errors import ContainerError, JobFault
 from . import procfs
 
 STATE_MODE = 0o600
-STATE_FORMAT = "shifter-container 1"   # first line of a record; spank/fastpath.c checks it
+_KINDS = dict(seam.RECORD_KEYS)
+_ESCAPE = {raw: escaped for raw, escaped in seam.ESCAPES}
+_UNESCAPE = {escaped[1]: raw for raw, escaped in seam.ESCAPES}
 
 
 class SetupFailed(JobFault):
@@ -49,7 +54,7 @@ class JobContainer:
     gid: int
     workdir: str | None
     modules: list[str]
-    timings: dict[str, float]
+    timings: dict[str, float]        # milliseconds
     env_ops: list[tuple[str, str, str]]   # environ.operations, for every task
     python: bool = False             # its tasks need the Python path (CCM, module user hooks)
     provenance_log: str | None = None
@@ -76,7 +81,7 @@ class JobContainer:
             lines.append(f"workdir {_escape(self.workdir)}")
         if self.provenance_log:
             lines.append(f"provenance {self.provenance_log}")
-        lines += [f"timing {name} {value}" for name, value in self.timings.items()]
+        lines += [f"timing {name} {value:.3f}" for name, value in self.timings.items()]
         lines += [f"env {op} {_escape(name)}={_escape(value)}" for op, name, value in self.env_ops]
         _write(path, lines)
 
@@ -84,38 +89,53 @@ class JobContainer:
     def load(cls, path: str) -> "JobContainer":
         """Read a record; SetupFailed if the prolog recorded a failure, ValueError if it
         is not a complete record."""
-        fields: dict = {"modules": [], "timings": {}, "env_ops": [], "workdir": None}
-        for key, value in _lines(path):
-            if key == "failed":
-                raise SetupFailed(_unescape(value))
-            if key == "job":
-                fields["job_id"] = int(value)
-            elif key in ("node", "root", "digest"):
-                fields[key] = value
-            elif key == "provenance":
-                fields["provenance_log"] = value
-            elif key == "image":
-                fields["image_id"] = value
-            elif key == "holder":
-                fields["holder_pid"], fields["holder_start"], fields["mntns"] = map(int, value.split())
-            elif key == "user":
-                fields["uid"], fields["gid"] = map(int, value.split())
-            elif key == "modules":
-                fields["modules"] = [m for m in value.split(",") if m]
-            elif key == "python":
-                fields["python"] = value == "1"
-            elif key == "workdir":
-                fields["workdir"] = _unescape(value)
-            elif key == "timing":
-                name, number = value.split()
-                fields["timings"][name] = float(number)
-            elif key == "env":
-                op, _, assignment = value.partition(" ")
-                name, _, text = assignment.partition("=")
-                fields["env_ops"].append((op, _unescape(name), _unescape(text)))
-            else:
-                raise ValueError(f"{path}: unknown line {key!r}")
-        return cls(**fields)
+        with open(path, "rb") as f:
+            data = f.read(seam.RECORD_MAX + 1)
+        try:
+            return parse(data)
+        except ValueError as error:
+            raise ValueError(f"{path}: {error}") from None
+
+
+def parse(data: bytes) -> JobContainer:
+    """A record's bytes as the C fast path reads them; SetupFailed for a failure record,
+    ValueError for anything that is not a record."""
+    if len(data) > seam.RECORD_MAX:
+        raise ValueError("not a container record: too long")
+    text = data.decode()
+    lines = text.split("\n")
+    if "\0" in text or lines[0] != seam.RECORD_FORMAT:
+        raise ValueError("not a container record")
+    fields: dict = {"modules": [], "timings": {}, "env_ops": [], "workdir": None, "provenance_log": None}
+    reason = None
+    seen = set()
+    for line in lines[1:]:
+        if not line:
+            continue
+        key, space, raw = line.partition(" ")
+        if not space or key not in _KINDS:
+            raise ValueError(f"unknown line {line!r}")
+        try:
+            value = _READERS[_KINDS[key]](raw)
+        except (ValueError, KeyError, StopIteration):
+            raise ValueError(f"bad {key} line {line!r}") from None
+        seen.add(key)
+        if key == "failed":
+            reason = value
+        elif key == "timing":
+            fields["timings"][value[0]] = value[1]
+        elif key == "env":
+            fields["env_ops"].append(value)
+        elif key in _FIELDS:
+            names = _FIELDS[key]
+            fields.update(zip(names, value) if isinstance(names, tuple) else [(names, value)])
+    if reason is not None:
+        if not seen.issuperset(seam.FAILURE_REQUIRED):
+            raise ValueError("a failure record without its job and node")
+        raise SetupFailed(reason)
+    if not seen.issuperset(seam.RECORD_REQUIRED):
+        raise ValueError(f"missing {', '.join(k for k in seam.RECORD_REQUIRED if k not in seen)}")
+    return JobContainer(**fields)
 
 
 def save_failure(path: str, job_id: int, node: str, reason: str) -> None:
@@ -127,33 +147,105 @@ def state_path(run_dir: str, job_id: int, node: str) -> str:
     """Per job *and node*: emulated nodes may share one filesystem."""
     if not node or "/" in node or node.startswith("."):
         raise ContainerError(f"invalid node name {node!r}")
-    return os.path.join(run_dir, f"job{int(job_id)}.{node}.state")
+    return os.path.join(run_dir, f"{seam.STATE_PREFIX}{int(job_id)}.{node}{seam.STATE_SUFFIX}")
 
 
 def _write(path: str, lines: list[str]) -> None:
-    files.write_atomic(path, "\n".join([STATE_FORMAT, *lines]) + "\n", STATE_MODE)
-
-
-def _lines(path: str):
-    with open(path, encoding="utf-8", newline="") as f:    # no newline translation
-        lines = f.read().split("\n")
-    if lines[0] != STATE_FORMAT:
-        raise ValueError(f"{path} is not a container record")
-    for line in lines[1:]:
-        if line:
-            key, _, value = line.partition(" ")
-            yield key, value
+    text = "\n".join([seam.RECORD_FORMAT, *lines]) + "\n"
+    if "\0" in text:
+        raise ContainerError("a container record cannot hold a NUL character (the image's workdir or ENV?)")
+    files.write_atomic(path, text, STATE_MODE)
 
 
 def _escape(text: str) -> str:
-    """One line per value: backslash and newline escaped (spank/fastpath.c: unescape)."""
-    return text.replace("\\", "\\\\").replace("\n", "\\n")
+    """One line per value: backslash and newline escaped."""
+    return "".join(_ESCAPE.get(char, char) for char in text)
 
+
+# -- the kinds of values (spank/seam.c: value_valid) ----------------------------------------
 
 def _unescape(text: str) -> str:
+    """The seam's escapes undone; KeyError or StopIteration for any other backslash."""
     out, chars = [], iter(text)
     for char in chars:
-        if char == "\\":
-            char = {"n": "\n", "\\": "\\"}.get(next(chars, ""), "")
-        out.append(char)
+        out.append(_UNESCAPE[next(chars)] if char == "\\" else char)
     return "".join(out)
+
+
+def _uint(text: str) -> int:
+    value = seam.uint(text)
+    if value is None:
+        raise ValueError(text)
+    return value
+
+
+def _uints(count: int):
+    def read(text: str) -> tuple[int, ...]:
+        parts = text.split(" ")
+        if len(parts) != count:
+            raise ValueError(text)
+        return tuple(map(_uint, parts))
+    return read
+
+
+def _chars(allowed: str, limit: int = seam.RECORD_MAX):
+    def read(text: str) -> str:
+        if not text or len(text) > limit or text.strip(allowed):
+            raise ValueError(text)
+        return text
+    return read
+
+
+def _bool(text: str) -> bool:
+    return {"0": False, "1": True}[text]
+
+
+def _path(text: str) -> str:
+    if not text.startswith("/") or len(text.encode()) > seam.PATH_MAX:
+        raise ValueError(text)
+    return text
+
+
+def _image_id(text: str) -> str:
+    if len(text) != seam.IMAGE_ID_LENGTH or text.strip("0123456789abcdef"):
+        raise ValueError(text)
+    return text
+
+
+def _digest(text: str) -> str:
+    if not text.startswith(seam.DIGEST_PREFIX):
+        raise ValueError(text)
+    _image_id(text[len(seam.DIGEST_PREFIX):])
+    return text
+
+
+def _names(text: str) -> list[str]:
+    return [_chars(seam.NAME_CHARS)(name) for name in text.split(",")] if text else []
+
+
+def _timing(text: str) -> tuple[str, float]:
+    name, _, number = text.partition(" ")
+    whole, dot, fraction = number.partition(".")
+    _chars(seam.NAME_CHARS)(name)
+    _chars("0123456789")(whole)
+    if dot:
+        _chars("0123456789")(fraction)
+    return name, float(number)
+
+
+def _env(text: str) -> tuple[str, str, str]:
+    op, space, assignment = text.partition(" ")
+    name, equals, value = assignment.partition("=")
+    if not space or op not in seam.ENV_OPERATIONS or not equals or not name:
+        raise ValueError(text)
+    return op, _unescape(name), _unescape(value)
+
+
+_READERS = {
+    "uint": _uint, "uint2": _uints(2), "uint3": _uints(3), "bool": _bool,
+    "node": _chars(seam.NODE_CHARS, seam.NODE_MAX), "path": _path, "image_id": _image_id, "digest": _digest,
+    "names": _names, "escaped": _unescape, "timing": _timing, "env": _env,
+}
+_FIELDS = {"job": "job_id", "node": "node", "holder": ("holder_pid", "holder_start", "mntns"), "root": "root",
+           "image": "image_id", "digest": "digest", "user": ("uid", "gid"), "modules": "modules",
+           "python": "python", "workdir": "workdir", "provenance": "provenance_log"}

@@ -1,7 +1,7 @@
-"""The one entry point from the C shim into Python, and the SPANK handle.
+"""The one entry point from the C plugin into Python, and the SPANK handle.
 
-The shim calls `shifter_py_dispatch(call)` for every callback while a shifter
-option is in play.  Here the call becomes a `Spank` object and `Options`, and
+The plugin (spank/plugin.c) calls `shifter_py_dispatch(call)` for every
+callback while a shifter option is in play and its fast path cannot serve.  Here the call becomes a `Spank` object and `Options`, and
 goes to the module of its context, after pyxis' layout:
 
     allocator (sbatch, salloc), local (srun)  -> shifter_core.spank.submit
@@ -21,10 +21,11 @@ import os
 import sys
 import traceback   # at the top: a task that fails after its chroot can no longer import
 
+from .. import seam
+
 _ffi = None
 _lib = None
 
-OPTION_NAMES = ("image", "volume", "module", "ccm", "autoshift")
 CONTEXTS = {"S_CTX_LOCAL": "local", "S_CTX_REMOTE": "remote", "S_CTX_ALLOCATOR": "allocator",
             "S_CTX_JOB_SCRIPT": "job_script", "S_CTX_SLURMD": "slurmd"}
 HANDLERS = {"local": "submit", "allocator": "submit", "job_script": "node", "remote": "step"}
@@ -177,10 +178,10 @@ def _plugin_args(call) -> dict[str, str]:
 
 def _options(call) -> Options:
     values = {}
-    for i, name in enumerate(OPTION_NAMES):
+    for i, name in enumerate(seam.OPTION_NAMES):
         if not call.set[i]:
             continue
-        if name in ("ccm", "autoshift"):
+        if name in seam.FLAGS:
             values[name] = True
         elif call.value[i] != _ffi.NULL:
             values[name] = _ffi.string(call.value[i]).decode()
@@ -224,14 +225,14 @@ def _on_exception(exc_type, exc_value, tb) -> None:
 
 def _check_code_is_trusted() -> None:
     """Everything Python may import from runs as root here: refuse a path
-    that a user could write to (the shim checked the venv itself already)."""
-    from .. import config
+    that a user could write to (the plugin checked the venv itself already)."""
+    from .. import trust
     from ..errors import ShifterError
 
     package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     for path in dict.fromkeys([package] + [p for p in sys.path if p and os.path.exists(p)]):
         try:
-            config.require_root_owned(path, "Python import path")
+            trust.require_root_owned(path, "Python import path")
         except ShifterError as error:
             raise ShifterError(f"refusing to run the plugin: {error}") from None
 

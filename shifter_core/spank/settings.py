@@ -1,20 +1,23 @@
 """The plugin's own arguments (from its plugstack.conf line) and the site
 configuration they point to, loaded once per process.
 
-    required /path/to/_spank.so venv=/opt/shifter/venv config=/etc/shifter/udiRoot.conf
+    required <venv>/lib/python3.11/site-packages/shifter_core/shifter_spank.so \
+        venv=/opt/shifter/venv config=/etc/shifter/udiRoot.conf
 
-An unknown argument or a bad value is an error at the first callback that
-needs Python, naming the argument: a typo in plugstack.conf must not silently
-turn a feature off.
+The plugin (spank/plugin.c) refuses unknown arguments when it loads; the
+values are checked here, at the first callback that needs Python, naming the
+argument: a typo in plugstack.conf must not silently turn a feature off.  The
+names are seam.PLUGIN_ARGUMENTS, which the C side shares.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
 
-from .. import config
+from .. import config, seam
 from ..errors import ConfigError
 
+_PATHS = dict(seam.PLUGIN_ARGUMENTS)
 _BOOLEANS = {"0": False, "1": True, "no": False, "yes": True, "false": False, "true": True}
 
 
@@ -28,17 +31,17 @@ class PluginArgs:
 def parse_args(args: dict[str, str]) -> PluginArgs:
     values: dict = {}
     for key, value in args.items():
-        if key in ("venv", "config"):
+        if key not in _PATHS:
+            raise ConfigError(f"plugstack.conf: unknown plugin argument {key!r}"
+                              f" (known: {', '.join(name + '=' for name in _PATHS)})")
+        if _PATHS[key]:
             if not value.startswith("/"):
                 raise ConfigError(f"plugstack.conf: {key}= needs an absolute path, got {value!r}")
             values[key] = value
-        elif key == "enable_ccm":
-            if value.lower() not in _BOOLEANS:
-                raise ConfigError(f"plugstack.conf: enable_ccm= takes 0 or 1, got {value!r}")
-            values[key] = _BOOLEANS[value.lower()]
         else:
-            raise ConfigError(f"plugstack.conf: unknown plugin argument {key!r}"
-                              " (known: venv=, config=, enable_ccm=)")
+            if value.lower() not in _BOOLEANS:
+                raise ConfigError(f"plugstack.conf: {key}= takes 0 or 1, got {value!r}")
+            values[key] = _BOOLEANS[value.lower()]
     if "venv" not in values:
         raise ConfigError("plugstack.conf: venv= is required")
     return PluginArgs(**values)

@@ -16,12 +16,10 @@ from __future__ import annotations
 import os
 import time
 
-from .. import container, enter, environ, provenance
+from .. import container, enter, environ, provenance, seam
 from ..errors import ContainerError
 from . import settings
 from .node import node_name
-
-BATCH_STEP = 0xFFFFFFFB
 
 _entered: container.JobContainer | None = None   # this task's container, once it is inside
 
@@ -31,19 +29,20 @@ def task_init_privileged(spank, opts) -> None:
         return
     cfg = settings.site_config(spank)
     job = container.find(cfg, spank.job_id, node_name())
-    wanted = spank.getenv("SHIFTER_IMAGE_DIGEST")
+    wanted = spank.getenv(seam.DIGEST_VAR)
     if wanted and wanted != job.digest:
         raise ContainerError(f"this step asks for image {wanted}, but job {job.job_id}'s container"
                              f" holds {job.digest}; one job runs one image")
     env = _task_environment(spank, job)
     argv = spank.argv
-    batch_script = argv[0] if spank.step_id == BATCH_STEP and argv else None
+    batch_script = argv[0] if spank.step_id == seam.BATCH_STEP and argv else None
     log = provenance.Log.open(cfg.provenance_dir, job.node)
     try:
         started = time.monotonic()
         enter.enter(job, stage=cfg.loop_mount, batch_script=batch_script)
         if log is not None:
-            log.write("enter", job.job_id, step="batch" if spank.step_id == BATCH_STEP else spank.step_id,
+            log.write(seam.ENTER_EVENT, job.job_id,
+                      step="batch" if spank.step_id == seam.BATCH_STEP else spank.step_id,
                       task=spank.local_task_id, digest=job.digest,
                       ms=provenance.milliseconds(enter=(time.monotonic() - started) * 1000))
     finally:

@@ -22,12 +22,12 @@ from __future__ import annotations
 import os
 import time
 
-from .. import imageref, provenance, pullhold, volumes
+from .. import imageref, provenance, pullhold, seam, volumes
 from ..errors import ImageNotFound, ImageRefError, ShifterError
 from . import settings
 from .bridge import log_info
 
-PINNED = ("SHIFTER_IMAGEREQUEST", "SHIFTER_IMAGE", "SHIFTER_IMAGETYPE", "SHIFTER_IMAGE_DIGEST")
+PINNED = ("SHIFTER_IMAGEREQUEST", "SHIFTER_IMAGE", "SHIFTER_IMAGETYPE", seam.DIGEST_VAR)
 POLL_INTERVAL = 0.25
 
 
@@ -43,7 +43,7 @@ def init_post_opt(spank, opts) -> None:
     ref = imageref.parse(opts.image, cfg.default_image_type)
     mounts = volumes.parse(opts.volume or "", "user", cfg.cache_policy())
     modules = cfg.select_modules(opts.module)
-    new_job = spank.context == "allocator" or not os.environ.get("SLURM_JOB_ID")
+    new_job = spank.context == "allocator" or not os.environ.get(seam.JOB_ID_VAR)
     export = _inherited_pin(str(ref), new_job)
     if export is None:
         started = time.monotonic()
@@ -53,24 +53,24 @@ def init_post_opt(spank, opts) -> None:
     export["SHIFTER_VOLUME"] = volumes.render(mounts)
     export["SHIFTER_MODULE"] = ",".join(m.name for m in modules)
     # CCM jobs run in their containers, as in Shifter
-    export["SHIFTER_AUTOSHIFT"] = "1" if opts.autoshift or opts.ccm else "0"
+    export[seam.AUTOSHIFT_VAR] = "1" if opts.autoshift or opts.ccm else "0"
     export["SHIFTER_CCM"] = "1" if opts.ccm else "0"
     for name, value in export.items():
         os.environ[name] = value
         spank.job_control_setenv(name, value)
-    if export.get("SHIFTER_IMAGE_DIGEST"):
+    if export.get(seam.DIGEST_VAR):
         # lets the plugin recognise, in C, an srun of this job that asks for
         # the same thing, and skip Python (spank/fastpath.c)
-        os.environ["SHIFTER_PINNED_OPTIONS"] = pinned_options(opts)
+        os.environ[seam.PINNED_OPTIONS_VAR] = pinned_options(opts)
     if opts.ccm:
         # for the prolog only: not in the job's environment
         spank.job_control_setenv(ccm.SECRET_VARIABLE, ccm.new_secret())
 
 
 def pinned_options(opts) -> str:
-    """The options as given, in the form spank/plugin.c: options_text builds."""
-    return "\x1f".join([opts.image or "", opts.volume or "", opts.module or "",
-                         str(int(opts.ccm)), str(int(opts.autoshift))])
+    """The options as given, in the form spank/seam.c: seam_options_text builds."""
+    return seam.PINNED_SEPARATOR.join(str(int(getattr(opts, name))) if name in seam.FLAGS
+                                      else getattr(opts, name) or "" for name in seam.OPTION_NAMES)
 
 
 def _inherited_pin(request: str, new_job: bool) -> dict[str, str] | None:
@@ -80,7 +80,7 @@ def _inherited_pin(request: str, new_job: bool) -> dict[str, str] | None:
     environment was made at submit): it pins nothing and runs in the job's
     container, whatever the pull gave.
     """
-    if not os.environ.get("SLURM_JOB_ID") or os.environ.get("SHIFTER_IMAGEREQUEST") != request:
+    if not os.environ.get(seam.JOB_ID_VAR) or os.environ.get("SHIFTER_IMAGEREQUEST") != request:
         return None
     if all(os.environ.get(name) for name in PINNED):
         return {name: os.environ[name] for name in PINNED}
@@ -91,7 +91,7 @@ def _inherited_pin(request: str, new_job: bool) -> dict[str, str] | None:
 
 def _pinned(ref: imageref.ImageRef, image_id: str) -> dict[str, str]:
     return {"SHIFTER_IMAGEREQUEST": str(ref), "SHIFTER_IMAGE": image_id, "SHIFTER_IMAGETYPE": "id",
-            "SHIFTER_IMAGE_DIGEST": f"sha256:{image_id}"}
+            seam.DIGEST_VAR: f"{seam.DIGEST_PREFIX}{image_id}"}
 
 
 def _pinned_local(cfg, ref: imageref.ImageRef) -> dict[str, str]:
@@ -108,7 +108,7 @@ def _pinned_local(cfg, ref: imageref.ImageRef) -> dict[str, str]:
 def _pending(request: str) -> dict[str, str]:
     """No pin yet: the releaser pins the job once its image is pulled."""
     return {"SHIFTER_IMAGEREQUEST": request, "SHIFTER_IMAGE": "", "SHIFTER_IMAGETYPE": "id",
-            "SHIFTER_IMAGE_DIGEST": "", pullhold.PENDING_VAR: request}
+            seam.DIGEST_VAR: "", pullhold.PENDING_VAR: request}
 
 
 def _resolve(cfg, ref: imageref.ImageRef, *, new_job: bool) -> dict[str, str]:

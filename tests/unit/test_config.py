@@ -4,7 +4,7 @@ import os
 import pytest
 from hypothesis import given, strategies as st
 
-from shifter_core import config
+from shifter_core import config, trust
 from shifter_core.errors import ConfigError, ModuleError, VolumeError
 
 MINIMAL = """\
@@ -452,7 +452,7 @@ def test_check_config_prints_the_warnings_jobs_never_show(tmp_path):
 
 def test_require_root_owned_reports_missing_paths(tmp_path):
     with pytest.raises(ConfigError, match="cannot check hook .*No such file"):
-        config.require_root_owned(str(tmp_path / "nope.sh"), "hook")
+        trust.require_root_owned(str(tmp_path / "nope.sh"), "hook")
 
 
 # --- siteFs and perNodeCache -------------------------------------------------

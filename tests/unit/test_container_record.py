@@ -3,7 +3,7 @@ from hypothesis import given, strategies as st
 
 from shifter_core.container import JobContainer, state_path
 
-text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=30)
+text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\0"), max_size=30)
 
 
 def _record(**overrides) -> JobContainer:

@@ -93,7 +93,7 @@ def test_node_names_cannot_escape_the_directory(tmp_path, node):
 
 def test_a_directory_others_can_write_is_refused(tmp_path):
     os.chmod(tmp_path, 0o777)
-    with pytest.raises(ContainerError, match="must be owned by root and writable by root only"):
+    with pytest.raises(ContainerError, match="must not be writable by group or others"):
         provenance.Log.open(str(tmp_path), "n1")
 
 

@@ -1,4 +1,4 @@
-"""cffi builder of shifter_core._spank, the Python half of the SPANK plugin.
+"""cffi builder of shifter_core._spank, the embedded Python module of the SPANK plugin.
 
 Embedding mode: the SPANK plugin (spank/plugin.c) dlopen()s this module when
 a job uses shifter, calls shifter_python_start() (spank/embed.c) and then the
@@ -9,11 +9,14 @@ Not linked against libslurm: the spank_* and slurm_* symbols resolve from the
 Slurm process (srun, sbatch, salloc, slurmd, slurmstepd) that loads the plugin.
 """
 import os
+import sys
 import sysconfig
 
 import cffi
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+from shifter_core import seam  # noqa: E402  (the table the C side is generated from)
 
 CDEF = """
 typedef struct spank_handle *spank_t;
@@ -42,29 +45,29 @@ void slurm_info(const char *format, ...);
 void slurm_verbose(const char *format, ...);
 void slurm_debug(const char *format, ...);
 
-struct shim_call {
+struct py_call {
     const char *callback;
     spank_t spank;
     int context;
     int argc;
     char **argv;
-    int set[5];
-    const char *value[5];
+    int set[%(options)d];
+    const char *value[%(options)d];
     long long started_ns;
 };
-void shim_python_ready(void);
-"""
+void py_code_ready(void);
+""" % {"options": len(seam.OPTIONS)}
 
-EXPORTED = "int shifter_py_dispatch(struct shim_call *);"
+EXPORTED = "int shifter_py_dispatch(struct py_call *);"
 
-# Runs once, inside Slurm, the first time the shim calls into Python.  Its
+# Runs once, inside Slurm, the first time the plugin calls into Python.  Its
 # last line tells the C side that the Python code is ready; until then every
 # callback fails.
 INIT_CODE = """
 from shifter_core._spank import ffi, lib
 from shifter_core.spank import bridge
 bridge.install(ffi, lib)
-lib.shim_python_ready()
+lib.py_code_ready()
 """
 
 ffi = cffi.FFI()
@@ -74,7 +77,7 @@ with open(os.path.join(HERE, "embed.c"), encoding="utf-8") as source:
     ffi.set_source(
         "shifter_core._spank",
         source.read(),
-        include_dirs=[HERE],
+        include_dirs=[HERE, seam.write_header()],
         define_macros=[(name, '"%s"' % value) for name, value in (
             ("SHIFTER_STDLIB", sysconfig.get_paths()["stdlib"]),
             ("SHIFTER_DYNLOAD", sysconfig.get_config_var("DESTSHARED")),

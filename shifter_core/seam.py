@@ -1,0 +1,237 @@
+"""What the C plugin (spank/*.c) and the Python side agree on, written once.
+
+The plugin's options, the container record, the environment operations, the
+marker, the pinned-options text, the batch step's id, runDir's default, the
+provenance line of a task: each is defined here.  Python reads these names;
+at build time `write_header` turns them into seam_table.h, which spank/*.c
+includes (setup.py and the cffi builders write it under build/seam/; it is
+never committed).
+tests/unit/test_seam.py feeds the C functions (through the cffi module
+shifter_core._seam) and the Python ones the same inputs.
+
+Plain tuples and strings: the plugin's Python imports this at every start.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+# -- the plugin's options ------------------------------------------------------
+# (name, arginfo or None for a flag, usage).  The order is the C enum's, the
+# order of the pinned-options text and of the arrays handed to Python.
+OPTIONS = (
+    ("image", "image",
+     "Run in a container of this image, e.g. docker:ubuntu:22.04 (pinned to its digest at submit)"),
+    ("volume", "/host:/container[:flags]",
+     "Bind host paths into the container; separate several with ';' (flags: ro, perNodeCache=size=...)"),
+    ("module", "name[,name...]", "Site modules to enable in the container ('none' for none)"),
+    ("ccm", None, "Cluster compatibility mode: an sshd in the container on every node, ssh between them"),
+    ("autoshift", None, "Run the batch script and the tasks of every step inside the image"),
+)
+OPTION_NAMES = tuple(name for name, _, _ in OPTIONS)
+FLAGS = tuple(name for name, arginfo, _ in OPTIONS if arginfo is None)
+
+# The plugin's own arguments (plugstack.conf): name -> whether the value is an absolute path.
+PLUGIN_ARGUMENTS = (("venv", True), ("config", True), ("enable_ccm", False))
+
+# -- the job's environment ---------------------------------------------------------
+PINNED_OPTIONS_VAR = "SHIFTER_PINNED_OPTIONS"   # what srun pinned, so that an srun inside reuses it
+PINNED_SEPARATOR = "\x1f"
+DIGEST_VAR = "SHIFTER_IMAGE_DIGEST"
+AUTOSHIFT_VAR = "SHIFTER_AUTOSHIFT"             # "1": steps of an srun without the plugin enter too
+JOB_ID_VAR = "SLURM_JOB_ID"
+
+BATCH_STEP = 0xFFFFFFFB                         # slurm.h: SLURM_BATCH_SCRIPT
+
+# -- udiRoot.conf, as far as the fast path reads it --------------------------------------
+DEFAULT_CONFIG = "/etc/shifter/udiRoot.conf"
+RUN_DIR_KEY = "runDir"
+DEFAULT_RUN_DIR = "/run/shifter"
+CONFIG_BLANKS = " \t\r\v\f"                   # what a line's ends and a key's sides may hold
+
+# -- the container record (container/record.py writes it, both languages read it) --------
+STATE_PREFIX, STATE_SUFFIX = "job", ".state"    # <runDir>/job<id>.<node>.state
+RECORD_FORMAT = "shifter-container 1"
+RECORD_MAX = 1 << 20
+# (key, kind): the kinds' grammar is in record.py and spank/seam.c, tested to agree.
+RECORD_KEYS = (
+    ("job", "uint"),
+    ("node", "node"),
+    ("holder", "uint3"),        # pid, start time, mount namespace inode
+    ("root", "path"),
+    ("image", "image_id"),
+    ("digest", "digest"),
+    ("user", "uint2"),          # uid, gid
+    ("modules", "names"),
+    ("python", "bool"),         # its tasks need the Python path (CCM, module user hooks)
+    ("workdir", "escaped"),
+    ("provenance", "path"),
+    ("timing", "timing"),       # repeated: name, milliseconds
+    ("env", "env"),             # repeated: operation name=value
+    ("failed", "escaped"),      # the prolog failed because of the job, and why
+)
+RECORD_KINDS = ("uint", "uint2", "uint3", "bool", "node", "path", "image_id", "digest", "names", "escaped",
+                "timing", "env")
+RECORD_REQUIRED = ("job", "node", "holder", "root", "image", "digest", "user", "modules", "python")
+FAILURE_REQUIRED = ("job", "node")
+UINT_MAX = (1 << 64) - 1
+NODE_MAX = 64
+NODE_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_"
+NAME_CHARS = NODE_CHARS + "."                  # modules and timing names
+PATH_MAX = 4095
+ESCAPES = (("\\", "\\\\"), ("\n", "\\n"))      # the only escapes a value may hold
+DIGEST_PREFIX = "sha256:"
+IMAGE_ID_LENGTH = 64
+
+ENV_OPERATIONS = ("set", "append", "prepend", "unset")
+ENV_JOIN = ":"                                  # append and prepend join with it
+ENV_VALUE_MAX = 1 << 17
+
+# -- the container's marker (container/marker.py) -------------------------------------------
+MARKER = "/var/shifterMarker"
+MARKER_FORMAT = "shifter-marker 1"
+MARKER_MAX = 4096
+MARKER_FIELDS = ("job", "digest")
+
+# -- /proc/<pid>/stat ----------------------------------------------------------------------------
+START_TIME_FIELD = 22                           # starttime, counted from 1 (pid)
+
+# -- what root trusts ----------------------------------------------------------------------------
+FOREIGN_WRITE_BITS = 0o022                      # a root-only file has none of them
+
+# -- the provenance line of a task entering (provenance.Log.write's layout) ----------------------
+ENTER_EVENT = "enter"
+
+
+def uint(text: str) -> int | None:
+    """A decimal as both sides read it (spank/seam.c: parse_uint): digits only, at most UINT_MAX."""
+    if text.isascii() and text.isdigit() and len(text) <= len(str(UINT_MAX)) and int(text) <= UINT_MAX:
+        return int(text)
+    return None
+
+
+def provenance_line(**fields) -> str:
+    """One provenance record as provenance.Log writes it (and the C fast path, via `c_header`)."""
+    return json.dumps(fields, sort_keys=True, separators=(",", ":")) + "\n"
+
+
+# -- the C header --------------------------------------------------------------------------------
+
+def _c_string(text: str) -> str:
+    """A C string literal of `text` (UTF-8; bytes outside printable ASCII in octal)."""
+    out = []
+    for byte in text.encode():
+        char = chr(byte)
+        if char in '"\\':
+            out.append("\\" + char)
+        elif 0x20 <= byte < 0x7F:
+            out.append(char)
+        else:
+            out.append(f"\\{byte:03o}")
+    return '"' + "".join(out) + '"'
+
+
+def _enum(prefix: str, names, count: str) -> str:
+    items = ", ".join(f"{prefix}{name.upper()}" for name in names)
+    return f"{{ {items}, {count} }}"
+
+
+def _bits(names) -> str:
+    keys = [key for key, _ in RECORD_KEYS]
+    return " | ".join(f"(1u << {keys.index(name)})" for name in names)
+
+
+def _enter_format() -> str:
+    """provenance_line of an enter event as a printf format: the fast path fills in the values."""
+    placeholders = {"digest": "@S1", "job": "@U1", "ms": {"enter": "@F1"}, "node": "@S2", "step": "@U2",
+                    "task": "@D1", "time": "@F2"}
+    line = provenance_line(event=ENTER_EVENT, **placeholders)
+    for mark, c in (('"@S1"', '"%s"'), ('"@S2"', '"%s"'), ('"@U1"', "%llu"), ('"@U2"', "%u"), ('"@D1"', "%d"),
+                    ('"@F1"', "%.3f"), ('"@F2"', "%.3f")):
+        line = line.replace(mark, c)
+    return line
+
+
+def c_header() -> str:
+    """seam_table.h: this module's table for spank/*.c."""
+    options = " \\\n".join(
+        f"    X({name.upper()}, {_c_string(name)}, {_c_string(arginfo) if arginfo else 'NULL'}, "
+        f"{_c_string(usage)}, {0 if arginfo is None else 1})" for name, arginfo, usage in OPTIONS)
+    arguments = ", ".join(f"{{ {_c_string(name)}, {int(path)} }}" for name, path in PLUGIN_ARGUMENTS)
+    known = ", ".join(f"{name}=<absolute path>" if path else f"{name}=0|1" for name, path in PLUGIN_ARGUMENTS)
+    keys = ", ".join(f"{{ {_c_string(key)}, SEAM_KIND_{kind.upper()} }}" for key, kind in RECORD_KEYS)
+    lines = [
+        "/* Generated from shifter_core/seam.py at build time: do not edit, do not commit. */",
+        "#ifndef SHIFTER_SEAM_TABLE_H",
+        "#define SHIFTER_SEAM_TABLE_H",
+        "",
+        "/* X(ENUM, name, arginfo, usage, has_arg) */",
+        f"#define SEAM_OPTIONS(X) \\\n{options}",
+        f"enum seam_option {_enum('SEAM_OPT_', OPTION_NAMES, 'SEAM_OPTION_COUNT')};",
+        f"#define SEAM_PLUGIN_ARGUMENTS {{ {arguments}, {{ NULL, 0 }} }}",
+        f"#define SEAM_PLUGIN_ARGUMENTS_KNOWN {_c_string(known)}",
+        f"#define SEAM_PINNED_OPTIONS_VAR {_c_string(PINNED_OPTIONS_VAR)}",
+        f"#define SEAM_PINNED_SEPARATOR {_c_string(PINNED_SEPARATOR)}",
+        f"#define SEAM_DIGEST_VAR {_c_string(DIGEST_VAR)}",
+        f"#define SEAM_AUTOSHIFT_VAR {_c_string(AUTOSHIFT_VAR)}",
+        f"#define SEAM_JOB_ID_VAR {_c_string(JOB_ID_VAR)}",
+        f"#define SEAM_BATCH_STEP {BATCH_STEP:#x}U",
+        f"#define SEAM_DEFAULT_CONFIG {_c_string(DEFAULT_CONFIG)}",
+        f"#define SEAM_RUN_DIR_KEY {_c_string(RUN_DIR_KEY)}",
+        f"#define SEAM_DEFAULT_RUN_DIR {_c_string(DEFAULT_RUN_DIR)}",
+        f"#define SEAM_CONFIG_BLANKS {_c_string(CONFIG_BLANKS)}",
+        f"#define SEAM_STATE_PREFIX {_c_string(STATE_PREFIX)}",
+        f"#define SEAM_STATE_SUFFIX {_c_string(STATE_SUFFIX)}",
+        f"#define SEAM_RECORD_FORMAT {_c_string(RECORD_FORMAT)}",
+        f"#define SEAM_RECORD_MAX {RECORD_MAX}",
+        f"enum seam_kind {_enum('SEAM_KIND_', RECORD_KINDS, 'SEAM_KIND_COUNT')};",
+        f"enum seam_key {_enum('SEAM_KEY_', [key for key, _ in RECORD_KEYS], 'SEAM_KEY_COUNT')};",
+        f"#define SEAM_RECORD_KEYS {{ {keys} }}",
+        f"#define SEAM_RECORD_REQUIRED ({_bits(RECORD_REQUIRED)})",
+        f"#define SEAM_FAILURE_REQUIRED ({_bits(FAILURE_REQUIRED)})",
+        f"#define SEAM_UINT_DIGITS {len(str(UINT_MAX))}",
+        f"#define SEAM_NODE_MAX {NODE_MAX}",
+        f"#define SEAM_NODE_CHARS {_c_string(NODE_CHARS)}",
+        f"#define SEAM_NAME_CHARS {_c_string(NAME_CHARS)}",
+        f"#define SEAM_PATH_MAX {PATH_MAX}",
+        f"#define SEAM_DIGEST_PREFIX {_c_string(DIGEST_PREFIX)}",
+        f"#define SEAM_IMAGE_ID_LENGTH {IMAGE_ID_LENGTH}",
+        f"#define SEAM_ESCAPED_CHARS {_c_string(''.join(raw for raw, _ in ESCAPES))}",
+        f"#define SEAM_ESCAPE_LETTERS {_c_string(''.join(escaped[1] for _, escaped in ESCAPES))}",
+        f"enum seam_env_op {_enum('SEAM_ENV_', ENV_OPERATIONS, 'SEAM_ENV_OP_COUNT')};",
+        f"#define SEAM_ENV_OPERATIONS {{ {', '.join(map(_c_string, ENV_OPERATIONS))} }}",
+        f"#define SEAM_ENV_JOIN {_c_string(ENV_JOIN)}",
+        f"#define SEAM_ENV_VALUE_MAX {ENV_VALUE_MAX}",
+        f"#define SEAM_MARKER {_c_string(MARKER.lstrip('/'))}",
+        f"#define SEAM_MARKER_FORMAT {_c_string(MARKER_FORMAT)}",
+        f"#define SEAM_MARKER_MAX {MARKER_MAX}",
+        f"#define SEAM_MARKER_JOB {_c_string(MARKER_FIELDS[0])}",
+        f"#define SEAM_MARKER_DIGEST {_c_string(MARKER_FIELDS[1])}",
+        f"#define SEAM_START_TIME_FIELD {START_TIME_FIELD}",
+        f"#define SEAM_FOREIGN_WRITE_BITS 0{FOREIGN_WRITE_BITS:o}",
+        "/* digest, job, ms.enter, node, step, task, time */",
+        f"#define SEAM_ENTER_FORMAT {_c_string(_enter_format())}",
+        "",
+        "#endif",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_header(directory: str | None = None) -> str:
+    """Write seam_table.h into `directory` (default: build/seam of the source tree) unless
+    it is there already; return the directory, for the compiler's include path."""
+    directory = directory or os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                          "build", "seam")
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, "seam_table.h")
+    text = c_header()
+    try:
+        with open(path, encoding="utf-8") as f:
+            if f.read() == text:
+                return directory
+    except FileNotFoundError:
+        pass
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+    return directory

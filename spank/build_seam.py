@@ -1,0 +1,67 @@
+"""cffi builder of shifter_core._seam: spank/seam.c, callable from Python.
+
+The plugin's fast path parses what the prolog wrote and sets up the task the
+way Python would; tests/unit/test_seam.py holds the two implementations to
+the same answers through this module.  Nothing on the nodes imports it.
+`setup.py` builds it through `cffi_modules`.
+"""
+import os
+import sys
+
+import cffi
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+from shifter_core import seam  # noqa: E402  (the table the C side is generated from)
+
+ffi = cffi.FFI()
+ffi.cdef("""
+enum seam_status { SEAM_INVALID, SEAM_READY, SEAM_PYTHON, SEAM_FAILED, ... };
+
+struct seam_record {
+    unsigned long long job;
+    char node[];
+    unsigned long long holder_pid, holder_start, mntns;
+    char root[];
+    char digest[];
+    char provenance[];
+    int python;
+    const char *failed;
+    const char *env;
+    int env_count;
+    ...;
+};
+
+struct seam_env {
+    void *ctx;
+    int (*get)(void *ctx, const char *name, char *buf, int size);
+    int (*set)(void *ctx, const char *name, const char *value);
+    int (*unset)(void *ctx, const char *name);
+};
+
+enum seam_status seam_parse_record(char *text, size_t len, struct seam_record *rec);
+const char *seam_env_next(const char *cursor, int *op, const char **name, const char **value);
+int seam_apply_env(const struct seam_record *rec, const struct seam_env *env);
+int seam_run_dir(char *text, size_t len, char *out, size_t size);
+int seam_marker_matches(const char *text, size_t len, unsigned long long job, const char *digest,
+                        char *found, size_t size);
+int seam_start_time(const char *text, unsigned long long *start);
+int seam_options_text(const int set[], char *const value[], char *out, size_t size);
+int seam_enter_line(char *out, size_t size, const struct seam_record *rec, double ms,
+                    unsigned int step, int task, double now);
+int seam_root_only(unsigned int uid, unsigned int mode);
+
+extern "Python" int seam_test_get(void *, const char *, char *, int);
+extern "Python" int seam_test_set(void *, const char *, const char *);
+extern "Python" int seam_test_unset(void *, const char *);
+""")
+ffi.set_source(
+    "shifter_core._seam",
+    '#include "seam.h"',
+    sources=[os.path.relpath(os.path.join(HERE, "seam.c"))],
+    include_dirs=[HERE, seam.write_header()],
+    extra_compile_args=["-Wall", "-Werror=implicit-function-declaration"],
+)
+
+if __name__ == "__main__":
+    ffi.compile(tmpdir=os.path.dirname(HERE), verbose=True)

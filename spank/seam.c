@@ -1,0 +1,546 @@
+/*
+ * The C side of the seam with Python: what the fast path (fastpath.c) and
+ * the plugin (plugin.c) read that Python wrote, and write that Python reads.
+ * Each function names its Python twin; tests/unit/test_seam.py runs both on
+ * the same inputs through shifter_core._seam.  The names, keys and formats
+ * come from shifter_core/seam.py through the generated seam_table.h.
+ */
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "seam.h"
+
+static const struct { const char *name; enum seam_kind kind; } record_keys[] = SEAM_RECORD_KEYS;
+static const char *const env_operations[] = SEAM_ENV_OPERATIONS;
+
+/* ---- values ------------------------------------------------------------ */
+
+/* What Python's strict UTF-8 decoder accepts. */
+static int valid_utf8(const unsigned char *s, size_t len)
+{
+    size_t i = 0;
+
+    while (i < len) {
+        unsigned int c = s[i], cp, min;
+        size_t more;
+
+        if (c < 0x80) {
+            i++;
+            continue;
+        }
+        if (c >= 0xC2 && c <= 0xDF)
+            more = 1, cp = c & 0x1F, min = 0x80;
+        else if (c >= 0xE0 && c <= 0xEF)
+            more = 2, cp = c & 0x0F, min = 0x800;
+        else if (c >= 0xF0 && c <= 0xF4)
+            more = 3, cp = c & 0x07, min = 0x10000;
+        else
+            return 0;
+        if (len - i <= more)
+            return 0;
+        for (size_t k = 1; k <= more; k++) {
+            if ((s[i + k] & 0xC0) != 0x80)
+                return 0;
+            cp = cp << 6 | (s[i + k] & 0x3F);
+        }
+        if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
+            return 0;
+        i += more + 1;
+    }
+    return 1;
+}
+
+/* Text a parser may read: no NUL inside, valid UTF-8. */
+static int plain_text(const char *text, size_t len)
+{
+    return memchr(text, '\0', len) == NULL && valid_utf8((const unsigned char *) text, len);
+}
+
+/* 1 to SEAM_UINT_DIGITS decimal digits, at most 2^64 - 1 (record.py: _uint). */
+static int parse_uint(const char *s, size_t n, unsigned long long *out)
+{
+    unsigned long long v = 0;
+
+    if (n == 0 || n > SEAM_UINT_DIGITS)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned int digit = (unsigned char) s[i] - '0';
+        if (digit > 9 || v > (ULLONG_MAX - digit) / 10)
+            return 0;
+        v = v * 10 + digit;
+    }
+    *out = v;
+    return 1;
+}
+
+/* `count` of them separated by single spaces, and nothing else. */
+static int parse_uints(const char *s, unsigned long long *out, int count)
+{
+    for (int i = 0; i < count; i++) {
+        size_t n = strcspn(s, " ");
+        if (!parse_uint(s, n, &out[i]))
+            return 0;
+        s += n;
+        if (i < count - 1 && *s++ != ' ')
+            return 0;
+    }
+    return *s == '\0';
+}
+
+static int only(const char *s, const char *chars)
+{
+    return s[strspn(s, chars)] == '\0';
+}
+
+static int lower_hex(const char *s, size_t n)
+{
+    return strlen(s) == n && only(s, "0123456789abcdef");
+}
+
+/* name(,name)* or nothing */
+static int names(const char *s)
+{
+    for (;;) {
+        size_t n = strspn(s, SEAM_NAME_CHARS);
+        if (n == 0)
+            return 0;
+        s += n;
+        if (*s == '\0')
+            return 1;
+        if (*s++ != ',')
+            return 0;
+    }
+}
+
+/* digits, optionally a dot and digits */
+static int decimal(const char *s)
+{
+    size_t n = strspn(s, "0123456789");
+    if (n == 0)
+        return 0;
+    if (s[n] == '\0')
+        return 1;
+    return s[n] == '.' && strspn(s + n + 1, "0123456789") > 0 && only(s + n + 1, "0123456789");
+}
+
+/* Backslash escapes (record.py: _unescape): copy `n` bytes of `src` to `dst`
+ * unescaped (dst <= src is allowed) and NUL-terminate; the end of `dst`, or
+ * NULL for an escape other than the seam's. */
+static char *unescape(char *dst, const char *src, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (src[i] == '\\') {
+            const char *letter = i + 1 < n ? strchr(SEAM_ESCAPE_LETTERS, src[i + 1]) : NULL;
+            if (letter == NULL || *letter == '\0')
+                return NULL;
+            *dst++ = SEAM_ESCAPED_CHARS[letter - SEAM_ESCAPE_LETTERS];
+            i++;
+        } else {
+            *dst++ = src[i];
+        }
+    }
+    *dst = '\0';
+    return dst + 1;
+}
+
+static int escaped(const char *s)
+{
+    for (; *s; s++)
+        if (*s == '\\' && (*++s == '\0' || !strchr(SEAM_ESCAPE_LETTERS, *s)))
+            return 0;
+    return 1;
+}
+
+static int copy(char *dst, size_t size, const char *src)
+{
+    return snprintf(dst, size, "%s", src) < (int) size;
+}
+
+static int env_op(const char *s, size_t n)
+{
+    for (int op = 0; op < SEAM_ENV_OP_COUNT; op++)
+        if (strlen(env_operations[op]) == n && strncmp(s, env_operations[op], n) == 0)
+            return op;
+    return -1;
+}
+
+/* op name=value, both escaped, the name not empty */
+static int env_entry(const char *s)
+{
+    size_t n = strcspn(s, " ");
+    const char *eq;
+
+    if (s[n] != ' ' || env_op(s, n) < 0 || (eq = strchr(s + n + 1, '=')) == NULL || eq == s + n + 1)
+        return 0;
+    for (const char *p = s + n + 1; p < eq; p++)
+        if (*p == '\\' && (++p == eq || !strchr(SEAM_ESCAPE_LETTERS, *p)))
+            return 0;
+    return escaped(eq + 1);
+}
+
+/* ---- the container record (container/record.py: parse) ------------------ */
+
+static int value_valid(enum seam_kind kind, const char *value, struct seam_record *rec, int key)
+{
+    unsigned long long numbers[3];
+
+    switch (kind) {
+    case SEAM_KIND_UINT:
+        return parse_uints(value, key == SEAM_KEY_JOB ? &rec->job : numbers, 1);
+    case SEAM_KIND_UINT2:
+        return parse_uints(value, numbers, 2);
+    case SEAM_KIND_UINT3:
+        if (!parse_uints(value, numbers, 3))
+            return 0;
+        rec->holder_pid = numbers[0], rec->holder_start = numbers[1], rec->mntns = numbers[2];
+        return 1;
+    case SEAM_KIND_BOOL:
+        rec->python = value[0] == '1';
+        return (value[0] == '0' || value[0] == '1') && value[1] == '\0';
+    case SEAM_KIND_NODE:
+        return value[0] && only(value, SEAM_NODE_CHARS) && copy(rec->node, sizeof rec->node, value);
+    case SEAM_KIND_PATH:
+        return value[0] == '/'
+            && copy(key == SEAM_KEY_ROOT ? rec->root : rec->provenance, sizeof rec->root, value);
+    case SEAM_KIND_IMAGE_ID:
+        return lower_hex(value, SEAM_IMAGE_ID_LENGTH);
+    case SEAM_KIND_DIGEST:
+        return strncmp(value, SEAM_DIGEST_PREFIX, sizeof SEAM_DIGEST_PREFIX - 1) == 0
+            && lower_hex(value + sizeof SEAM_DIGEST_PREFIX - 1, SEAM_IMAGE_ID_LENGTH)
+            && copy(rec->digest, sizeof rec->digest, value);
+    case SEAM_KIND_NAMES:
+        return value[0] == '\0' || names(value);
+    case SEAM_KIND_ESCAPED:
+        if (key == SEAM_KEY_FAILED)
+            rec->failed = value;
+        return escaped(value);
+    case SEAM_KIND_TIMING: {
+        size_t n = strspn(value, SEAM_NAME_CHARS);
+        return n > 0 && value[n] == ' ' && decimal(value + n + 1);
+    }
+    case SEAM_KIND_ENV:
+        rec->env_count++;
+        return env_entry(value);
+    default:
+        return 0;
+    }
+}
+
+/* One `key value` line; the key's index, or -1. */
+static int record_line(char *line, struct seam_record *rec)
+{
+    char *value = strchr(line, ' ');
+
+    if (value == NULL)
+        return -1;
+    for (int key = 0; key < SEAM_KEY_COUNT; key++) {
+        size_t n = strlen(record_keys[key].name);
+        if ((size_t) (value - line) == n && strncmp(line, record_keys[key].name, n) == 0)
+            return value_valid(record_keys[key].kind, value + 1, rec, key) ? key : -1;
+    }
+    return -1;
+}
+
+/* Move the env operations, unescaped, to the front of the text: op byte,
+ * name NUL, value NUL.  Lines are NUL-separated by now; each entry is
+ * shorter than its line, so nothing unread is overwritten. */
+static void compact_env(char *text, size_t len, struct seam_record *rec)
+{
+    char *out = text, *end = text + len;
+
+    size_t key = strlen(record_keys[SEAM_KEY_ENV].name);
+
+    rec->env = text;
+    for (char *line = text, *next; line < end; line = next) {
+        next = line + strlen(line) + 1;         /* before the entry overwrites the line */
+        if (strncmp(line, record_keys[SEAM_KEY_ENV].name, key) != 0 || line[key] != ' ')
+            continue;
+        char *op = line + key + 1, *name = op + strcspn(op, " ") + 1, *eq = strchr(name, '=');
+        *out++ = (char) env_op(op, name - 1 - op);
+        out = unescape(out, name, eq - name);
+        out = unescape(out, eq + 1, strlen(eq + 1));
+    }
+}
+
+enum seam_status seam_parse_record(char *text, size_t len, struct seam_record *rec)
+{
+    size_t format = sizeof SEAM_RECORD_FORMAT - 1;
+    unsigned int seen = 0;
+
+    memset(rec, 0, sizeof *rec);
+    if (len > SEAM_RECORD_MAX || !plain_text(text, len) || strncmp(text, SEAM_RECORD_FORMAT, format) != 0
+        || (text[format] != '\n' && text[format] != '\0'))
+        return SEAM_INVALID;
+    for (char *p = text; p < text + len; p++)
+        if (*p == '\n')
+            *p = '\0';
+    for (char *line = text + format + 1; line < text + len; line += strlen(line) + 1) {
+        int key;
+        if (*line == '\0')
+            continue;
+        if ((key = record_line(line, rec)) < 0)
+            return SEAM_INVALID;
+        seen |= 1u << key;
+    }
+    if (rec->failed) {
+        char *reason = (char *) rec->failed;
+        unescape(reason, reason, strlen(reason));
+        rec->env_count = 0;
+        return (seen & SEAM_FAILURE_REQUIRED) == SEAM_FAILURE_REQUIRED ? SEAM_FAILED : SEAM_INVALID;
+    }
+    if ((seen & SEAM_RECORD_REQUIRED) != SEAM_RECORD_REQUIRED)
+        return SEAM_INVALID;
+    compact_env(text + format + 1, len > format ? len - format - 1 : 0, rec);
+    return rec->python ? SEAM_PYTHON : SEAM_READY;
+}
+
+const char *seam_env_next(const char *cursor, int *op, const char **name, const char **value)
+{
+    *op = (unsigned char) cursor[0];
+    *name = cursor + 1;
+    *value = *name + strlen(*name) + 1;
+    return *value + strlen(*value) + 1;
+}
+
+/* ---- the task's environment (environ.apply) ------------------------------ */
+
+int seam_apply_env(const struct seam_record *rec, const struct seam_env *env)
+{
+    char *current = malloc(SEAM_ENV_VALUE_MAX);
+    const char *cursor = rec->env;
+    int rc = 0;
+
+    if (current == NULL)
+        return -1;
+    for (int i = 0; i < rec->env_count && rc == 0; i++) {
+        const char *name, *value;
+        int op, got;
+
+        cursor = seam_env_next(cursor, &op, &name, &value);
+        if (op == SEAM_ENV_SET) {
+            rc = env->set(env->ctx, name, value);
+        } else if (op == SEAM_ENV_UNSET) {
+            rc = env->unset(env->ctx, name);
+        } else if ((got = env->get(env->ctx, name, current, SEAM_ENV_VALUE_MAX)) < 0) {
+            rc = -1;
+        } else if (got == 1 || current[0] == '\0') {
+            rc = env->set(env->ctx, name, value);
+        } else {
+            size_t n = strlen(current) + strlen(value) + 2;
+            char *joined = malloc(n);
+            if (joined == NULL) {
+                rc = -1;
+                break;
+            }
+            snprintf(joined, n, "%s" SEAM_ENV_JOIN "%s", op == SEAM_ENV_APPEND ? current : value,
+                     op == SEAM_ENV_APPEND ? value : current);
+            rc = env->set(env->ctx, name, joined);
+            free(joined);
+        }
+    }
+    free(current);
+    return rc;
+}
+
+/* ---- udiRoot.conf's runDir (config.py: _logical_lines, _split_key, _absolute_path) ---- */
+
+static char *strip(char *begin, char **end)
+{
+    while (begin < *end && *begin && strchr(SEAM_CONFIG_BLANKS, *begin))
+        begin++;
+    while (*end > begin && (*end)[-1] && strchr(SEAM_CONFIG_BLANKS, (*end)[-1]))
+        (*end)--;
+    return begin;
+}
+
+/* posixpath.normpath of an absolute path: one or two leading slashes kept,
+ * no empty or '.' component, '..' taking the previous one away. */
+static int normpath(const char *path, char *out, size_t size)
+{
+    size_t used = strspn(path, "/") == 2 ? 2 : 1, root = used;
+
+    if (size < 3)
+        return -1;
+    memcpy(out, "//", used);
+    for (const char *p = path; *p;) {
+        size_t n;
+        p += strspn(p, "/");
+        n = strcspn(p, "/");
+        if (n == 0 || (n == 1 && p[0] == '.')) {
+            p += n;
+            continue;
+        }
+        if (n == 2 && p[0] == '.' && p[1] == '.') {
+            while (used > root && out[used - 1] != '/')
+                used--;
+            if (used > root)
+                used--;
+        } else {
+            if (used + 1 + n >= size)
+                return -1;
+            if (used > root)
+                out[used++] = '/';
+            memcpy(out + used, p, n);
+            used += n;
+        }
+        p += n;
+    }
+    out[used] = '\0';
+    return 0;
+}
+
+/* One logical line: `key=value`; -1 if config.py would refuse it. */
+static int config_line(char *line, char *out, size_t size)
+{
+    char *eq = strchr(line, '='), *key_end, *value, *value_end;
+
+    if (eq == NULL)
+        return -1;
+    key_end = eq;
+    line = strip(line, &key_end);
+    if (key_end == line)
+        return -1;
+    value_end = eq + 1 + strlen(eq + 1);
+    value = strip(eq + 1, &value_end);
+    *value_end = '\0';
+    if ((size_t) (key_end - line) != strlen(SEAM_RUN_DIR_KEY) || strncmp(line, SEAM_RUN_DIR_KEY, key_end - line))
+        return 0;
+    if (*value == '\0')
+        return copy(out, size, SEAM_DEFAULT_RUN_DIR) ? 0 : -1;
+    return value[0] == '/' ? normpath(value, out, size) : -1;
+}
+
+int seam_run_dir(char *text, size_t len, char *out, size_t size)
+{
+    char *end = text + len, *start = NULL, *w = NULL;
+
+    if (!copy(out, size, SEAM_DEFAULT_RUN_DIR) || !plain_text(text, len))
+        return -1;
+    if (len && end[-1] == '\n')
+        end--;                          /* no empty line after the last newline */
+    for (char *raw = text; raw <= end && len; ) {
+        char *raw_end = memchr(raw, '\n', end - raw), *b, *e;
+        int more;
+        raw_end = raw_end ? raw_end : end;
+        e = raw_end;
+        b = strip(raw, &e);
+        if (start == NULL) {
+            if (b == e || *b == '#')
+                goto next;
+            start = w = raw;
+        }
+        more = e > b && e[-1] == '\\';
+        if (more) {
+            e--;
+            b = strip(b, &e);
+        }
+        if (e > b) {
+            if (w != start)
+                *w++ = ' ';
+            memmove(w, b, e - b);
+            w += e - b;
+        }
+        if (!more) {
+            *w = '\0';
+            if (config_line(start, out, size) < 0)
+                return -1;
+            start = NULL;
+        }
+    next:
+        raw = raw_end + 1;
+    }
+    return start == NULL ? 0 : -1;      /* a value continued past the end */
+}
+
+/* ---- the container's marker (container/marker.py: matches) -------------- */
+
+int seam_marker_matches(const char *text, size_t len, unsigned long long job, const char *digest,
+                        char *found, size_t size)
+{
+    const char *their_job = "?", *their_digest = "?", *end = text + len, *line, *next;
+    size_t job_n = 1, digest_n = 1, format = sizeof SEAM_MARKER_FORMAT - 1;
+    int format_ok;
+    char wanted_job[SEAM_UINT_DIGITS + 1];
+
+    snprintf(found, size, "no readable %s", SEAM_MARKER);
+    if (len > SEAM_MARKER_MAX || !plain_text(text, len))
+        return 0;
+    next = memchr(text, '\n', len);
+    format_ok = (size_t) ((next ? next : end) - text) == format && strncmp(text, SEAM_MARKER_FORMAT, format) == 0;
+    for (line = next ? next + 1 : end; line < end; line = next + 1) {
+        const char *space;
+        size_t n;
+        next = memchr(line, '\n', end - line);
+        next = next ? next : end;
+        if (next == line)
+            continue;
+        space = memchr(line, ' ', next - line);
+        n = (space ? space : next) - line;
+        const char *value = space ? space + 1 : next;
+        if (n == strlen(SEAM_MARKER_JOB) && strncmp(line, SEAM_MARKER_JOB, n) == 0)
+            their_job = value, job_n = next - value;
+        else if (n == strlen(SEAM_MARKER_DIGEST) && strncmp(line, SEAM_MARKER_DIGEST, n) == 0)
+            their_digest = value, digest_n = next - value;
+    }
+    snprintf(found, size, "this one belongs to job %.*s (%.*s)", (int) job_n, their_job,
+             (int) digest_n, their_digest);
+    snprintf(wanted_job, sizeof wanted_job, "%llu", job);
+    return format_ok && job_n == strlen(wanted_job) && strncmp(their_job, wanted_job, job_n) == 0
+        && digest_n == strlen(digest) && strncmp(their_digest, digest, digest_n) == 0;
+}
+
+/* ---- /proc/<pid>/stat (container/procfs.py: parse_start_time) ------------ */
+
+int seam_start_time(const char *text, unsigned long long *start)
+{
+    const char *p = strrchr(text, ')');
+
+    if (p == NULL || p[1] != ' ')
+        return -1;
+    p += 2;                                         /* field 3, the state */
+    for (int field = 3; field < SEAM_START_TIME_FIELD; field++) {
+        if ((p = strchr(p, ' ')) == NULL)
+            return -1;
+        p++;
+    }
+    return parse_uint(p, strcspn(p, " "), start) ? 0 : -1;
+}
+
+/* ---- what C writes for Python ------------------------------------------ */
+
+/* submit.pinned_options */
+int seam_options_text(const int set[SEAM_OPTION_COUNT], char *const value[SEAM_OPTION_COUNT],
+                      char *out, size_t size)
+{
+    static const int has_arg[] = {
+#define HAS_ARG(e, name, arginfo, usage, arg) arg,
+        SEAM_OPTIONS(HAS_ARG)
+#undef HAS_ARG
+    };
+    size_t used = 0;
+
+    for (int i = 0; i < SEAM_OPTION_COUNT; i++) {
+        const char *text = has_arg[i] ? (value[i] ? value[i] : "") : set[i] ? "1" : "0";
+        int n = snprintf(out + used, size - used, "%s%s", i ? SEAM_PINNED_SEPARATOR : "", text);
+        if (n < 0 || (size_t) n >= size - used)
+            return -1;
+        used += n;
+    }
+    return 0;
+}
+
+/* provenance.Log.write of an "enter" event (seam.provenance_line) */
+int seam_enter_line(char *out, size_t size, const struct seam_record *rec, double ms,
+                    unsigned int step, int task, double now)
+{
+    int n = snprintf(out, size, SEAM_ENTER_FORMAT, rec->digest, rec->job, ms, rec->node, step, task, now);
+    return n >= 0 && (size_t) n < size ? n : -1;
+}
+
+/* trust.root_only */
+int seam_root_only(unsigned int uid, unsigned int mode)
+{
+    return uid == 0 && !(mode & SEAM_FOREIGN_WRITE_BITS);
+}

@@ -1,0 +1,76 @@
+/*
+ * The C side of the seam with Python (shifter_core/seam.py): reading what
+ * Python wrote and writing what Python reads, as pure functions without
+ * SPANK, so that shifter_core._seam (build_seam.py) can hand them the same
+ * inputs as their Python twins in tests/unit/test_seam.py.
+ */
+#ifndef SHIFTER_SEAM_H
+#define SHIFTER_SEAM_H
+
+#include <stddef.h>
+
+#include "seam_table.h"         /* generated from shifter_core/seam.py */
+
+#define SEAM_DIGEST_SIZE (sizeof SEAM_DIGEST_PREFIX + SEAM_IMAGE_ID_LENGTH)
+
+/* The fields of a container record (container/record.py) that the fast path uses. */
+struct seam_record {
+    unsigned long long job;
+    char node[SEAM_NODE_MAX + 1];
+    unsigned long long holder_pid, holder_start, mntns;
+    char root[SEAM_PATH_MAX + 1];
+    char digest[SEAM_DIGEST_SIZE];
+    char provenance[SEAM_PATH_MAX + 1];     /* "" when the record names none */
+    int python;
+    const char *failed;     /* why the prolog failed, or NULL; points into the parsed text */
+    const char *env;        /* env_count operations: op byte, name NUL, value NUL; in the text */
+    int env_count;
+};
+
+enum seam_status {
+    SEAM_INVALID = -1,      /* not a record Python would read either */
+    SEAM_READY = 0,         /* a container the fast path can enter */
+    SEAM_PYTHON = 1,        /* a container whose tasks need Python (CCM, module user hooks) */
+    SEAM_FAILED = 2,        /* the prolog failed because of the job: rec->failed says why */
+};
+
+/* Parse `len` bytes of a record (modified in place; `rec` points into it). */
+enum seam_status seam_parse_record(char *text, size_t len, struct seam_record *rec);
+
+/* The operation at `cursor` (rec->env first); returns the next one. */
+const char *seam_env_next(const char *cursor, int *op, const char **name, const char **value);
+
+/* A task's environment, as the operations see it. */
+struct seam_env {
+    void *ctx;
+    int (*get)(void *ctx, const char *name, char *buf, int size);  /* 0, 1 if unset, -1 */
+    int (*set)(void *ctx, const char *name, const char *value);     /* 0 or -1 */
+    int (*unset)(void *ctx, const char *name);                      /* 0 or -1 */
+};
+
+/* Apply the record's environment operations, as environ.apply does; 0 or -1. */
+int seam_apply_env(const struct seam_record *rec, const struct seam_env *env);
+
+/* udiRoot.conf's runDir as config.parse reads it (text modified in place); 0 or -1. */
+int seam_run_dir(char *text, size_t len, char *out, size_t size);
+
+/* Does the marker text name this job and digest (container/marker.py: matches)?
+ * `found` gets what it names instead, for the message. */
+int seam_marker_matches(const char *text, size_t len, unsigned long long job, const char *digest,
+                        char *found, size_t size);
+
+/* The start time in /proc/<pid>/stat's text (procfs.parse_start_time); 0 or -1. */
+int seam_start_time(const char *text, unsigned long long *start);
+
+/* The options as submit.pinned_options renders them; 0, or -1 if they do not fit. */
+int seam_options_text(const int set[SEAM_OPTION_COUNT], char *const value[SEAM_OPTION_COUNT],
+                      char *out, size_t size);
+
+/* The provenance line of a task that entered (seam.provenance_line); its length or -1. */
+int seam_enter_line(char *out, size_t size, const struct seam_record *rec, double ms,
+                    unsigned int step, int task, double now);
+
+/* Root-owned and writable by nobody else (trust.root_only). */
+int seam_root_only(unsigned int uid, unsigned int mode);
+
+#endif

@@ -1,0 +1,377 @@
+"""The C fast path and Python read and write the same things the same way.
+
+Each test hands one input to the C function of spank/seam.c (through the
+cffi module shifter_core._seam) and to its Python twin, and requires the same
+answer: container records (valid, failed and malformed ones, escapes, all four
+environment operations), the environment a task ends up with, udiRoot.conf's
+runDir, the container's marker, /proc/<pid>/stat, the pinned options, the
+provenance line of a task, and root's trust rule.
+"""
+import json
+import os
+import types
+
+import pytest
+from hypothesis import example, given, settings, strategies as st
+
+from shifter_core import config, environ, seam, trust
+from shifter_core._seam import ffi, lib
+from shifter_core.container import procfs, record
+from shifter_core.container.marker import matches
+from shifter_core.spank import bridge, submit
+
+HEX = "0123456789abcdef"
+ID = "ab" * 32
+
+
+MINIMAL = """\
+udiMount=/var/udiMount
+loopMount=/var/udiLoopMount
+imagePath=/images
+etcPath=/etc/shifter/etc_files
+system=testsys
+imageGateway=http://127.0.0.1:5000
+"""
+
+
+def _s(cdata) -> str:
+    return ffi.string(cdata).decode()
+
+
+# -- container records -------------------------------------------------------
+
+def c_parse(data: bytes):
+    """What the fast path reads from a record: a comparable summary."""
+    buf = ffi.new("char[]", data)
+    rec = ffi.new("struct seam_record *")
+    status = lib.seam_parse_record(buf, len(data), rec)
+    if status == lib.SEAM_INVALID:
+        return "invalid"
+    if status == lib.SEAM_FAILED:
+        return "failed", _s(rec.failed)
+    ops, cursor = [], rec.env
+    for _ in range(rec.env_count):
+        op, name, value = ffi.new("int *"), ffi.new("const char **"), ffi.new("const char **")
+        cursor = lib.seam_env_next(cursor, op, name, value)
+        ops.append((seam.ENV_OPERATIONS[op[0]], _s(name[0]), _s(value[0])))
+    return ("container", rec.job, _s(rec.node), (rec.holder_pid, rec.holder_start, rec.mntns), _s(rec.root),
+            _s(rec.digest), _s(rec.provenance) or None, bool(rec.python), ops,
+            "python" if status == lib.SEAM_PYTHON else "ready")
+
+
+def py_parse(data: bytes):
+    """The same summary from container/record.py."""
+    try:
+        job = record.parse(data)
+    except record.SetupFailed as failed:
+        return "failed", str(failed)
+    except ValueError:
+        return "invalid"
+    return ("container", job.job_id, job.node, (job.holder_pid, job.holder_start, job.mntns), job.root,
+            job.digest, job.provenance_log, job.python, job.env_ops, "python" if job.python else "ready")
+
+
+no_nul = st.characters(blacklist_categories=("Cs",), blacklist_characters="\0")
+texts = st.text(no_nul, max_size=12)
+tricky = st.text(st.sampled_from("ab=\\n \t:/$é"), max_size=8)   # escapes, '=', spaces, non-ASCII
+env_names = st.one_of(tricky, texts).filter(lambda s: s and "=" not in s)
+env_ops = st.lists(st.tuples(st.sampled_from(seam.ENV_OPERATIONS), env_names, st.one_of(tricky, texts)), max_size=6)
+names = st.text(st.sampled_from(seam.NAME_CHARS), min_size=1, max_size=6)
+uints = st.integers(0, seam.UINT_MAX)
+
+
+@st.composite
+def containers(draw) -> record.JobContainer:
+    return record.JobContainer(
+        job_id=draw(uints), node=draw(st.text(st.sampled_from(seam.NODE_CHARS), min_size=1, max_size=seam.NODE_MAX)),
+        holder_pid=draw(uints), holder_start=draw(uints), mntns=draw(uints),
+        root="/" + draw(texts.filter(lambda s: "\n" not in s)), image_id=draw(st.text(st.sampled_from(HEX),
+                                                                                     min_size=64, max_size=64)),
+        digest="sha256:" + draw(st.text(st.sampled_from(HEX), min_size=64, max_size=64)),
+        uid=draw(uints), gid=draw(uints), workdir=draw(st.one_of(st.none(), texts.filter(bool))),
+        modules=draw(st.lists(names, max_size=3)),
+        timings=draw(st.dictionaries(names, st.floats(0, 1e6, allow_nan=False), max_size=3)),
+        env_ops=draw(env_ops), python=draw(st.booleans()),
+        provenance_log=draw(st.one_of(st.none(), st.just("/var/log/shifter/n1.jsonl"))))
+
+
+def _saved(job: record.JobContainer, tmp_path_factory) -> bytes:
+    path = tmp_path_factory.mktemp("rec") / "r"
+    job.save(str(path))
+    return path.read_bytes()
+
+
+@given(containers())
+def test_records_the_prolog_writes_read_the_same(tmp_path_factory, job):
+    data = _saved(job, tmp_path_factory)
+    assert c_parse(data) == py_parse(data) != "invalid"
+
+
+@given(st.integers(0, 2 ** 32), st.sampled_from(["n1", "node-7_b"]), texts)
+def test_failure_records_read_the_same(tmp_path_factory, job, node, reason):
+    path = tmp_path_factory.mktemp("rec") / "r"
+    record.save_failure(str(path), job, node, reason)
+    data = path.read_bytes()
+    assert c_parse(data) == py_parse(data) == ("failed", reason)
+
+
+# Values of every shape a key can take, well-formed or not: the two parsers
+# must accept and refuse the same lines.
+VALID = {
+    "job": ["42", "0", "18446744073709551615", "0042"],
+    "node": ["n1", "a-b_c", "x" * 64],
+    "holder": ["1 2 3", "0 18446744073709551615 7"],
+    "root": ["/var/udi", "/", "/a\\nb", "/" + "p" * 4094],
+    "image": [ID],
+    "digest": ["sha256:" + ID],
+    "user": ["0 0", "1001 1002"],
+    "modules": ["", "a", "a,b", "mpich-3.1.x"],
+    "python": ["0", "1"],
+    "workdir": ["/w", "", "a\\nb", "a\\\\b", "\\\\\\n"],
+    "provenance": ["/var/log/x.jsonl"],
+    "timing": ["mount 1.5", "mount 1", "total 0.000"],
+    "env": ["set PATH=/bin", "append PATH=/x", "prepend P=a:b", "unset X=", "set A\\n=b\\\\c", "prepend A==",
+            "set A=\\n", "append B=", "set é=ü"],
+    "failed": ["it broke", "", "line\\nbreak"],
+}
+INVALID = {
+    "job": ["18446744073709551616", "-1", "+4", " 4", "4 ", "", "٤", "123456789012345678901"],
+    "node": ["", "n.1", "n/1", "x" * 65, "é"],
+    "holder": ["1 2", "1 2 3 4", "1  2 3", "1 2 x", " 1 2 3"],
+    "root": ["relative", "", "/" + "p" * 4095],
+    "image": [ID.upper(), ID[:-1], ID + "0", ""],
+    "digest": ["sha256:" + ID[:-1], "sha512:" + ID, "sha256:" + ID.upper()],
+    "user": ["1001", "1 2 3"],
+    "modules": ["a,,b", ",a", "a,", "a b"],
+    "python": ["2", "", "01", "true"],
+    "workdir": ["a\\tb", "a\\", "\\"],
+    "provenance": ["log", ""],
+    "timing": ["mount 1.", "mount .5", "mount", "mount 1e3", "m 1 2", " 1"],
+    "env": ["unset X", "frob X=1", "set =v", "set A=b\\q", "set A\\=b", "set  A=b", "set"],
+    "failed": ["bad\\escape", "ends\\"],
+    "bogus": ["x"],
+}
+BASE = {"job": "42", "node": "n1", "holder": "1 2 3", "root": "/var/udi", "image": ID, "digest": "sha256:" + ID,
+        "user": "1001 1002", "modules": "", "python": "0"}
+
+
+@st.composite
+def record_texts(draw) -> bytes:
+    """Mostly records the prolog could write, each with a few twists."""
+    base = {**BASE, "python": draw(st.sampled_from("01"))}
+    lines = [f"{k} {v}" for k, v in base.items() if draw(st.integers(0, 30))]        # rarely one missing
+    for _ in range(draw(st.integers(0, 5))):
+        table = INVALID if draw(st.integers(0, 9)) == 0 else VALID
+        key = draw(st.sampled_from(sorted(table)))
+        lines.append(f"{key} {draw(st.sampled_from(table[key]))}")
+    lines = draw(st.permutations(lines))
+    if draw(st.integers(0, 9)) == 0:
+        lines.insert(draw(st.integers(0, len(lines))), draw(st.sampled_from(["job", "env", " env set A=b"])))
+    if draw(st.booleans()):
+        lines.insert(draw(st.integers(0, len(lines))), "")
+    head = seam.RECORD_FORMAT if draw(st.integers(0, 19)) else draw(st.sampled_from(["shifter-container 2", ""]))
+    data = ("\n".join([head, *lines]) + draw(st.sampled_from(["\n", "", "\n\n"]))).encode()
+    if draw(st.integers(0, 19)) == 0:
+        at = draw(st.integers(0, len(data)))
+        data = data[:at] + draw(st.sampled_from([b"\0", b"\xff", b"\xc3", b"\xed\xa0\x80", b"\xf4\x90\x80\x80"])) \
+            + data[at:]
+    return data
+
+
+@given(record_texts())
+@settings(max_examples=600)
+@example(b"shifter-container 1")
+@example(b"shifter-container 1\njob 1\nnode n\nfailed x\nenv set A=\\q\n")
+@example(b"shifter-container 1\njob 1\nnode n\nfailed first\nfailed second\\\\\n")
+def test_any_record_text_reads_the_same(data):
+    assert c_parse(data) == py_parse(data)
+
+
+def test_records_longer_than_the_limit_are_refused():
+    data = ("\n".join([seam.RECORD_FORMAT, *(f"{k} {v}" for k, v in BASE.items())]) + "\n").encode()
+    assert c_parse(data) == py_parse(data) != "invalid"
+    data += b"timing x 1\n" * (seam.RECORD_MAX // 10)
+    assert c_parse(data) == py_parse(data) == "invalid"
+
+
+# -- the task's environment ------------------------------------------------------
+
+@ffi.def_extern()
+def seam_test_get(ctx, name, buf, size):
+    env = ffi.from_handle(ctx)
+    value = env.get(_s(name))
+    if value is None:
+        return 1
+    data = value.encode()
+    if len(data) >= size:
+        return -1
+    ffi.memmove(buf, data + b"\0", len(data) + 1)
+    return 0
+
+
+@ffi.def_extern()
+def seam_test_set(ctx, name, value):
+    ffi.from_handle(ctx)[_s(name)] = _s(value)
+    return 0
+
+
+@ffi.def_extern()
+def seam_test_unset(ctx, name):
+    ffi.from_handle(ctx).pop(_s(name), None)
+    return 0
+
+
+def c_apply(task_env: dict, data: bytes) -> dict:
+    env = dict(task_env)
+    handle = ffi.new_handle(env)
+    buf = ffi.new("char[]", data)
+    rec = ffi.new("struct seam_record *")
+    assert lib.seam_parse_record(buf, len(data), rec) in (lib.SEAM_READY, lib.SEAM_PYTHON)
+    callbacks = ffi.new("struct seam_env *", [handle, lib.seam_test_get, lib.seam_test_set, lib.seam_test_unset])
+    assert lib.seam_apply_env(rec, callbacks) == 0
+    return env
+
+
+@given(containers(), st.dictionaries(env_names, st.one_of(st.just(""), tricky, texts), max_size=5))
+def test_a_task_gets_the_same_environment(tmp_path_factory, job, task_env):
+    """All four operations, on variables the task has (empty or not) and has not."""
+    for i, (_, name, _) in enumerate(job.env_ops[:4]):
+        task_env.setdefault(name, "" if i % 2 else "old")
+    data = _saved(job, tmp_path_factory)
+    assert c_apply(task_env, data) == environ.apply(task_env, job.env_ops)
+
+
+# -- udiRoot.conf's runDir -------------------------------------------------------
+
+path_parts = st.lists(st.sampled_from(["", ".", "..", "run", "shifter", "a b", "é", "x."]), max_size=5)
+blanks = st.text(st.sampled_from(seam.CONFIG_BLANKS), max_size=2)
+
+
+@st.composite
+def config_lines(draw) -> str:
+    kind = draw(st.sampled_from(["rundir", "rundir", "other", "comment", "blank", "split"]))
+    if kind == "comment":
+        return draw(blanks) + "#" + draw(st.sampled_from(["", " runDir=/nope", "x\\"]))
+    if kind == "blank":
+        return draw(blanks)
+    if kind == "other":
+        return draw(st.sampled_from(["system=other", "rootfsType=tmpfs", "gatewayTimeout=5", "bogus"]))
+    # runDir, possibly empty, not normalised or relative, around blanks, split by continuations
+    value = draw(st.sampled_from(["/", "//", "///"])) + "/".join(draw(path_parts))
+    value = draw(st.sampled_from([value, value, "", "relative/x"]))
+    line = f"{draw(blanks)}runDir{draw(blanks)}={draw(blanks)}{value}{draw(blanks)}"
+    if kind == "split" and len(line) > 1:
+        at = draw(st.integers(1, len(line) - 1))
+        line = line[:at] + draw(blanks) + "\\" + draw(blanks) + "\n" + draw(blanks) + line[at:]
+    return line
+
+
+def c_run_dir(text: str) -> str | None:
+    data = text.encode()
+    out = ffi.new("char[]", 4096)
+    return _s(out) if lib.seam_run_dir(ffi.new("char[]", data), len(data), out, 4096) == 0 else None
+
+
+@given(st.lists(config_lines(), max_size=6), st.sampled_from(["\n", "\r\n"]), st.sampled_from(["", "\n", "\\"]))
+@settings(max_examples=400)
+def test_run_dir_reads_the_same(lines, newline, end):
+    """Where config.py accepts the file, C finds the same runDir (where it refuses the
+    file, the prolog fails and no task looks for a record)."""
+    text = MINIMAL + newline.join(lines) + end
+    try:
+        expected = config.parse(text).run_dir
+    except config.ConfigError:
+        return
+    assert c_run_dir(text) == expected
+
+
+# -- the container's marker -------------------------------------------------------
+
+def c_marker(data: bytes, job: int, digest: str):
+    found = ffi.new("char[]", 512)
+    ok = lib.seam_marker_matches(ffi.new("char[]", data), len(data), job, digest.encode(), found, 512)
+    return bool(ok), _s(found)
+
+
+@st.composite
+def marker_texts(draw) -> bytes:
+    right = ["job 42", "digest sha256:" + ID]
+    lines = draw(st.lists(st.sampled_from(right * 4 + ["job 43", "job", "job ", "job 42 ", "digest",
+                                                       "digest sha256:" + ID[:-1], "jobs 42", "", "x y z"]),
+                          max_size=5))
+    head = seam.MARKER_FORMAT if draw(st.integers(0, 9)) else draw(st.sampled_from(["", "shifter-marker 2"]))
+    data = ("\n".join([head, *lines]) + draw(st.sampled_from(["\n", ""]))).encode()
+    return data + draw(st.sampled_from([b""] * 8 + [b"\0", b"\xff", b"x" * seam.MARKER_MAX]))
+
+
+@given(marker_texts())
+@example(b"shifter-marker 1\njob 42\ndigest sha256:" + ID.encode() + b"\n")
+def test_marker_checks_agree(data):
+    assert c_marker(data, 42, "sha256:" + ID) == matches(data, 42, "sha256:" + ID)
+
+
+def test_the_marker_matches_what_the_prolog_writes():
+    data = f"{seam.MARKER_FORMAT}\njob 42\ndigest sha256:{ID}\n".encode()
+    assert c_marker(data, 42, "sha256:" + ID) == matches(data, 42, "sha256:" + ID) == (
+        True, f"this one belongs to job 42 (sha256:{ID})")
+
+
+# -- /proc/<pid>/stat ----------------------------------------------------------------
+
+def c_start_time(text: str) -> int | None:
+    start = ffi.new("unsigned long long *")
+    return start[0] if lib.seam_start_time(ffi.new("char[]", text.encode()), start) == 0 else None
+
+
+@given(st.text(st.sampled_from("ab )( \n"), max_size=8),
+       st.lists(st.sampled_from(["1", "0", "S", "", "18446744073709551616", "x", "12\n"]), min_size=15, max_size=25))
+def test_start_times_agree(comm, fields):
+    text = f"123 ({comm}) " + " ".join(fields) + "\n"
+    assert c_start_time(text) == procfs.parse_start_time(text)
+
+
+def test_start_time_of_this_process():
+    with open("/proc/self/stat") as f:
+        text = f.read()
+    assert c_start_time(text) == procfs.parse_start_time(text) == procfs.start_time(os.getpid())
+
+
+# -- what C writes for Python ---------------------------------------------------------
+
+@given(st.tuples(*(st.one_of(st.none(), texts) if arginfo else st.booleans() for _, arginfo, _ in seam.OPTIONS)))
+def test_pinned_options_render_the_same(values):
+    opts = bridge.Options(**dict(zip(seam.OPTION_NAMES, values)))
+    keep = [ffi.new("char[]", v.encode()) if isinstance(v, str) else ffi.NULL for v in values]
+    out = ffi.new("char[]", 4096)
+    assert lib.seam_options_text([v is True for v in values], keep, out, 4096) == 0
+    assert _s(out) == submit.pinned_options(opts)
+
+
+@given(containers(), st.floats(0, 1e5), st.integers(0, 2 ** 32 - 1), st.integers(0, 1000),
+       st.floats(1e9, 2e9))
+def test_the_enter_line_is_provenances(tmp_path_factory, job, ms, step, task, now):
+    data = _saved(job, tmp_path_factory)
+    rec = ffi.new("struct seam_record *")
+    lib.seam_parse_record(ffi.new("char[]", data), len(data), rec)
+    out = ffi.new("char[]", 512)
+    assert lib.seam_enter_line(out, 512, rec, ms, step, task, now) > 0
+    python = seam.provenance_line(event=seam.ENTER_EVENT, time=round(now, 3), job=job.job_id, node=job.node,
+                                  digest=job.digest, step=step, task=task, ms={"enter": round(ms, 3)})
+    assert json.loads(_s(out)) == json.loads(python)
+    assert list(json.loads(_s(out))) == list(json.loads(python))
+
+
+@pytest.mark.parametrize("uid", [0, 1, 1000])
+def test_root_only_is_one_rule(uid):
+    for mode in range(0o10000):
+        st_ = types.SimpleNamespace(st_uid=uid, st_mode=mode)
+        assert bool(lib.seam_root_only(uid, mode)) == trust.root_only(st_), (uid, oct(mode))
+
+
+def test_the_generated_header_is_the_tables():
+    header = seam.c_header()
+    for name, _, _ in seam.OPTIONS:
+        assert f'"{name}"' in header
+    assert f"#define SEAM_BATCH_STEP {seam.BATCH_STEP:#x}U" in header
+    with open(os.path.join(seam.write_header(), "seam_table.h")) as f:
+        assert f.read() == header
