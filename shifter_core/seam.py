@@ -2,7 +2,9 @@
 
 The plugin's options, the container record, the environment operations, the
 marker, the pinned-options text, the batch step's id, runDir's default, the
-provenance line of a task: each is defined here.  Python reads these names;
+provenance line of a task, the node server's requests and replies: each is
+defined here, with the few text rules both sides follow (`escape`, `unescape`,
+`uint`, `read_lines`).  Python reads these names;
 at build time `write_header` turns them into seam_table.h, which spank/*.c
 includes (setup.py and the cffi builders write it under build/seam/; it is
 never committed).
@@ -83,6 +85,9 @@ ESCAPES = (("\\", "\\\\"), ("\n", "\\n"))      # the only escapes a value may ho
 DIGEST_PREFIX = "sha256:"
 IMAGE_ID_LENGTH = 64
 
+_ESCAPE = {raw: escaped for raw, escaped in ESCAPES}
+_UNESCAPE = {escaped[1]: raw for raw, escaped in ESCAPES}
+
 ENV_OPERATIONS = ("set", "append", "prepend", "unset")
 ENV_JOIN = ":"                                  # append and prepend join with it
 ENV_VALUE_MAX = 1 << 17
@@ -93,6 +98,17 @@ MARKER_FORMAT = "shifter-marker 1"
 MARKER_MAX = 4096
 MARKER_FIELDS = ("job", "digest")
 
+# -- the node server (spank/fastpath.c asks, shifter_core/spank/nodeserver.py answers) -------
+SERVER_PREFIX, SERVER_SUFFIX = "nodeserver.", ".sock"   # <runDir>/nodeserver.<node>.sock
+REQUEST_FORMAT = "shifter-request 1"
+REQUEST_MAX = 1 << 23
+# (key, kind): arg, option and env lines repeat; option is `name` or `name=value`
+REQUEST_KEYS = (("callback", "escaped"), ("job", "uint"), ("uid", "uint"), ("started", "uint"),
+                ("arg", "escaped"), ("option", "escaped"), ("env", "escaped"))
+REPLY_LEVELS = ("error", "info", "debug")      # log lines, as slurm_error, slurm_info, slurm_debug
+REPLY_END = "rc"                                # the last line: rc SERVED_OK|SERVED_FAILED|NOT_SERVED
+SERVED_OK, SERVED_FAILED, NOT_SERVED = 0, 1, 2  # NOT_SERVED: the plugin runs the callback itself
+
 # -- /proc/<pid>/stat ----------------------------------------------------------------------------
 START_TIME_FIELD = 22                           # starttime, counted from 1 (pid)
 
@@ -101,6 +117,42 @@ FOREIGN_WRITE_BITS = 0o022                      # a root-only file has none of t
 
 # -- the provenance line of a task entering (provenance.Log.write's layout) ----------------------
 ENTER_EVENT = "enter"
+
+
+def escape(text: str) -> str:
+    """One line per value: backslash and newline escaped."""
+    return "".join(_ESCAPE.get(char, char) for char in text)
+
+
+def unescape(text: str) -> str:
+    """`escape` undone; ValueError for a backslash that starts none of its escapes."""
+    out, chars = [], iter(text)
+    for char in chars:
+        if char == "\\":
+            char = _UNESCAPE.get(next(chars, ""))
+            if char is None:
+                raise ValueError(f"bad escape in {text!r}")
+        out.append(char)
+    return "".join(out)
+
+
+def read_lines(data: bytes, head: str, limit: int) -> list[tuple[str, str]]:
+    """The `key value` lines after `head` (spank/seam.c reads them alike); ValueError if
+    `data` is longer than `limit`, not UTF-8, holds a NUL or starts otherwise."""
+    if len(data) > limit:
+        raise ValueError(f"longer than {limit} bytes")
+    text = data.decode()
+    lines = text.split("\n")
+    if "\0" in text or lines[0] != head:
+        raise ValueError(f"not a {head.split()[0]} text")
+    result = []
+    for line in lines[1:]:
+        if line:
+            key, space, value = line.partition(" ")
+            if not space:
+                raise ValueError(f"no value in line {line!r}")
+            result.append((key, value))
+    return result
 
 
 def uint(text: str) -> int | None:
@@ -207,6 +259,15 @@ def c_header() -> str:
         f"#define SEAM_MARKER_MAX {MARKER_MAX}",
         f"#define SEAM_MARKER_JOB {_c_string(MARKER_FIELDS[0])}",
         f"#define SEAM_MARKER_DIGEST {_c_string(MARKER_FIELDS[1])}",
+        f"#define SEAM_SERVER_PREFIX {_c_string(SERVER_PREFIX)}",
+        f"#define SEAM_SERVER_SUFFIX {_c_string(SERVER_SUFFIX)}",
+        f"#define SEAM_REQUEST_FORMAT {_c_string(REQUEST_FORMAT)}",
+        f"#define SEAM_REQUEST_MAX {REQUEST_MAX}",
+        *(f"#define SEAM_REQUEST_{key.upper()} {_c_string(key)}" for key, _ in REQUEST_KEYS),
+        f"enum seam_reply {_enum('SEAM_REPLY_', REPLY_LEVELS + (REPLY_END,), 'SEAM_REPLY_COUNT')};",
+        f"#define SEAM_REPLY_KEYS {{ {', '.join(map(_c_string, REPLY_LEVELS + (REPLY_END,)))} }}",
+        f"enum seam_served {{ SEAM_SERVED_OK = {SERVED_OK}, SEAM_SERVED_FAILED = {SERVED_FAILED},"
+        f" SEAM_NOT_SERVED = {NOT_SERVED} }};",
         f"#define SEAM_START_TIME_FIELD {START_TIME_FIELD}",
         f"#define SEAM_FOREIGN_WRITE_BITS 0{FOREIGN_WRITE_BITS:o}",
         "/* digest, job, ms.enter, node, step, task, time */",

@@ -51,6 +51,18 @@ int seam_enter_line(char *out, size_t size, const struct seam_record *rec, doubl
                     unsigned int step, int task, double now);
 int seam_root_only(unsigned int uid, unsigned int mode);
 
+struct seam_request {
+    const char *callback;
+    unsigned long long job, uid, started_ns;
+    int argc;
+    char **argv;
+    const int *set;
+    char *const *value;
+    char **envp;
+};
+long seam_request_text(const struct seam_request *req, char *out, size_t size);
+int seam_reply_line(char *line, const char **text, unsigned long long *rc);
+
 extern "Python" int seam_test_get(void *, const char *, char *, int);
 extern "Python" int seam_test_set(void *, const char *, const char *);
 extern "Python" int seam_test_unset(void *, const char *);

@@ -5,6 +5,9 @@
  * - srun inside a job whose image is already pinned, with the same options:
  *   the pin is in the environment already (shifter_core.spank.submit exports
  *   SHIFTER_PINNED_OPTIONS to recognise it).
+ * - the prolog and the epilog, when the node server (a warm Python,
+ *   shifter_core/spank/nodeserver.py) runs: it gets the callback over a unix
+ *   socket and answers with the log lines and the result.
  * - a task of an ordinary step entering the container the prolog built: the
  *   prolog left a record (shifter_core/container/record.py) with the holder
  *   of the container's namespace, its root, the pinned digest and the
@@ -28,13 +31,17 @@
 #include <string.h>
 #include <stdint.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/un.h>
 #include <sys/utsname.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "fastpath.h"
+
+extern char **environ;
 
 static struct seam_record rec;
 static char *rec_text;      /* what `rec` points into, kept for the task */
@@ -274,6 +281,115 @@ int fastpath_enter(spank_t sp)
         close(log);
     }
     return 0;
+}
+
+/* ---- the node server ---------------------------------------------------- */
+
+static int connect_server(const char *config)
+{
+    char dir[PATH_MAX], node[256];
+    struct sockaddr_un addr = { .sun_family = AF_UNIX };
+    struct ucred peer;
+    socklen_t len = sizeof peer;
+    int fd;
+
+    if (run_dir(config, dir, sizeof dir) < 0 || node_name(node, sizeof node) < 0
+        || snprintf(addr.sun_path, sizeof addr.sun_path, "%s/" SEAM_SERVER_PREFIX "%s" SEAM_SERVER_SUFFIX, dir, node)
+           >= (int) sizeof addr.sun_path
+        || (fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0)
+        return -1;
+    if (connect(fd, (struct sockaddr *) &addr, sizeof addr) != 0
+        || getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &peer, &len) != 0 || peer.uid != 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+static int send_all(int fd, const char *data, size_t len)
+{
+    while (len > 0) {
+        ssize_t n = send(fd, data, len, MSG_NOSIGNAL);
+        if (n <= 0)
+            return -1;
+        data += n;
+        len -= n;
+    }
+    return shutdown(fd, SHUT_WR);
+}
+
+/* Log the reply's lines as the server's child would have in-process; its rc. */
+static int relay_reply(int fd, const char *callback)
+{
+    size_t size = 1 << 16, used = 0;
+    char *buf = malloc(size), *line, *save = NULL;
+    unsigned long long rc = SEAM_SERVED_FAILED;
+    int ended = 0;
+    ssize_t n;
+
+    if (buf == NULL)
+        return -1;
+    while ((n = read(fd, buf + used, size - used - 1)) > 0) {
+        used += n;
+        if (used == size - 1 && size < SEAM_REQUEST_MAX) {
+            char *bigger = realloc(buf, size *= 2);
+            if (bigger == NULL)
+                break;
+            buf = bigger;
+        }
+    }
+    buf[used] = '\0';
+    for (line = strtok_r(buf, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+        const char *text;
+        switch (seam_reply_line(line, &text, &rc)) {
+        case SEAM_REPLY_ERROR:
+            slurm_error("%s", text);
+            break;
+        case SEAM_REPLY_INFO:
+            slurm_info("%s", text);
+            break;
+        case SEAM_REPLY_DEBUG:
+            slurm_debug("%s", text);
+            break;
+        case SEAM_REPLY_RC:
+            ended = 1;
+            break;
+        default:
+            break;
+        }
+    }
+    free(buf);
+    if (!ended) {
+        slurm_error("shifter: the node server gave no answer to %s", callback);
+        return -1;
+    }
+    return rc == SEAM_SERVED_OK ? 0 : rc == SEAM_NOT_SERVED ? FASTPATH_NOT_SERVED : -1;
+}
+
+int fastpath_serve(spank_t sp, const char *config, const char *callback, int ac, char **av,
+                   const int set[SEAM_OPTION_COUNT], char *const value[SEAM_OPTION_COUNT], long long started_ns)
+{
+    struct seam_request req = { callback, 0, 0, (unsigned long long) started_ns, ac, av, set, value, environ };
+    uint32_t job;
+    uid_t uid;
+    char *text;
+    long len;
+    int fd, rc = FASTPATH_NOT_SERVED;
+
+    if (spank_get_item(sp, S_JOB_ID, &job) != ESPANK_SUCCESS || spank_get_item(sp, S_JOB_UID, &uid) != ESPANK_SUCCESS)
+        return FASTPATH_NOT_SERVED;
+    req.job = job;
+    req.uid = uid;
+    if ((len = seam_request_text(&req, NULL, 0)) < 0 || (text = malloc(len + 1)) == NULL)
+        return FASTPATH_NOT_SERVED;
+    seam_request_text(&req, text, len + 1);
+    if ((fd = connect_server(config)) >= 0) {
+        if (send_all(fd, text, len) == 0)
+            rc = relay_reply(fd, callback);
+        close(fd);
+    }
+    free(text);
+    return rc;
 }
 
 int fastpath_pin_reusable(const char *options)

@@ -17,6 +17,14 @@ FASTPATH_API int fastpath_pin_reusable(const char *options);
  * there is none or none this file can read (the Python path decides then). */
 FASTPATH_API enum seam_status fastpath_load(spank_t sp, const char *config);
 
+/* prolog, epilog: have the node server (shifter_core/spank/nodeserver.py) run
+ * `callback`: its rc, or FASTPATH_NOT_SERVED when there is no server or it
+ * asks the plugin to run Python itself. */
+#define FASTPATH_NOT_SERVED 1
+FASTPATH_API int fastpath_serve(spank_t sp, const char *config, const char *callback, int ac, char **av,
+                                const int set[SEAM_OPTION_COUNT], char *const value[SEAM_OPTION_COUNT],
+                                long long started_ns);
+
 /* A task: join the container the record names, as enter.py does. */
 FASTPATH_API int fastpath_enter(spank_t sp);
 

@@ -228,14 +228,17 @@ static int start_python(int ac, char **av)
     return 0;
 }
 
+static long long now_ns(void)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (long long) now.tv_sec * 1000000000LL + now.tv_nsec;
+}
+
 static int dispatch(const char *callback, spank_t sp, int ac, char **av)
 {
-    struct py_call call = { callback, sp, spank_context(), ac, av, { 0 }, { 0 }, 0 };
-    struct timespec now;
+    struct py_call call = { callback, sp, spank_context(), ac, av, { 0 }, { 0 }, now_ns() };
     int rc;
-
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    call.started_ns = (long long) now.tv_sec * 1000000000LL + now.tv_nsec;
 
     if (start_python(ac, av) < 0)
         return -1;
@@ -375,15 +378,28 @@ FORWARD_IN_PYTHON_MODE(exit)
  * these two symbols slurmd starts no prolog/epilog process for any job, which
  * separates that cost (Slurm's) from the plugin's own. */
 #ifndef SHIFTER_NO_JOB_SCRIPT
+/* The node server (fastpath_serve) runs them if there is one; else Python here,
+ * which starts one for the next jobs. */
+static int job_script(const char *callback, spank_t sp, int ac, char **av)
+{
+    const char *config = plugin_arg(ac, av, "config");
+    long long started = now_ns();
+    int rc;
+
+    load_job_options(sp);
+    if (!any_option_set())
+        return 0;
+    rc = fastpath_serve(sp, config ? config : SEAM_DEFAULT_CONFIG, callback, ac, av, opt_set, opt_value, started);
+    return rc == FASTPATH_NOT_SERVED ? dispatch(callback, sp, ac, av) : rc;
+}
+
 int slurm_spank_job_prolog(spank_t sp, int ac, char **av)
 {
-    load_job_options(sp);
-    return any_option_set() ? dispatch("job_prolog", sp, ac, av) : 0;
+    return job_script("job_prolog", sp, ac, av);
 }
 
 int slurm_spank_job_epilog(spank_t sp, int ac, char **av)
 {
-    load_job_options(sp);
-    return any_option_set() ? dispatch("job_epilog", sp, ac, av) : 0;
+    return job_script("job_epilog", sp, ac, av);
 }
 #endif

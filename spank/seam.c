@@ -510,6 +510,97 @@ int seam_start_time(const char *text, unsigned long long *start)
 
 /* ---- what C writes for Python ------------------------------------------ */
 
+/* Text that grows as long as it fits in `out`, and counts what it would need. */
+struct builder {
+    char *out;
+    size_t size, used;
+    int full;
+};
+
+static void add(struct builder *b, const char *s, size_t n)
+{
+    if (!b->full && b->used + n < b->size)
+        memcpy(b->out + b->used, s, n);
+    else
+        b->full = 1;
+    b->used += n;
+}
+
+/* seam.escape */
+static void add_escaped(struct builder *b, const char *text)
+{
+    for (; *text; text++) {
+        const char *special = strchr(SEAM_ESCAPED_CHARS, *text);
+        char pair[2] = { '\\', special ? SEAM_ESCAPE_LETTERS[special - SEAM_ESCAPED_CHARS] : 0 };
+        if (special)
+            add(b, pair, 2);
+        else
+            add(b, text, 1);
+    }
+}
+
+/* key text[=value]: both escaped */
+static void add_line(struct builder *b, const char *key, const char *text, const char *value)
+{
+    add(b, key, strlen(key));
+    add(b, " ", 1);
+    add_escaped(b, text);
+    if (value) {
+        add(b, "=", 1);
+        add_escaped(b, value);
+    }
+    add(b, "\n", 1);
+}
+
+long seam_request_text(const struct seam_request *req, char *out, size_t size)
+{
+    static const char *const names[] = {
+#define NAME(e, name, arginfo, usage, has_arg) name,
+        SEAM_OPTIONS(NAME)
+#undef NAME
+    };
+    const unsigned long long numbers[] = { req->job, req->uid, req->started_ns };
+    const char *keys[] = { SEAM_REQUEST_JOB, SEAM_REQUEST_UID, SEAM_REQUEST_STARTED };
+    struct builder b = { out, size, 0, 0 };
+
+    add(&b, SEAM_REQUEST_FORMAT "\n", sizeof SEAM_REQUEST_FORMAT);
+    add_line(&b, SEAM_REQUEST_CALLBACK, req->callback, NULL);
+    for (int i = 0; i < 3; i++) {
+        char number[SEAM_UINT_DIGITS + 1];
+        snprintf(number, sizeof number, "%llu", numbers[i]);
+        add_line(&b, keys[i], number, NULL);
+    }
+    for (int i = 0; i < req->argc; i++)
+        add_line(&b, SEAM_REQUEST_ARG, req->argv[i], NULL);
+    for (int i = 0; i < SEAM_OPTION_COUNT; i++)
+        if (req->set[i])
+            add_line(&b, SEAM_REQUEST_OPTION, names[i], req->value[i]);
+    for (char **env = req->envp; env && *env; env++)
+        add_line(&b, SEAM_REQUEST_ENV, *env, NULL);
+    if (b.used < size)
+        out[b.used] = '\0';
+    return b.used > SEAM_REQUEST_MAX ? -1 : (long) b.used;
+}
+
+int seam_reply_line(char *line, const char **text, unsigned long long *rc)
+{
+    static const char *const keys[] = SEAM_REPLY_KEYS;
+    char *space = strchr(line, ' ');
+
+    if (space == NULL)
+        return SEAM_REPLY_COUNT;
+    for (int key = 0; key < SEAM_REPLY_COUNT; key++) {
+        if ((size_t) (space - line) != strlen(keys[key]) || strncmp(line, keys[key], space - line) != 0)
+            continue;
+        *text = space + 1;
+        if (key == SEAM_REPLY_RC)
+            return parse_uint(space + 1, strlen(space + 1), rc) ? key : SEAM_REPLY_COUNT;
+        return plain_text(space + 1, strlen(space + 1)) && unescape(space + 1, space + 1, strlen(space + 1))
+            ? key : SEAM_REPLY_COUNT;
+    }
+    return SEAM_REPLY_COUNT;
+}
+
 /* submit.pinned_options */
 int seam_options_text(const int set[SEAM_OPTION_COUNT], char *const value[SEAM_OPTION_COUNT],
                       char *out, size_t size)

@@ -70,6 +70,24 @@ int seam_options_text(const int set[SEAM_OPTION_COUNT], char *const value[SEAM_O
 int seam_enter_line(char *out, size_t size, const struct seam_record *rec, double ms,
                     unsigned int step, int task, double now);
 
+/* A job_script callback for the node server (nodeserver.parse_request): written
+ * into `out` if it fits; the length it needs (more than size: try again), or -1. */
+struct seam_request {
+    const char *callback;
+    unsigned long long job, uid, started_ns;
+    int argc;
+    char **argv;                            /* the plugin's arguments */
+    const int *set;                         /* SEAM_OPTION_COUNT of each */
+    char *const *value;
+    char **envp;                            /* NULL-terminated NAME=VALUE */
+};
+long seam_request_text(const struct seam_request *req, char *out, size_t size);
+
+/* One line of the server's reply (nodeserver.reply_line), unescaped in place:
+ * its enum seam_reply (SEAM_REPLY_COUNT if it is not one), the text, and for
+ * SEAM_REPLY_RC the number. */
+int seam_reply_line(char *line, const char **text, unsigned long long *rc);
+
 /* Root-owned and writable by nobody else (trust.root_only). */
 int seam_root_only(unsigned int uid, unsigned int mode);
 

@@ -30,8 +30,6 @@ from . import procfs
 
 STATE_MODE = 0o600
 _KINDS = dict(seam.RECORD_KEYS)
-_ESCAPE = {raw: escaped for raw, escaped in seam.ESCAPES}
-_UNESCAPE = {escaped[1]: raw for raw, escaped in seam.ESCAPES}
 
 
 class SetupFailed(JobFault):
@@ -78,11 +76,11 @@ class JobContainer:
                  f"image {self.image_id}", f"digest {self.digest}", f"user {self.uid} {self.gid}",
                  f"modules {','.join(self.modules)}", f"python {int(self.python)}"]
         if self.workdir:
-            lines.append(f"workdir {_escape(self.workdir)}")
+            lines.append(f"workdir {seam.escape(self.workdir)}")
         if self.provenance_log:
             lines.append(f"provenance {self.provenance_log}")
         lines += [f"timing {name} {value:.3f}" for name, value in self.timings.items()]
-        lines += [f"env {op} {_escape(name)}={_escape(value)}" for op, name, value in self.env_ops]
+        lines += [f"env {op} {seam.escape(name)}={seam.escape(value)}" for op, name, value in self.env_ops]
         _write(path, lines)
 
     @classmethod
@@ -100,25 +98,16 @@ class JobContainer:
 def parse(data: bytes) -> JobContainer:
     """A record's bytes as the C fast path reads them; SetupFailed for a failure record,
     ValueError for anything that is not a record."""
-    if len(data) > seam.RECORD_MAX:
-        raise ValueError("not a container record: too long")
-    text = data.decode()
-    lines = text.split("\n")
-    if "\0" in text or lines[0] != seam.RECORD_FORMAT:
-        raise ValueError("not a container record")
     fields: dict = {"modules": [], "timings": {}, "env_ops": [], "workdir": None, "provenance_log": None}
     reason = None
     seen = set()
-    for line in lines[1:]:
-        if not line:
-            continue
-        key, space, raw = line.partition(" ")
-        if not space or key not in _KINDS:
-            raise ValueError(f"unknown line {line!r}")
+    for key, raw in seam.read_lines(data, seam.RECORD_FORMAT, seam.RECORD_MAX):
+        if key not in _KINDS:
+            raise ValueError(f"unknown key {key!r}")
         try:
-            value = _READERS[_KINDS[key]](raw)
-        except (ValueError, KeyError, StopIteration):
-            raise ValueError(f"bad {key} line {line!r}") from None
+            value = READERS[_KINDS[key]](raw)
+        except (ValueError, KeyError):
+            raise ValueError(f"bad {key} line {raw!r}") from None
         seen.add(key)
         if key == "failed":
             reason = value
@@ -140,7 +129,7 @@ def parse(data: bytes) -> JobContainer:
 
 def save_failure(path: str, job_id: int, node: str, reason: str) -> None:
     """Record that the job's container could not be built here, and why (one line)."""
-    _write(path, [f"job {int(job_id)}", f"node {node}", f"failed {_escape(reason)}"])
+    _write(path, [f"job {int(job_id)}", f"node {node}", f"failed {seam.escape(reason)}"])
 
 
 def state_path(run_dir: str, job_id: int, node: str) -> str:
@@ -157,20 +146,7 @@ def _write(path: str, lines: list[str]) -> None:
     files.write_atomic(path, text, STATE_MODE)
 
 
-def _escape(text: str) -> str:
-    """One line per value: backslash and newline escaped."""
-    return "".join(_ESCAPE.get(char, char) for char in text)
-
-
 # -- the kinds of values (spank/seam.c: value_valid) ----------------------------------------
-
-def _unescape(text: str) -> str:
-    """The seam's escapes undone; KeyError or StopIteration for any other backslash."""
-    out, chars = [], iter(text)
-    for char in chars:
-        out.append(_UNESCAPE[next(chars)] if char == "\\" else char)
-    return "".join(out)
-
 
 def _uint(text: str) -> int:
     value = seam.uint(text)
@@ -238,13 +214,15 @@ def _env(text: str) -> tuple[str, str, str]:
     name, equals, value = assignment.partition("=")
     if not space or op not in seam.ENV_OPERATIONS or not equals or not name:
         raise ValueError(text)
-    return op, _unescape(name), _unescape(value)
+    return op, seam.unescape(name), seam.unescape(value)
 
 
-_READERS = {
+# kind -> reader of a value (ValueError or KeyError if it is not one); nodeserver.py reads
+# its requests with them too
+READERS = {
     "uint": _uint, "uint2": _uints(2), "uint3": _uints(3), "bool": _bool,
     "node": _chars(seam.NODE_CHARS, seam.NODE_MAX), "path": _path, "image_id": _image_id, "digest": _digest,
-    "names": _names, "escaped": _unescape, "timing": _timing, "env": _env,
+    "names": _names, "escaped": seam.unescape, "timing": _timing, "env": _env,
 }
 _FIELDS = {"job": "job_id", "node": "node", "holder": ("holder_pid", "holder_start", "mntns"), "root": "root",
            "image": "image_id", "digest": "digest", "user": ("uid", "gid"), "modules": "modules",

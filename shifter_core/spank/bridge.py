@@ -11,7 +11,9 @@ goes to the module of its context, after pyxis' layout:
 A handler returns nothing on success and raises on failure.  A ShifterError
 is logged as its one-line message; anything else with its traceback.  Either
 way the callback returns -1, so Slurm fails the job instead of running it
-outside its container.
+outside its container.  The node server (nodeserver.py) runs the prolog's and
+epilog's handlers the same way, through `run`, with the log lines going back
+to the plugin (`log_to`).
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from .. import seam
 
 _ffi = None
 _lib = None
+_sink = None        # where log lines go instead of Slurm's log (the node server's reply)
 
 CONTEXTS = {"S_CTX_LOCAL": "local", "S_CTX_REMOTE": "remote", "S_CTX_ALLOCATOR": "allocator",
             "S_CTX_JOB_SCRIPT": "job_script", "S_CTX_SLURMD": "slurmd"}
@@ -157,15 +160,28 @@ def _c_string(message: str):
 
 
 def log_error(message: str) -> None:
-    _lib.slurm_error(b"%s", _c_string(message))
+    _log("error", message)
 
 
 def log_info(message: str) -> None:
-    _lib.slurm_info(b"%s", _c_string(message))
+    _log("info", message)
 
 
 def log_debug(message: str) -> None:
-    _lib.slurm_debug(b"%s", _c_string(message))
+    _log("debug", message)
+
+
+def log_to(sink) -> None:
+    """Send log lines to `sink(level, message)` rather than to Slurm's log."""
+    global _sink
+    _sink = sink
+
+
+def _log(level: str, message: str) -> None:
+    if _sink is not None:
+        _sink(level, message)
+    else:
+        getattr(_lib, f"slurm_{level}")(b"%s", _c_string(message))
 
 
 def _plugin_args(call) -> dict[str, str]:
@@ -196,21 +212,30 @@ def _context_name(number: int) -> str:
 
 
 def dispatch(call) -> int:
-    """Route one callback to its context module's handler of the same name."""
+    """One callback from the plugin."""
+    callback = _ffi.string(call.callback).decode()
+    spank = Spank(call.spank, _context_name(call.context), callback, _plugin_args(call), call.started_ns)
+    rc = run(spank, _options(call))
+    if spank.context == "job_script":
+        from . import nodeserver   # later prologs and epilogs on this node need no Python start
+
+        nodeserver.start(spank)
+    return rc
+
+
+def run(spank: Spank, opts: Options) -> int:
+    """Route a callback to its context module's handler of the same name; its rc."""
     from ..errors import ShifterError
 
-    callback = _ffi.string(call.callback).decode()
-    context = _context_name(call.context)
-    module_name = HANDLERS.get(context)
+    module_name = HANDLERS.get(spank.context)
     if module_name is None:
         return 0
     module = importlib.import_module(f"shifter_core.spank.{module_name}")
-    handler = getattr(module, callback, None)
+    handler = getattr(module, spank.callback, None)
     if handler is None:
         return 0
-    spank = Spank(call.spank, context, callback, _plugin_args(call), call.started_ns)
     try:
-        handler(spank, _options(call))
+        handler(spank, opts)
     except ShifterError as error:
         log_error(f"shifter: {error}")
         return -1
@@ -223,7 +248,7 @@ def _on_exception(exc_type, exc_value, tb) -> None:
         log_error(f"shifter: {line}")
 
 
-def _check_code_is_trusted() -> None:
+def check_code_is_trusted() -> None:
     """Everything Python may import from runs as root here: refuse a path
     that a user could write to (the plugin checked the venv itself already)."""
     from .. import trust
@@ -242,7 +267,7 @@ def install(ffi, lib) -> None:
     global _ffi, _lib
     _ffi, _lib = ffi, lib
     try:
-        _check_code_is_trusted()
+        check_code_is_trusted()
     except Exception as error:
         log_error(f"shifter: {error}")
         raise

@@ -15,7 +15,7 @@ import os
 from .. import container, etcfiles, hostlist, imageref, provenance, pullhold, slurmctl, volumes
 from ..errors import AccessDenied, JobFault, ShifterError, one_line
 from ..imagestore import ImageMeta, ImageStore
-from . import settings
+from . import nodeserver, settings
 from .bridge import log_error, log_info
 
 
@@ -65,8 +65,9 @@ def _set_up(spank, opts, cfg, node: str) -> None:
         job = container.create(cfg, spec)
         elapsed = spank.elapsed_ms()
         phases = " ".join(f"{k}={v:.1f}ms" for k, v in job.timings.items())
+        how = "in the node server" if nodeserver.serving() else "Python start included"
         log_info(f"shifter: job {job.job_id} on {job.node} runs {job.digest} for {user.name} "
-                 f"(prolog {elapsed:.1f}ms, Python start included; container {phases})")
+                 f"(prolog {elapsed:.1f}ms, {how}; container {phases})")
         if log is not None:
             log.write("setup", job.job_id, user=user.name, uid=user.uid, request=spec.request,
                       digest=job.digest, pinned=pinned, nodes=os.environ.get("SLURM_NODELIST", ""),

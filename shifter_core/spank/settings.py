@@ -12,12 +12,13 @@ names are seam.PLUGIN_ARGUMENTS, which the C side shares.
 from __future__ import annotations
 
 import dataclasses
-import functools
+import os
 
 from .. import config, seam
 from ..errors import ConfigError
 
 _PATHS = dict(seam.PLUGIN_ARGUMENTS)
+_loaded: dict[str, tuple[tuple, config.UdiRootConfig]] = {}      # path -> (its stat, the config)
 _BOOLEANS = {"0": False, "1": True, "no": False, "yes": True, "false": False, "true": True}
 
 
@@ -47,11 +48,22 @@ def parse_args(args: dict[str, str]) -> PluginArgs:
     return PluginArgs(**values)
 
 
-@functools.lru_cache(maxsize=None)
-def _load(path: str) -> config.UdiRootConfig:
-    return config.load(path)
+def load_config(path: str) -> config.UdiRootConfig:
+    """udiRoot.conf at `path`, checked to be root-owned; read again only once it changed
+    (the node server serves many jobs), and from memory once it is out of reach (a task
+    after its chroot)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        if path in _loaded:
+            return _loaded[path][1]
+        return config.load(path)            # says why, as a ConfigError
+    version = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    if _loaded.get(path, (None,))[0] != version:
+        _loaded[path] = (version, config.load(path))
+    return _loaded[path][1]
 
 
 def site_config(spank) -> config.UdiRootConfig:
-    """udiRoot.conf named by the plugin arguments, checked to be root-owned."""
-    return _load(parse_args(spank.args).config)
+    """udiRoot.conf named by the plugin arguments."""
+    return load_config(parse_args(spank.args).config)

@@ -18,7 +18,7 @@ from shifter_core import config, environ, seam, trust
 from shifter_core._seam import ffi, lib
 from shifter_core.container import procfs, record
 from shifter_core.container.marker import matches
-from shifter_core.spank import bridge, submit
+from shifter_core.spank import bridge, nodeserver, submit
 
 HEX = "0123456789abcdef"
 ID = "ab" * 32
@@ -359,6 +359,49 @@ def test_the_enter_line_is_provenances(tmp_path_factory, job, ms, step, task, no
                                   digest=job.digest, step=step, task=task, ms={"enter": round(ms, 3)})
     assert json.loads(_s(out)) == json.loads(python)
     assert list(json.loads(_s(out))) == list(json.loads(python))
+
+
+# -- the node server's requests and replies ---------------------------------------------
+
+arg_texts = st.text(st.sampled_from("ab=\\\n /é"), max_size=8)
+
+
+@given(st.sampled_from(nodeserver.CALLBACKS), uints, uints, uints, st.lists(arg_texts, max_size=3),
+       st.tuples(*(st.one_of(st.none(), texts) if arginfo else st.booleans() for _, arginfo, _ in seam.OPTIONS)),
+       st.dictionaries(env_names, texts, max_size=6))
+def test_requests_the_plugin_writes_read_the_same(callback, job, uid, started, args, values, env):
+    keep = [ffi.new("char[]", text.encode()) for text in [callback, *args, *(f"{k}={v}" for k, v in env.items())]]
+    argv = ffi.new("char *[]", keep[1:1 + len(args)])
+    envp = ffi.new("char *[]", keep[1 + len(args):] + [ffi.NULL])
+    value_keep = [ffi.new("char[]", v.encode()) if isinstance(v, str) and v else ffi.NULL for v in values]
+    value = ffi.new("char *[]", value_keep)
+    option_set = ffi.new("int[]", [v is not None and v is not False for v in values])
+    req = ffi.new("struct seam_request *", [keep[0], job, uid, started, len(args), argv, option_set, value, envp])
+    size = lib.seam_request_text(req, ffi.NULL, 0)
+    out = ffi.new("char[]", size + 1)
+    assert lib.seam_request_text(req, out, size + 1) == size
+    request = nodeserver.parse_request(ffi.unpack(out, size))
+    assert (request.callback, request.job_id, request.uid, request.started_ns) == (callback, job, uid, started)
+    assert request.args == {key: value for key, _, value in (a.partition("=") for a in args)}
+    assert request.env == env
+    assert request.options == bridge.Options(**{name: v for name, v in zip(seam.OPTION_NAMES, values) if v})
+
+
+@given(st.sampled_from(seam.REPLY_LEVELS), texts)
+def test_replies_the_server_writes_read_the_same(level, message):
+    line = nodeserver.reply_line(level, message)
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    buf = ffi.new("char[]", line[:-1])
+    text, rc = ffi.new("const char **"), ffi.new("unsigned long long *")
+    assert seam.REPLY_LEVELS[lib.seam_reply_line(buf, text, rc)] == level
+    assert _s(text[0]) == message
+
+
+@pytest.mark.parametrize("rc", [seam.SERVED_OK, seam.SERVED_FAILED, seam.NOT_SERVED])
+def test_the_servers_result_reads_the_same(rc):
+    buf = ffi.new("char[]", nodeserver.reply_line(seam.REPLY_END, str(rc))[:-1])
+    text, found = ffi.new("const char **"), ffi.new("unsigned long long *")
+    assert lib.seam_reply_line(buf, text, found) == len(seam.REPLY_LEVELS) and found[0] == rc
 
 
 @pytest.mark.parametrize("uid", [0, 1, 1000])
