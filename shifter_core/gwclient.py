@@ -10,19 +10,19 @@ credential twice).
     client = GatewayClient(["http://gw:8000"], "mycluster", timeout=10)
     client.lookup("docker:ubuntu:22.04")["id"]
 
-It speaks HTTP with the standard library's http.client rather than requests:
-every sbatch, salloc and srun that pins an image runs this client, and
-importing requests alone took longer (about 100 ms) than the lookup itself.
-Only the configuration decides where requests go and which CA they trust,
-never the caller's environment (proxies, REQUESTS_CA_BUNDLE: environment.md).
+It speaks the little HTTP it needs (one HTTP/1.0 request per connection, the
+answer read to its end) over a socket itself: every sbatch, salloc and srun
+that pins an image runs this client, and importing requests (about 100 ms) or
+even http.client with its email parser and ssl (about 20 ms) took longer than
+the lookup itself; ssl is imported only for https gateways.  Only the
+configuration decides where requests go and which CA they trust, never the
+caller's environment (proxies, REQUESTS_CA_BUNDLE: environment.md).
 """
 from __future__ import annotations
 
-import http.client
 import json
 import os
-import random
-import tempfile
+import socket
 import urllib.parse
 
 from . import imageref
@@ -122,6 +122,8 @@ class GatewayClient:
         sealed = self.munge.encode(f"{user}:{password}".encode(), ttl=-1)
         entries = self._stored_logins_raw()
         entries[(self.system, location)] = sealed
+        import tempfile   # only here: the submit side never stores a login
+
         directory = os.path.dirname(self.credentials_file)
         os.makedirs(directory, mode=0o700, exist_ok=True)
         os.chmod(directory, 0o700)
@@ -186,8 +188,11 @@ class GatewayClient:
             except TimeoutError:
                 failures.append(f"{url}: timed out")
                 continue
-            except (OSError, http.client.HTTPException) as error:
+            except OSError as error:
                 failures.append(f"{url}: cannot connect ({error.__class__.__name__})")
+                continue
+            except ValueError:
+                failures.append(f"{url}: answered something that is not HTTP")
                 continue
             if status >= 500:
                 failures.append(f"{url}: {_message(status, reason, text)}")
@@ -202,27 +207,48 @@ class GatewayClient:
 
     def in_random_order(self) -> list[str]:
         """Every gateway once, shuffled anew for each request (Shifter's client shuffles per call)."""
+        if len(self.urls) == 1:
+            return list(self.urls)
+        import random   # most sites run one gateway
+
         return random.sample(self.urls, len(self.urls))
 
     def _send(self, url: str, method: str, path: str, headers: dict, data) -> tuple[int, str, bytes]:
-        """One request on a fresh connection: (status, reason, body)."""
+        """One request on a fresh connection: (status, reason, body); ValueError if the
+        answer is not HTTP."""
         parts = urllib.parse.urlsplit(url)
-        if parts.scheme == "https":
-            import ssl   # only for https gateways
-
-            context = ssl.create_default_context(cafile=self.ca_file)
-            connection = http.client.HTTPSConnection(parts.hostname, parts.port, timeout=self.timeout,
-                                                     context=context)
-        elif parts.scheme == "http":
-            connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=self.timeout)
-        else:
+        if parts.scheme not in ("http", "https"):
             raise GatewayError(f"image gateway {url}: only http and https URLs are supported")
-        try:
-            connection.request(method, parts.path + path, body=data, headers=headers)
-            response = connection.getresponse()
-            return response.status, response.reason, response.read()
-        finally:
-            connection.close()
+        body = data.encode() if isinstance(data, str) else data or b""
+        lines = [f"{method} {parts.path + path} HTTP/1.0", f"Host: {parts.netloc}",
+                 *(f"{name}: {value}" for name, value in headers.items())]
+        if data is not None:
+            lines.append(f"Content-Length: {len(body)}")
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        with socket.create_connection((parts.hostname, port), timeout=self.timeout) as sock:
+            if parts.scheme == "https":
+                import ssl   # only for https gateways
+
+                sock = ssl.create_default_context(cafile=self.ca_file).wrap_socket(
+                    sock, server_hostname=parts.hostname)
+            sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+            answer = b"".join(iter(lambda: sock.recv(1 << 16), b""))
+        return _parse_response(answer)
+
+
+def _parse_response(answer: bytes) -> tuple[int, str, bytes]:
+    """An HTTP/1.x response read to its end: (status, reason, body)."""
+    head, separator, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode("iso-8859-1").split("\r\n")
+    version, _, rest = lines[0].partition(" ")
+    code, _, reason = rest.partition(" ")
+    if not separator or not version.startswith("HTTP/1.") or not (code.isascii() and code.isdigit()):
+        raise ValueError("not an HTTP response")
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        if name.strip().lower() == "content-length" and value.strip().isdigit():
+            body = body[:int(value)]
+    return int(code), reason, body
 
 
 def _message(status: int, reason: str, text: bytes) -> str:
