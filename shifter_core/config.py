@@ -234,7 +234,6 @@ _KEYS: dict[str, _Key] = {
     "udiMount": _Key("udi_mount", _absolute_path),
     "loopMount": _Key("loop_mount", _absolute_path),
     "imagePath": _Key("image_path", _absolute_path),
-    "udiRootPath": _Key("udi_root_path", _absolute_path),
     "etcPath": _Key("etc_path", _absolute_path),
     "optUdiImage": _Key("opt_udi_image", _absolute_path),
     "sitePreMountHook": _Key("site_pre_mount_hook", _absolute_path),
@@ -281,6 +280,7 @@ _OBSOLETE = {
     "kmodBasePath": "shifter-py loads no kernel modules",
     "kmodPath": "shifter-py loads no kernel modules",
     "kmodCacheFile": "shifter-py loads no kernel modules",
+    "udiRootPath": "shifter-py runs from its virtualenv (plugstack.conf's venv=)",
     "cpPath": "shifter-py copies and mounts with system calls, not tools",
     "mvPath": "shifter-py copies and mounts with system calls, not tools",
     "chmodPath": "shifter-py copies and mounts with system calls, not tools",
@@ -338,7 +338,6 @@ class UdiRootConfig:
     etc_path: str
     system: str
     image_gateway: tuple[str, ...]
-    udi_root_path: str | None = None
     opt_udi_image: str | None = None
     site_pre_mount_hook: str | None = None
     site_post_mount_hook: str | None = None

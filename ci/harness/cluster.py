@@ -714,7 +714,6 @@ def udiroot_conf(layout: Layout, record: Record) -> str:
         f"udiMount={layout.run}/udiMount",
         f"loopMount={layout.run}/udiLoopMount",
         f"runDir={layout.run}/shifter",
-        f"udiRootPath={REPO}",
         f"etcPath={layout.container_etc}",
         f"optUdiImage={layout.udi_image}",
         "rootfsType=tmpfs",

@@ -231,7 +231,7 @@ def test_shifter_tool_paths_are_obsolete_not_required():
 
 def test_scalar_keys_map_to_attributes():
     cfg = parse(
-        "udiRootPath=/opt/shifter\noptUdiImage=/opt/shifter/udiImage/\n"
+        "optUdiImage=/opt/shifter/udiImage/\n"
         "sitePreMountHook=/etc/shifter/pre.sh\nsitePostMountHook=/etc/shifter/post.sh\n"
         "allowLibcPwdCalls=1\npopulateEtcDynamically=yes\nusersToImport=sshd nobody\n"
         "mountUdiRootWritable=1\nrootfsType=ramfs\nmkfsXfsPath=/usr/sbin/mkfs.xfs\n"
@@ -239,7 +239,6 @@ def test_scalar_keys_map_to_attributes():
         "mountPropagationStyle=slave\nrunDir=/run/shifter-test\nsshdPort=2222\n"
         "gatewayCaFile=/etc/shifter/gw-ca.pem\n"
     )
-    assert cfg.udi_root_path == "/opt/shifter"
     assert cfg.opt_udi_image == "/opt/shifter/udiImage"
     assert cfg.site_pre_mount_hook == "/etc/shifter/pre.sh"
     assert cfg.site_post_mount_hook == "/etc/shifter/post.sh"
