@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration import waiting
+
 pytestmark = [pytest.mark.cluster, pytest.mark.root]
 
 REPORT = 'echo "$(hostname) $(grep PRETTY_NAME /etc/os-release) uid=$(id -u)"'
@@ -110,38 +112,36 @@ def _python_opens(trace: str) -> list[str]:
                       trace)
 
 
+def _node_server_calls(trace: str) -> list[str]:
+    """Connections to a node server (shifter_core/spank/nodeserver.py), which runs Python."""
+    return re.findall(r'connect\(.*sun_path="([^"]*/nodeserver\.[^"]*\.sock)"', trace)
+
+
 def _traced(cluster, pid_of_slurmd: int, argv: list[str]) -> tuple[str, str]:
     """Run `argv` under strace (client side) while slurmd of n1 and all its
     children (slurmstepd, prolog, epilog, tasks) are traced too."""
     with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryDirectory(dir=cluster.home) as mine:
         os.chown(mine, cluster.uid, -1)
         node_trace, client_trace = f"{tmp}/node", f"{mine}/client"
-        tracer = subprocess.Popen(["strace", "-f", "-qq", "-e", "trace=openat,open", "-o", node_trace,
-                                   "-p", str(pid_of_slurmd)], stderr=subprocess.DEVNULL)
-        try:
-            time.sleep(1.0)
+        with waiting.strace(pid_of_slurmd, "openat,open,connect", node_trace):
             cluster.run(["strace", "-f", "-qq", "-e", "trace=openat,open", "-o", client_trace, *argv])
             cluster.wait_until_settled()
-            time.sleep(1.0)
-        finally:
-            tracer.terminate()
-            tracer.wait(timeout=30)
         return Path(node_trace).read_text(), Path(client_trace).read_text()
 
 
 def test_srun_without_shifter_options_starts_no_python(cluster, image):
     """Traced with strace: srun, and on the node slurmd with every process it
     forks (slurmstepd, the prolog and epilog, the task), open no file that
-    Python opens when it starts.  The same job with --image does, which
-    shows that the check can see a Python start."""
+    Python opens when it starts, nor ask the node server.  The same job with
+    --image does, which shows that the check can see a Python start."""
     pid = int((cluster.layout.root / "run" / "slurmd-n1.pid").read_text())
     # --exclusive: no other job may start on n1 while the trace watches it
     node, client = _traced(cluster, pid, ["srun", "--exclusive", "-N1", "-w", "n1", "true"])
     assert "slurmstepd" in node or "slurm" in node, "the node trace saw nothing"
     assert _python_opens(client) == []
-    assert _python_opens(node) == []
+    assert _python_opens(node) == [] and _node_server_calls(node) == []
     node, client = _traced(cluster, pid, ["srun", "-N1", "-w", "n1", f"--image={image}", "true"])
-    assert _python_opens(client) and _python_opens(node)
+    assert _python_opens(client) and (_python_opens(node) or _node_server_calls(node))
 
 
 def test_no_container_remains_after_jobs(cluster, image):

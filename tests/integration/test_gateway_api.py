@@ -14,6 +14,7 @@ import requests
 from gateway.metrics import FLUSH_SECONDS
 from shifter_core.errors import ImageNotFound
 from shifter_core.munge import Munge
+from tests.integration import waiting
 from tests.integration.gateway_fixtures import (SYSTEM, GatewayProcess, busybox, client,  # noqa: F401
                                                 credential_as, gateway_config, munged, postgres, registry)
 
@@ -131,7 +132,7 @@ def test_replayed_credential_is_refused(gateway, munged):
 
 def test_expired_credential_is_refused(gateway, munged):
     credential = Munge(munged.socket).encode(ttl=1)
-    time.sleep(2.2)
+    time.sleep(2.2)                     # a clock condition: nothing else has to happen meanwhile
     body = assert_json(raw(gateway, munged, "GET", f"/api/list/{SYSTEM}/", credential=credential), 401)
     assert "expired" in body["message"]
 
@@ -188,13 +189,16 @@ def test_expire_by_other_users_answers_as_shifter(gateway, munged, root, pulled,
 
 
 def test_metrics_record_lookups(root, pulled, busybox):
+    started = time.time()
     for _ in range(3):
         root.lookup(busybox)
-    time.sleep(FLUSH_SECONDS + 0.5)     # other API processes write their lookups this late
-    rows = root.metrics(limit=2)
-    assert len(rows) == 2
-    assert rows[-1]["id"] == pulled["id"] and rows[-1]["user"] == "root" and rows[-1]["type"] == "docker"
-    assert rows[0]["time"] <= rows[1]["time"]
+
+    def ours():     # other API processes write their lookups up to FLUSH_SECONDS late
+        rows = root.metrics(limit=3)
+        return rows if len(rows) == 3 and all(row["time"] >= started for row in rows) else None
+    rows = waiting.until(ours, FLUSH_SECONDS + 30, "the lookups are not in the metrics")
+    assert all(row["id"] == pulled["id"] and row["user"] == "root" and row["type"] == "docker" for row in rows)
+    assert rows[0]["time"] <= rows[1]["time"] <= rows[2]["time"]
 
 
 def test_queue_lists_active_jobs(gateway, munged, root):

@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from tests.integration import waiting
 from tests.integration.gateway_fixtures import (GatewayProcess, gateway_config, munged,  # noqa: F401
                                                 push_busybox, registry, shared_dir, shifterimg, udiroot_conf)
 
@@ -57,8 +58,8 @@ def test_autoexpire_once_lookups_stop(gateway, conf, munged, registry, tmp_path)
         time.sleep(0.6)
         assert shifterimg(["lookup", kept], conf, munged).returncode == 0  # looked up: stays
     assert shifterimg(["autoexpire"], conf, munged).stdout == ""
-    time.sleep(EXPIRY + 0.5)
-    result = shifterimg(["autoexpire"], conf, munged)
+    result = waiting.until(lambda: (found := shifterimg(["autoexpire"], conf, munged)).stdout and found,
+                           EXPIRY + 60, "the image did not expire", interval=0.5)
     assert result.returncode == 0 and result.stdout.split() == ["expired", kept_id]
     assert wait_gone(image_files(gateway, kept_id))
     assert shifterimg(["lookup", kept], conf, munged).returncode == 1

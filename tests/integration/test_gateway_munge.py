@@ -31,7 +31,7 @@ def test_replayed_credential(munged):
 def test_expired_credential(munged):
     m = Munge(munged.socket)
     credential = m.encode(b"y", ttl=1)
-    time.sleep(2.1)
+    time.sleep(2.1)                     # a clock condition: nothing else has to happen meanwhile
     with pytest.raises(CredentialExpired, match="clocks"):
         m.decode(credential)
     assert m.decode(credential, allow_stale=True).payload == b"y"

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from ci.harness.oci import File, Layout, busybox_config, busybox_entries
 from gateway.models import READY, RUNNING, Image, Job
 from shifter_core.munge import Munge
+from tests.integration import waiting
 from tests.integration.gateway_fixtures import (SYSTEM, GatewayProcess, client, gateway_config,  # noqa: F401
                                                 munged, postgres, push_busybox, registry)
 
@@ -128,15 +129,18 @@ def test_postgres_restart(deploy, munged, registry, postgres, tmp_path):
         return requests.get(gw.url + path, headers={"authentication": Munge(munged.socket).encode()}, timeout=20)
 
     assert lookup().status_code == 200
+    worker_log = gw.workers[0].log
+    noticed_before = worker_log().count("database is unavailable")
     postgres.stop()
-    time.sleep(1.2)                                     # past LookupCacheSeconds
     try:
+        waiting.until(lambda: lookup().status_code == 503, 30, "lookups still answered")   # past LookupCacheSeconds
         for _ in range(3):
             response = lookup()
             assert response.status_code == 503
             assert response.headers["Content-Type"] == "application/json"
             assert "database is unavailable" in response.json()["message"]
-        time.sleep(2)                                   # the worker polls meanwhile
+        waiting.until(lambda: worker_log().count("database is unavailable") > noticed_before, 60,
+                      "the worker never noticed the database was gone")
         assert gw.workers[0].running() and gw.api.running()
     finally:
         postgres.start()

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration import waiting
 from tests.integration.registry_images import job_fields, lookup, push_image
 
 pytestmark = [pytest.mark.cluster, pytest.mark.root]
@@ -27,22 +28,12 @@ def traced_connects(cluster):
     tasks) while the block runs, as {node: strace output}."""
     traces: dict[str, str] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        tracers = []
-        for node in cluster.nodes:
-            pid = int((cluster.layout.root / "run" / f"slurmd-{node}.pid").read_text())
-            output = f"{tmp}/{node}"
-            tracers.append((node, output, subprocess.Popen(
-                ["strace", "-f", "-qq", "-e", "trace=connect", "-o", output, "-p", str(pid)],
-                stderr=subprocess.DEVNULL)))
-        time.sleep(1.0)
-        try:
+        with contextlib.ExitStack() as tracing:
+            for node in cluster.nodes:
+                pid = int((cluster.layout.root / "run" / f"slurmd-{node}.pid").read_text())
+                tracing.enter_context(waiting.strace(pid, "connect", f"{tmp}/{node}"))
             yield traces
-            time.sleep(1.0)
-        finally:
-            for node, output, tracer in tracers:
-                tracer.terminate()
-                tracer.wait(timeout=30)
-                traces[node] = Path(output).read_text(errors="replace")
+        traces.update({node: Path(f"{tmp}/{node}").read_text(errors="replace") for node in cluster.nodes})
 
 
 def _gateway_connects(trace: str, gateway_url: str) -> list[str]:
@@ -56,7 +47,6 @@ def test_a_tag_moved_while_the_job_waits_still_runs_the_pinned_digest_everywhere
     again_after = json.loads((cluster.layout.etc / "imagemanager.json").read_text())["PullUpdateTimeout"]
     old = push_image(cluster, "pinning", "v1", version="old")
     cluster.run(["shifterimg", "pull", old.descriptor], timeout=300)
-    pulled_at = time.monotonic()
     assert lookup(cluster, old.descriptor) == old.digest
     job = cluster.sbatch(f"#!/bin/sh\n{REPORT}\nsrun -N3 sh -c '{REPORT}'\n",
                          "-N3", "--hold", f"--image={old.descriptor}", "--autoshift")
@@ -66,9 +56,12 @@ def test_a_tag_moved_while_the_job_waits_still_runs_the_pinned_digest_everywhere
 
         new = push_image(cluster, "pinning", "v1", version="new",
                          repository=old.descriptor.removeprefix("docker:").rsplit(":", 1)[0])
-        time.sleep(max(0.0, pulled_at + again_after + 1 - time.monotonic()))
-        cluster.run(["shifterimg", "pull", old.descriptor], timeout=300)
-        assert lookup(cluster, old.descriptor) == new.digest != old.digest
+
+        def pulled_again() -> bool:      # the gateway keeps the READY tag until PullUpdateTimeout
+            cluster.run(["shifterimg", "pull", old.descriptor], timeout=300)
+            return lookup(cluster, old.descriptor) == new.digest
+        waiting.until(pulled_again, again_after + 120, "the moved tag was not pulled again", interval=0.5)
+        assert new.digest != old.digest
 
         with traced_connects(cluster) as traces:
             cluster.run(["scontrol", "release", str(job)])
