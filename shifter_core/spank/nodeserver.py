@@ -45,6 +45,7 @@ from . import bridge, settings
 
 CALLBACKS = ("job_prolog", "job_epilog")
 _LISTEN_BACKLOG = 64
+_REAP_INTERVAL = 5.0     # seconds between collecting finished children when idle
 _serving = False         # this process is the server or one of its children
 
 
@@ -184,34 +185,37 @@ def main(listener: int, lock: int, watch: int, config_path: str) -> None:
     code = _code_state()
     server = socket.socket(fileno=listener)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    while True:
-        ready, _, _ = select.select([server, watch], [], [])
-        if watch in ready:
-            return
-        conn, _ = server.accept()
-        with conn:
-            uid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[1]
-            if uid != 0:
-                continue
-            if _code_state() != code:
-                conn.sendall(reply_line(seam.REPLY_END, str(seam.NOT_SERVED)))
+    try:
+        while True:
+            ready, _, _ = select.select([server, watch], [], [], _REAP_INTERVAL)
+            _reap()
+            if watch in ready:
                 return
-            if os.fork() == 0:
-                server.close()
-                for fd in (lock, watch):
-                    os.close(fd)
-                _serve(conn)
-        _reap()
+            if server not in ready:
+                continue
+            conn, _ = server.accept()
+            with conn:
+                uid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[1]
+                if uid != 0:
+                    continue
+                if _code_state() != code:
+                    _receive(conn)              # all of it: unread data would reset the connection
+                    conn.sendall(reply_line(seam.REPLY_END, str(seam.NOT_SERVED)))
+                    return
+                if os.fork() == 0:
+                    server.close()
+                    for fd in (lock, watch):
+                        os.close(fd)
+                    _serve(conn)
+    finally:
+        os.unlink(server.getsockname())     # ours while we hold the lock
 
 
 def _serve(conn: socket.socket) -> None:
     """In the child of one request: run it and reply, then exit."""
     rc = seam.SERVED_FAILED
     try:
-        chunks = []
-        while chunk := conn.recv(1 << 16):
-            chunks.append(chunk)
-        request = parse_request(b"".join(chunks))
+        request = parse_request(_receive(conn))
         os.environ.clear()
         os.environ.update(request.env)
         bridge.log_to(lambda level, message: conn.sendall(reply_line(level, message)))
@@ -225,6 +229,14 @@ def _serve(conn: socket.socket) -> None:
             conn.sendall(reply_line(seam.REPLY_END, str(rc)))
         finally:
             os._exit(0)
+
+
+def _receive(conn: socket.socket) -> bytes:
+    """The request, up to the plugin's end of writing."""
+    chunks = []
+    while chunk := conn.recv(1 << 16):
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _reap() -> None:
