@@ -36,6 +36,18 @@ FLAGS = tuple(name for name, arginfo, _ in OPTIONS if arginfo is None)
 # The plugin's own arguments (plugstack.conf): name -> whether the value is an absolute path.
 PLUGIN_ARGUMENTS = (("venv", True), ("config", True), ("enable_ccm", False))
 
+# One callback as the plugin hands it to its embedded Python (spank/embed.h, build_embed.py).
+PY_CALL = f"""struct py_call {{
+    const char *callback;
+    spank_t spank;
+    int context;
+    int argc;
+    char **argv;
+    int set[{len(OPTIONS)}];                 /* in the order of OPTIONS */
+    const char *value[{len(OPTIONS)}];
+    long long started_ns;       /* CLOCK_MONOTONIC when the plugin took the call */
+}};"""
+
 # -- the job's environment ---------------------------------------------------------
 PINNED_OPTIONS_VAR = "SHIFTER_PINNED_OPTIONS"   # what srun pinned, so that an srun inside reuses it
 PINNED_SEPARATOR = "\x1f"
@@ -273,6 +285,12 @@ def c_header() -> str:
         "/* digest, job, ms.enter, node, step, task, time */",
         f"#define SEAM_ENTER_FORMAT {_c_string(_enter_format())}",
         "",
+        "#endif",
+        "",
+        "/* for spank/embed.h, which has spank.h */",
+        "#if defined(SEAM_PY_CALL) && !defined(SEAM_PY_CALL_DEFINED)",
+        "#define SEAM_PY_CALL_DEFINED",
+        PY_CALL,
         "#endif",
         "",
     ]

@@ -45,18 +45,8 @@ void slurm_info(const char *format, ...);
 void slurm_verbose(const char *format, ...);
 void slurm_debug(const char *format, ...);
 
-struct py_call {
-    const char *callback;
-    spank_t spank;
-    int context;
-    int argc;
-    char **argv;
-    int set[%(options)d];
-    const char *value[%(options)d];
-    long long started_ns;
-};
 void py_code_ready(void);
-""" % {"options": len(seam.OPTIONS)}
+""" + seam.PY_CALL
 
 EXPORTED = "int shifter_py_dispatch(struct py_call *);"
 

@@ -9,19 +9,9 @@
 
 #include <slurm/spank.h>
 
+/* struct py_call: one callback, as handed to Python (shifter_core.spank.bridge) */
+#define SEAM_PY_CALL
 #include "seam_table.h"
-
-/* One callback, as handed to Python (shifter_core.spank.bridge). */
-struct py_call {
-    const char *callback;
-    spank_t spank;
-    int context;
-    int argc;
-    char **argv;
-    int set[SEAM_OPTION_COUNT];             /* in the order of seam.OPTIONS */
-    const char *value[SEAM_OPTION_COUNT];
-    long long started_ns;       /* CLOCK_MONOTONIC when the plugin took the call */
-};
 
 /* Exported by the module. */
 typedef int (*py_start_fn)(const char *venv, const char *package_root); /* 0, or -1 logged */

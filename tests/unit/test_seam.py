@@ -19,19 +19,10 @@ from shifter_core._seam import ffi, lib
 from shifter_core.container import procfs, record
 from shifter_core.container.marker import matches
 from shifter_core.spank import bridge, nodeserver, submit
+from tests.unit.test_config import MINIMAL
 
 HEX = "0123456789abcdef"
 ID = "ab" * 32
-
-
-MINIMAL = """\
-udiMount=/var/udiMount
-loopMount=/var/udiLoopMount
-imagePath=/images
-etcPath=/etc/shifter/etc_files
-system=testsys
-imageGateway=http://127.0.0.1:5000
-"""
 
 
 def _s(cdata) -> str:
