@@ -40,6 +40,7 @@ from pathlib import Path
 from ci.harness import leaks, oci, sitemodules, slurmclient
 from ci.harness.registry import Registry
 from shifter_core import config, udiimage
+from shifter_core.container import procfs
 from shifter_core.errors import ShifterError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -161,12 +162,7 @@ class Record:
 
 def _start_time(pid: int) -> int | None:
     """Kernel start time of a live process; None when gone or a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(")") + 2:].split()
-    return None if fields[0] in ("Z", "X") else int(fields[19])
+    return procfs.start_time(pid) if procfs.running(pid) else None
 
 
 def _wait_until(predicate, timeout: float, interval: float = 0.1) -> bool:

@@ -25,6 +25,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from shifter_core.container import procfs
+
 NAMESPACE_KINDS = ("mnt", "net", "uts")
 NETNS_DIR = "/run/netns"
 
@@ -186,13 +188,13 @@ def _read(path: str) -> str | None:
 
 
 def _process(pid: int) -> Process | None:
-    stat = _read(f"/proc/{pid}/stat")
+    stat = procfs.stat(pid)
     status = _read(f"/proc/{pid}/status")
     cmdline = _read(f"/proc/{pid}/cmdline")
     if stat is None or status is None or not cmdline:
         return None  # gone, or a kernel thread
-    fields = stat[stat.rindex(")") + 2:].split()
-    if fields[0] in ("Z", "X"):
+    state, ppid, start_time = stat
+    if state in ("Z", "X"):
         return None  # exited: PID 1 here does not reap, zombies are not leaks
     uid = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("Uid:"))
     inodes = []
@@ -201,7 +203,7 @@ def _process(pid: int) -> Process | None:
             inodes.append(_inode_of(os.readlink(f"/proc/{pid}/ns/{kind}")) or 0)
         except OSError:
             return None
-    return Process(pid=pid, start_time=int(fields[19]), ppid=int(fields[1]), uid=uid,
+    return Process(pid=pid, start_time=start_time, ppid=ppid, uid=uid,
                    cmdline=cmdline.replace("\0", " ").strip(), namespaces=tuple(inodes))
 
 
@@ -272,10 +274,10 @@ def _ancestors(pid: int) -> set[int]:
     chain = set()
     while pid > 1:
         chain.add(pid)
-        stat = _read(f"/proc/{pid}/stat")
+        stat = procfs.stat(pid)
         if stat is None:
             break
-        pid = int(stat[stat.rindex(")") + 2:].split()[1])
+        pid = stat[1]
     return chain
 
 

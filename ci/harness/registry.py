@@ -35,6 +35,8 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
+from shifter_core.container import procfs
+
 REGISTRY_BIN = "/usr/bin/docker-registry"
 HTPASSWD_BIN = "/usr/bin/htpasswd"
 DEFAULT_USERS = {"alice": "s3cret"}
@@ -226,21 +228,12 @@ def _terminate(pid: int, proc: subprocess.Popen | None) -> None:
         if proc is not None:
             if proc.poll() is not None:
                 return
-        elif not _alive(pid):
+        elif not procfs.running(pid):
             return
         time.sleep(0.02)
     os.kill(pid, signal.SIGKILL)
     if proc is not None:
         proc.wait()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rpartition(")")[2].split()[0]
-    except FileNotFoundError:
-        return False
-    return state != "Z"
 
 
 def _write(path: str, data: bytes, mode: int = 0o644) -> None:
@@ -428,7 +421,7 @@ def _main(argv: list[str] | None = None) -> int:
 def _started_here(pid: int, workdir: str) -> bool:
     """Guard against PID reuse: the process must run from `workdir`."""
     try:
-        return os.path.samefile(os.readlink(f"/proc/{pid}/cwd"), workdir) and _alive(pid)
+        return os.path.samefile(os.readlink(f"/proc/{pid}/cwd"), workdir) and procfs.running(pid)
     except OSError:
         return False
 

@@ -50,15 +50,22 @@ def start_time(pid: int) -> int | None:
 
 def state(pid: int) -> str | None:
     """R, S, D, Z...; None when there is no such process."""
-    text = _stat(pid)
-    fields = _fields(text) if text is not None else None
-    return fields[0] if fields else None
+    found = stat(pid)
+    return found[0] if found else None
 
 
-def parent(pid: int) -> int | None:
+def stat(pid: int) -> tuple[str, int, int | None] | None:
+    """(state, parent pid, start time) of a process; None when there is none."""
     text = _stat(pid)
     fields = _fields(text) if text is not None else None
-    return int(fields[1]) if fields and len(fields) > 1 else None
+    if not fields or len(fields) < 2 or seam.uint(fields[1]) is None:
+        return None
+    return fields[0], int(fields[1]), parse_start_time(text)
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie (PID 1 of these machines may not reap)."""
+    return state(pid) not in (None, "Z", "X")
 
 
 def mount_namespace(pid: int) -> int | None:

@@ -15,7 +15,7 @@ import pytest
 
 from ci.harness import cluster as harness
 from shifter_core import ccm, config, munge
-from shifter_core.container import JobContainer
+from shifter_core.container import JobContainer, procfs
 from shifter_core.errors import CcmError
 
 pytestmark = [pytest.mark.cluster, pytest.mark.root]
@@ -146,8 +146,7 @@ def test_sshd_runs_as_the_user_without_privileges_in_the_job_namespace_and_dies_
     cluster.wait(job)
     assert not _listening(node, port)
     assert not (_run_dir(cluster) / f"job{job}.{node}.ccm.json").exists()
-    stat = Path(f"/proc/{pid}/stat")
-    assert not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    assert not procfs.running(pid)
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:

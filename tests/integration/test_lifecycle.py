@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from shifter_core.container import procfs
+
 pytestmark = [pytest.mark.cluster, pytest.mark.root, pytest.mark.slow]
 
 
@@ -21,7 +23,7 @@ def _leftovers(cluster) -> list[str]:
         if not entry.isdigit():
             continue
         try:
-            if Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            if not procfs.running(int(entry)):
                 continue
             if udi in Path(f"/proc/{entry}/mountinfo").read_text():
                 found.append(f"process {entry} sees a container mount")
