@@ -698,7 +698,8 @@ def udiroot_conf(layout: Layout, record: Record) -> str:
     The other modules bind fake MPI and GPU software (ci/harness/sitemodules.py);
     perNodeCache volumes (xfs or ext4) of up to 2G live in .cluster/cache.
     siteEnvUnset drops the exported bash functions of Lmod, as Shifter's example
-    does.  optUdiImage is the host's OpenSSH (shifter_core/udiimage.py), for --ccm.
+    does; siteEnvAppend adds to MANPATH (the four environment operations all reach
+    the tasks of steps, which the plugin's C sets up).  optUdiImage is the host's OpenSSH (shifter_core/udiimage.py), for --ccm.
     """
     home = pwd.getpwnam(TEST_USER).pw_dir
     prefix = slurmclient.PREFIX
@@ -729,6 +730,7 @@ def udiroot_conf(layout: Layout, record: Record) -> str:
         "perNodeCacheAllowedFsType=xfs ext4",
         "perNodeCacheSizeLimit=2G",
         "siteEnvUnset=BASH_FUNC_module() BASH_FUNC_ml%%",
+        "siteEnvAppend=MANPATH=/opt/site/man",
     ]) + "\n"
 
 
