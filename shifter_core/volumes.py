@@ -184,6 +184,8 @@ def parse_bytes(text: str) -> int:
         raise ValueError(f"{text!r} is not a size like 512M, 10G or 1.5T")
     number, unit = match.group(1), (match.group(2) or "").lower()
     scale = 1024 ** (_UNITS.index(unit) + 1) if unit else 1
+    if number.isdigit():
+        return int(number) * scale
     import decimal   # rare (fractional sizes); kept off the plugin's start-up
 
     return int(decimal.Decimal(number) * scale)
