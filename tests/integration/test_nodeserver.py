@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -94,3 +95,11 @@ def test_it_steps_aside_once_its_code_changed(server):
         waiting.until(lambda: not os.path.exists(path), 30, "the stale node server did not exit")
     finally:
         os.utime(module, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+@pytest.mark.cluster
+def test_prologs_after_a_nodes_first_are_the_servers(cluster, image):
+    for _ in range(2):
+        cluster.srun("-N1", "-w", "n2", f"--image={image}", "--autoshift", "true")
+    served = re.findall(r"shifter: job \d+ on n2 runs .* \(prolog [\d.]+ms, ([^;]*);", cluster.log("slurmd-n2"))
+    assert served[-1] == "in the node server", served
