@@ -179,7 +179,8 @@ def main(listener: int, lock: int, watch: int, config_path: str) -> None:
     global _serving
     _serving = True
     bridge.check_code_is_trusted()
-    importlib.import_module(".node", __package__)       # once here, not per job
+    for name in ("shifter_core.spank.node", "shifter_core.pernodecache", "shifter_core.ccm"):
+        importlib.import_module(name)                   # once here, not per job
 
     settings.load_config(config_path)
     code = _code_state()
