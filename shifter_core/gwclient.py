@@ -25,11 +25,11 @@ import os
 import socket
 import urllib.parse
 
-from . import imageref
+from . import imageref, seam
 from .errors import AccessDenied, AuthenticationError, GatewayError, ImageNotFound, ShifterError
 from .munge import Munge
 
-HEADER = "authentication"
+HEADER = seam.GATEWAY_AUTH_HEADER
 CREDENTIALS_FILE = os.path.join("~", ".udiRoot", ".cred")
 IN_PROGRESS = ("MISSING", "INIT", "PENDING", "PULLING", "EXAMINATION", "CONVERSION", "TRANSFER")
 
@@ -56,7 +56,7 @@ class GatewayClient:
 
     def lookup(self, image) -> dict:
         """The READY record of an image; ImageNotFound if it was never pulled."""
-        return self._request("GET", self._image_path("lookup", image))
+        return self._request("GET", self.lookup_path(image))
 
     def pull(self, image, user_acl=(), group_acl=()) -> dict:
         """Ask for (or poll) a pull; the record says how far it got."""
@@ -166,6 +166,10 @@ class GatewayClient:
 
     # -- HTTP ---------------------------------------------------------------------
 
+    def lookup_path(self, image) -> str:
+        """The path `lookup` asks for (the plugin's C asks for it too: spank/submitplan.py)."""
+        return self._image_path("lookup", image)
+
     def _image_path(self, verb: str, image) -> str:
         ref = image if isinstance(image, imageref.ImageRef) else imageref.parse(image, self.default_type)
         return (f"/api/{verb}/{self._quote(self.system)}/{self._quote(ref.type)}/"
@@ -233,21 +237,23 @@ class GatewayClient:
                     sock, server_hostname=parts.hostname)
             sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
             answer = b"".join(iter(lambda: sock.recv(1 << 16), b""))
-        return _parse_response(answer)
+        return parse_answer(answer)
 
 
-def _parse_response(answer: bytes) -> tuple[int, str, bytes]:
-    """An HTTP/1.x response read to its end: (status, reason, body)."""
+def parse_answer(answer: bytes) -> tuple[int, str, bytes]:
+    """An HTTP/1.x answer read to its end: (status, reason, body), Content-Length respected;
+    ValueError if it is not one.  spank/seam.c: seam_http_answer reads it alike."""
     head, separator, body = answer.partition(b"\r\n\r\n")
     lines = head.decode("iso-8859-1").split("\r\n")
     version, _, rest = lines[0].partition(" ")
-    code, _, reason = rest.partition(" ")
-    if not separator or not version.startswith("HTTP/1.") or not (code.isascii() and code.isdigit()):
-        raise ValueError("not an HTTP response")
+    code, space, reason = rest.partition(" ")
+    if not separator or not version.startswith("HTTP/1.") or len(code) != 3 or seam.uint(code) is None:
+        raise ValueError("not an HTTP answer")
     for line in lines[1:]:
-        name, _, value = line.partition(":")
-        if name.strip().lower() == "content-length" and value.strip().isdigit():
-            body = body[:int(value)]
+        name, colon, value = line.partition(":")
+        length = seam.uint(value.strip(" \t"))
+        if colon and name.strip(" \t").lower() == "content-length" and length is not None:
+            body = body[:length]
     return int(code), reason, body
 
 

@@ -12,7 +12,7 @@ no log without it), one per event:
     teardown  the epilog removed it: `ms.epilog`
 
 The lookup is timed by the submitting client and reaches the prolog as the
-job-control variable SHIFTER_LOOKUP_MS.  A local append-only file because
+job-control variable SHIFTER_LOOKUP_MS (seam.LOOKUP_VAR).  A local append-only file because
 nodes must not need the gateway, or any other service, while a job starts;
 JSON lines so that a site can ship them to its log system.  An admin reads
 them back with
@@ -35,7 +35,6 @@ from . import seam, trust
 from .errors import ContainerError
 
 SUFFIX = ".jsonl"
-LOOKUP_VAR = "SHIFTER_LOOKUP_MS"    # job-control variable: the submit's lookup time, for the prolog
 EVENTS = ("setup", "enter", "teardown")
 _PHASES = ("lookup", "mount", "setup", "prolog", "enter")
 

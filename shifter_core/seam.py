@@ -51,11 +51,39 @@ PY_CALL = f"""struct py_call {{
 # -- the job's environment ---------------------------------------------------------
 PINNED_OPTIONS_VAR = "SHIFTER_PINNED_OPTIONS"   # what srun pinned, so that an srun inside reuses it
 PINNED_SEPARATOR = "\x1f"
-DIGEST_VAR = "SHIFTER_IMAGE_DIGEST"
+REQUEST_VAR = "SHIFTER_IMAGEREQUEST"            # the pin: the image as asked for, normalised,
+IMAGE_VAR = "SHIFTER_IMAGE"                     # its id,
+IMAGE_TYPE_VAR = "SHIFTER_IMAGETYPE"            # "id",
+DIGEST_VAR = "SHIFTER_IMAGE_DIGEST"             # and sha256:<id>
+LOOKUP_VAR = "SHIFTER_LOOKUP_MS"                # how long the pin's lookup took, for the prolog's records
 AUTOSHIFT_VAR = "SHIFTER_AUTOSHIFT"             # "1": steps of an srun without the plugin enter too
 JOB_ID_VAR = "SLURM_JOB_ID"
 
 BATCH_STEP = 0xFFFFFFFB                         # slurm.h: SLURM_BATCH_SCRIPT
+
+# -- the submit plan (spank/submit.py writes it, spank/fastpath.c pins new jobs with it) -------
+# What a pinning srun, sbatch or salloc decided from its options and udiRoot.conf, kept
+# in the user's home: the next one with the same options and configuration only asks
+# the gateway for the tag's digest, in C.  One block per plan, newest last.
+PLANS_FILE = ".udiRoot/submit-plans"            # below the user's home directory
+PLANS_FORMAT = "shifter-plans 1"
+PLANS_MAX = 1 << 16
+PLANS_KEPT = 8
+PLAN_KEYS = (
+    ("plan", "escaped"),        # starts a plan: the options, as pinned_options renders them
+    ("config", "uint5"),        # udiRoot.conf's device, inode, size, mtime and ctime (ns)
+    ("lookup", "escaped"),      # the lookup's path on the gateway
+    ("gateway", "escaped"),     # repeated: host port path-prefix, plain HTTP only
+    ("timeout", "uint"),        # milliseconds
+    ("munge", "escaped"),       # munged's socket
+    ("request", "escaped"),     # the normalised request (REQUEST_VAR)
+    ("export", "escaped"),      # repeated: NAME=VALUE that do not depend on the lookup
+)
+PLAN_REQUIRED = ("plan", "config", "lookup", "gateway", "timeout", "munge", "request")
+PLAN_GATEWAYS, PLAN_EXPORTS = 8, 16             # at most, in one plan
+PLAN_LOOKUP_MAX = 1 << 16                       # bytes of a gateway's answer read
+GATEWAY_AUTH_HEADER = "authentication"          # Shifter's: a munge credential
+MUNGE_OPT_SOCKET = 8                            # munge.h: MUNGE_OPT_SOCKET
 
 # -- udiRoot.conf, as far as the fast path reads it --------------------------------------
 DEFAULT_CONFIG = "/etc/shifter/udiRoot.conf"
@@ -174,6 +202,93 @@ def uint(text: str) -> int | None:
     return None
 
 
+def read_value(kind: str, raw: str):
+    """A value of one of the kinds of RECORD_KEYS, REQUEST_KEYS or PLAN_KEYS as spank/seam.c
+    accepts it (value_valid); ValueError if it is not one."""
+    return _READERS[kind](raw)
+
+
+# -- the kinds of values -------------------------------------------------------------------------
+
+
+def _uint(text: str) -> int:
+    value = uint(text)
+    if value is None:
+        raise ValueError(text)
+    return value
+
+
+def _uints(count: int):
+    def read(text: str) -> tuple[int, ...]:
+        parts = text.split(" ")
+        if len(parts) != count:
+            raise ValueError(text)
+        return tuple(map(_uint, parts))
+    return read
+
+
+def _chars(allowed: str, limit: int = RECORD_MAX):
+    def read(text: str) -> str:
+        if not text or len(text) > limit or text.strip(allowed):
+            raise ValueError(text)
+        return text
+    return read
+
+
+def _bool(text: str) -> bool:
+    if text not in ("0", "1"):
+        raise ValueError(text)
+    return text == "1"
+
+
+def _path(text: str) -> str:
+    if not text.startswith("/") or len(text.encode()) > PATH_MAX:
+        raise ValueError(text)
+    return text
+
+
+def _image_id(text: str) -> str:
+    if len(text) != IMAGE_ID_LENGTH or text.strip("0123456789abcdef"):
+        raise ValueError(text)
+    return text
+
+
+def _digest(text: str) -> str:
+    if not text.startswith(DIGEST_PREFIX):
+        raise ValueError(text)
+    _image_id(text[len(DIGEST_PREFIX):])
+    return text
+
+
+def _names(text: str) -> list[str]:
+    return [_chars(NAME_CHARS)(name) for name in text.split(",")] if text else []
+
+
+def _timing(text: str) -> tuple[str, float]:
+    name, _, number = text.partition(" ")
+    whole, dot, fraction = number.partition(".")
+    _chars(NAME_CHARS)(name)
+    _chars("0123456789")(whole)
+    if dot:
+        _chars("0123456789")(fraction)
+    return name, float(number)
+
+
+def _env(text: str) -> tuple[str, str, str]:
+    op, space, assignment = text.partition(" ")
+    name, equals, value = assignment.partition("=")
+    if not space or op not in ENV_OPERATIONS or not equals or not name:
+        raise ValueError(text)
+    return op, unescape(name), unescape(value)
+
+
+_READERS = {
+    "uint": _uint, "uint2": _uints(2), "uint3": _uints(3), "bool": _bool,
+    "node": _chars(NODE_CHARS, NODE_MAX), "path": _path, "image_id": _image_id, "digest": _digest,
+    "names": _names, "escaped": unescape, "uint5": _uints(5), "timing": _timing, "env": _env,
+}
+
+
 def provenance_line(**fields) -> str:
     """One provenance record as provenance.Log writes it (and the C fast path, via `c_header`)."""
     return json.dumps(fields, sort_keys=True, separators=(",", ":")) + "\n"
@@ -200,8 +315,8 @@ def _enum(prefix: str, names, count: str) -> str:
     return f"{{ {items}, {count} }}"
 
 
-def _bits(names) -> str:
-    keys = [key for key, _ in RECORD_KEYS]
+def _bits(names, table=RECORD_KEYS) -> str:
+    keys = [key for key, _ in table]
     return " | ".join(f"(1u << {keys.index(name)})" for name in names)
 
 
@@ -237,6 +352,21 @@ def c_header() -> str:
         f"#define SEAM_PINNED_OPTIONS_VAR {_c_string(PINNED_OPTIONS_VAR)}",
         f"#define SEAM_PINNED_SEPARATOR {_c_string(PINNED_SEPARATOR)}",
         f"#define SEAM_DIGEST_VAR {_c_string(DIGEST_VAR)}",
+        f"#define SEAM_REQUEST_VAR {_c_string(REQUEST_VAR)}",
+        f"#define SEAM_IMAGE_VAR {_c_string(IMAGE_VAR)}",
+        f"#define SEAM_IMAGE_TYPE_VAR {_c_string(IMAGE_TYPE_VAR)}",
+        f"#define SEAM_LOOKUP_VAR {_c_string(LOOKUP_VAR)}",
+        f"#define SEAM_PLANS_FILE {_c_string(PLANS_FILE)}",
+        f"#define SEAM_PLANS_FORMAT {_c_string(PLANS_FORMAT)}",
+        f"#define SEAM_PLANS_MAX {PLANS_MAX}",
+        f"enum seam_plan_key {_enum('SEAM_PLAN_', [key for key, _ in PLAN_KEYS], 'SEAM_PLAN_KEY_COUNT')};",
+        f"#define SEAM_PLAN_KEYS {{ {', '.join(_c_string(key) for key, _ in PLAN_KEYS)} }}",
+        f"#define SEAM_PLAN_REQUIRED ({_bits(PLAN_REQUIRED, PLAN_KEYS)})",
+        f"#define SEAM_PLAN_GATEWAYS {PLAN_GATEWAYS}",
+        f"#define SEAM_PLAN_EXPORTS {PLAN_EXPORTS}",
+        f"#define SEAM_PLAN_LOOKUP_MAX {PLAN_LOOKUP_MAX}",
+        f"#define SEAM_MUNGE_OPT_SOCKET {MUNGE_OPT_SOCKET}",
+        f"#define SEAM_GATEWAY_AUTH_HEADER {_c_string(GATEWAY_AUTH_HEADER)}",
         f"#define SEAM_AUTOSHIFT_VAR {_c_string(AUTOSHIFT_VAR)}",
         f"#define SEAM_JOB_ID_VAR {_c_string(JOB_ID_VAR)}",
         f"#define SEAM_BATCH_STEP {BATCH_STEP:#x}U",

@@ -63,6 +63,22 @@ struct seam_request {
 long seam_request_text(const struct seam_request *req, char *out, size_t size);
 int seam_reply_line(char *line, const char **text, unsigned long long *rc);
 
+struct seam_plan {
+    unsigned long long config[5];
+    const char *lookup;
+    const char *gateway[];
+    int gateways;
+    unsigned long long timeout_ms;
+    const char *munge;
+    const char *request;
+    const char *export[];
+    int exports;
+    ...;
+};
+int seam_find_plan(char *text, size_t len, const char *options, struct seam_plan *plan);
+int seam_http_answer(const char *text, size_t len, int *status, const char **body, size_t *body_len);
+int seam_json_string(const char *text, size_t len, const char *key, char *out, size_t size);
+
 extern "Python" int seam_test_get(void *, const char *, char *, int);
 extern "Python" int seam_test_set(void *, const char *, const char *);
 extern "Python" int seam_test_unset(void *, const char *);

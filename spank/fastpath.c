@@ -5,6 +5,9 @@
  * - srun inside a job whose image is already pinned, with the same options:
  *   the pin is in the environment already (shifter_core.spank.submit exports
  *   SHIFTER_PINNED_OPTIONS to recognise it).
+ * - srun, sbatch or salloc of a new job with options pinned in Python before:
+ *   the user's submit plan (shifter_core/spank/submitplan.py) says what to
+ *   export; the digest comes from a lookup at the gateway done here.
  * - the prolog and the epilog, when the node server (a warm Python,
  *   shifter_core/spank/nodeserver.py) runs: it gets the callback over a unix
  *   socket and answers with the log lines and the result.
@@ -21,10 +24,14 @@
  * file decides nothing the prolog did not write down.
  */
 #define _GNU_SOURCE
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <linux/openat2.h>
+#include <netdb.h>
+#include <poll.h>
+#include <pwd.h>
 #include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -46,29 +53,18 @@ extern char **environ;
 static struct seam_record rec;
 static char *rec_text;      /* what `rec` points into, kept for the task */
 
-/* A file, NUL-terminated, and its length in `len`: at most max + 1 bytes, so
- * that the parsers can refuse a longer one.  Proc files, which report a size
- * of 0, included; NULL if it cannot be read or root must own it and does not. */
-static char *read_small_file(int dir, const char *path, const struct open_how *how, size_t max,
-                             int require_root_only, size_t *len)
+/* What `fd` reads, NUL-terminated, and its length in `len`: at most max + 1
+ * bytes, so that the parsers can refuse a longer text; NULL on an error. */
+static char *read_all(int fd, size_t max, size_t *len)
 {
-    int fd = how ? syscall(SYS_openat2, dir, path, how, sizeof *how)
-                 : openat(dir, path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-    struct stat st;
+    char *buf = malloc(max + 2);
     size_t used = 0;
     ssize_t n = 0;
-    char *buf;
 
-    if (fd < 0)
+    if (buf == NULL)
         return NULL;
-    if (fstat(fd, &st) != 0 || (require_root_only && !seam_root_only(st.st_uid, st.st_mode))
-        || (buf = malloc(max + 2)) == NULL) {
-        close(fd);
-        return NULL;
-    }
     while (used <= max && (n = read(fd, buf + used, max + 1 - used)) > 0)
         used += n;
-    close(fd);
     if (n < 0) {
         free(buf);
         return NULL;
@@ -76,6 +72,24 @@ static char *read_small_file(int dir, const char *path, const struct open_how *h
     buf[used] = '\0';
     *len = used;
     return buf;
+}
+
+/* A file, as read_all (proc files, which report a size of 0, included); NULL if
+ * it cannot be read, or root must own it and does not. */
+static char *read_small_file(int dir, const char *path, const struct open_how *how, size_t max,
+                             int require_root_only, size_t *len)
+{
+    int fd = how ? syscall(SYS_openat2, dir, path, how, sizeof *how)
+                 : openat(dir, path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    struct stat st;
+    char *text = NULL;
+
+    if (fd < 0)
+        return NULL;
+    if (fstat(fd, &st) == 0 && (!require_root_only || seam_root_only(st.st_uid, st.st_mode)))
+        text = read_all(fd, max, len);
+    close(fd);
+    return text;
 }
 
 static int run_dir(const char *config, char *out, size_t size)
@@ -387,6 +401,210 @@ int fastpath_serve(spank_t sp, const char *config, const char *callback, int ac,
         if (send_all(fd, text, len) == 0)
             rc = relay_reply(fd, callback);
         close(fd);
+    }
+    free(text);
+    return rc;
+}
+
+/* ---- pinning a new job from the user's submit plan ------------------------- */
+
+/* libmunge, loaded only here (no header on the build host: munge.h's prototypes) */
+struct munge_api {
+    void *(*ctx_create)(void);
+    void (*ctx_destroy)(void *ctx);
+    int (*ctx_set)(void *ctx, int opt, ...);
+    int (*encode)(char **cred, void *ctx, const void *buf, int len);
+};
+
+static int load_munge(struct munge_api *m)
+{
+    void *lib = dlopen("libmunge.so.2", RTLD_NOW | RTLD_LOCAL);
+    if (lib == NULL)
+        return -1;
+    m->ctx_create = (void *(*)(void)) dlsym(lib, "munge_ctx_create");
+    m->ctx_destroy = (void (*)(void *)) dlsym(lib, "munge_ctx_destroy");
+    m->ctx_set = (int (*)(void *, int, ...)) dlsym(lib, "munge_ctx_set");
+    m->encode = (int (*)(char **, void *, const void *, int)) dlsym(lib, "munge_encode");
+    return m->ctx_create && m->ctx_destroy && m->ctx_set && m->encode ? 0 : -1;
+}
+
+/* A fresh credential for one request (munged decodes each once); free() it. */
+static char *credential(const struct munge_api *m, const char *socket_path)
+{
+    void *ctx = m->ctx_create();
+    char *cred = NULL;
+
+    if (ctx == NULL)
+        return NULL;
+    if (m->ctx_set(ctx, SEAM_MUNGE_OPT_SOCKET, socket_path) != 0 || m->encode(&cred, ctx, NULL, 0) != 0)
+        cred = NULL;
+    m->ctx_destroy(ctx);
+    return cred;
+}
+
+static double ms_since(const struct timespec *start)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (now.tv_sec - start->tv_sec) * 1e3 + (now.tv_nsec - start->tv_nsec) / 1e6;
+}
+
+/* Wait for `events` on fd until `deadline`; 0 when ready. */
+static int wait_for(int fd, short events, const struct timespec *start, double timeout_ms)
+{
+    struct pollfd p = { fd, events, 0 };
+    double left = timeout_ms - ms_since(start);
+    return left > 0 && poll(&p, 1, (int) left + 1) == 1 && (p.revents & (events | POLLHUP)) ? 0 : -1;
+}
+
+/* GET `path` at "host port prefix" with the credential (gwclient.GatewayClient._send);
+ * the answer read to its end into `buf`, its length, or -1. */
+static long http_get(const char *gateway, const char *path, const char *cred, double timeout_ms,
+                     char *buf, size_t size)
+{
+    char host[256], port[16], prefix[1024], request[8192];
+    struct addrinfo hints = { .ai_socktype = SOCK_STREAM }, *found = NULL;
+    struct timespec start;
+    size_t used = 0;
+    long result = -1;
+    int fd = -1, n;
+
+    if (sscanf(gateway, "%255s %15s %1023s", host, port, prefix) != 3)
+        return -1;
+    n = snprintf(request, sizeof request, "GET %s%s HTTP/1.0\r\nHost: %s:%s\r\n%s: %s\r\n\r\n",
+                 strcmp(prefix, "/") == 0 ? "" : prefix, path, host, port, SEAM_GATEWAY_AUTH_HEADER, cred);
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    if (n < 0 || n >= (int) sizeof request || getaddrinfo(host, port, &hints, &found) != 0)
+        return -1;
+    for (struct addrinfo *a = found; a && fd < 0; a = a->ai_next) {
+        fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, a->ai_protocol);
+        if (fd >= 0 && connect(fd, a->ai_addr, a->ai_addrlen) != 0 && errno != EINPROGRESS) {
+            close(fd);
+            fd = -1;
+        }
+    }
+    freeaddrinfo(found);
+    if (fd < 0)
+        return -1;
+    if (wait_for(fd, POLLOUT, &start, timeout_ms) == 0 && send(fd, request, n, MSG_NOSIGNAL) == n) {
+        ssize_t got = 1;
+        while (used < size && wait_for(fd, POLLIN, &start, timeout_ms) == 0
+               && (got = recv(fd, buf + used, size - used, 0)) > 0)
+            used += got;
+        if (got == 0)
+            result = (long) used;
+    }
+    close(fd);
+    return result;
+}
+
+/* The image id of the plan's request at one of its gateways, tried from a random one on
+ * (as gwclient does); 0, or -1 for anything but a plain answer (Python then says why). */
+static int look_up(const struct seam_plan *plan, char id[SEAM_IMAGE_ID_LENGTH + 1])
+{
+    struct munge_api munge;
+    char *answer = malloc(SEAM_PLAN_LOOKUP_MAX);
+    int first, rc = -1;
+
+    if (answer == NULL || load_munge(&munge) < 0) {
+        free(answer);
+        return -1;
+    }
+    first = (int) ((unsigned) getpid() % (unsigned) plan->gateways);
+    for (int i = 0; i < plan->gateways && rc < 0; i++) {
+        char *cred = credential(&munge, plan->munge);
+        const char *body;
+        size_t body_len;
+        int status = 0;
+        long len;
+
+        if (cred == NULL)
+            break;
+        len = http_get(plan->gateway[(first + i) % plan->gateways], plan->lookup, cred,
+                       (double) plan->timeout_ms, answer, SEAM_PLAN_LOOKUP_MAX);
+        free(cred);
+        if (len < 0 || seam_http_answer(answer, len, &status, &body, &body_len) < 0 || status >= 500)
+            continue;                       /* the next gateway, as gwclient does */
+        if (status == 200 && seam_json_string(body, body_len, "id", id, SEAM_IMAGE_ID_LENGTH + 1) == 0
+            && strlen(id) == SEAM_IMAGE_ID_LENGTH && id[strspn(id, "0123456789abcdef")] == '\0')
+            rc = 0;
+        else
+            break;                          /* a definite answer this path does not handle */
+    }
+    free(answer);
+    return rc;
+}
+
+/* The user's plans file: in their own home, theirs, written by nobody else. */
+static char *read_plans(size_t *len)
+{
+    struct open_how how = { .flags = O_RDONLY | O_CLOEXEC, .resolve = RESOLVE_NO_SYMLINKS };
+    struct passwd pw, *found = NULL;
+    char strings[4096], *text;
+    struct stat st;
+    int home, fd;
+
+    if (getpwuid_r(getuid(), &pw, strings, sizeof strings, &found) != 0 || found == NULL
+        || (home = open(pw.pw_dir, O_PATH | O_DIRECTORY | O_CLOEXEC)) < 0)
+        return NULL;
+    fd = syscall(SYS_openat2, home, SEAM_PLANS_FILE, &how, sizeof how);
+    close(home);
+    if (fd < 0)
+        return NULL;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_uid != getuid() || (st.st_mode & SEAM_FOREIGN_WRITE_BITS)) {
+        close(fd);
+        return NULL;
+    }
+    text = read_all(fd, SEAM_PLANS_MAX, len);
+    close(fd);
+    return text;
+}
+
+static int same_config(const char *config, const unsigned long long expected[5])
+{
+    struct stat st;
+    return stat(config, &st) == 0 && st.st_dev == expected[0] && st.st_ino == expected[1]
+        && (unsigned long long) st.st_size == expected[2]
+        && (unsigned long long) st.st_mtim.tv_sec * 1000000000ULL + st.st_mtim.tv_nsec == expected[3]
+        && (unsigned long long) st.st_ctim.tv_sec * 1000000000ULL + st.st_ctim.tv_nsec == expected[4];
+}
+
+/* Export as submit.init_post_opt does: the job's environment and job-control variables. */
+static int export(spank_t sp, const char *name, const char *value)
+{
+    return setenv(name, value, 1) == 0 && spank_job_control_setenv(sp, name, value, 1) == ESPANK_SUCCESS ? 0 : -1;
+}
+
+int fastpath_pin_new(spank_t sp, const char *config, const char *options)
+{
+    char id[SEAM_IMAGE_ID_LENGTH + 1], digest[SEAM_DIGEST_SIZE], ms[32];
+    struct seam_plan plan;
+    struct timespec start, looked_up;
+    size_t len;
+    char *text;
+    int rc = -1;
+
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    if ((text = read_plans(&len)) == NULL)
+        return -1;
+    if (seam_find_plan(text, len, options, &plan) == 0 && same_config(config, plan.config)
+        && look_up(&plan, id) == 0) {
+        clock_gettime(CLOCK_MONOTONIC, &looked_up);
+        snprintf(digest, sizeof digest, "%s%s", SEAM_DIGEST_PREFIX, id);
+        snprintf(ms, sizeof ms, "%.1f", ms_since(&start));
+        rc = export(sp, SEAM_REQUEST_VAR, plan.request) | export(sp, SEAM_IMAGE_VAR, id)
+           | export(sp, SEAM_IMAGE_TYPE_VAR, "id") | export(sp, SEAM_DIGEST_VAR, digest)
+           | export(sp, SEAM_LOOKUP_VAR, ms);
+        for (int i = 0; i < plan.exports && rc == 0; i++) {
+            char *eq = strchr(plan.export[i], '=');
+            *eq = '\0';
+            rc = export(sp, plan.export[i], eq + 1);
+        }
+        if (rc == 0)
+            rc = setenv(SEAM_PINNED_OPTIONS_VAR, options, 1);
+        if (rc == 0)
+            slurm_debug("shifter: pinned %s to %s in %sms, from the submit plan (no Python)",
+                        plan.request, digest, ms);
     }
     free(text);
     return rc;

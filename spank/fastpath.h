@@ -13,6 +13,10 @@
 /* srun: 1 if the job already pinned exactly these options (see fastpath.c). */
 FASTPATH_API int fastpath_pin_reusable(const char *options);
 
+/* srun, sbatch, salloc of a new job: pin it from the user's submit plan for these
+ * options and udiRoot.conf, asking the gateway here; 0, or -1 for Python to do it. */
+FASTPATH_API int fastpath_pin_new(spank_t sp, const char *config, const char *options);
+
 /* slurmstepd: read this job's container record on this node; SEAM_INVALID when
  * there is none or none this file can read (the Python path decides then). */
 FASTPATH_API enum seam_status fastpath_load(spank_t sp, const char *config);

@@ -309,8 +309,9 @@ int slurm_spank_init(spank_t sp, int ac, char **av)
 static enum { MODE_NONE, MODE_PYTHON, MODE_FAST, MODE_FAST_ENTER, MODE_FAILED } mode;
 
 /* Can this step do without Python?  srun: when the job pinned these very
- * options already.  slurmstepd: when the tasks run on the host (no
- * --autoshift), or enter a container whose record asks for nothing more.
+ * options already; srun, sbatch, salloc of a new job: when a submit plan for
+ * these options lets the C pin it.  slurmstepd: when the tasks run on the host
+ * (no --autoshift), or enter a container whose record asks for nothing more.
  * A job whose prolog failed here because of the job fails every task. */
 static int fast_path(spank_t sp, int ac, char **av)
 {
@@ -321,10 +322,13 @@ static int fast_path(spank_t sp, int ac, char **av)
 
     switch (spank_context()) {
     case S_CTX_LOCAL:
-        /* the options as submit.pinned_options recorded them */
+    case S_CTX_ALLOCATOR:
+        /* the options as submit.pinned_options records them */
         if (seam_options_text(opt_set, opt_value, text, sizeof text) < 0)
             return MODE_PYTHON;
-        return fastpath_pin_reusable(text) ? MODE_FAST : MODE_PYTHON;
+        if (spank_context() == S_CTX_LOCAL && getenv(SEAM_JOB_ID_VAR))
+            return fastpath_pin_reusable(text) ? MODE_FAST : MODE_PYTHON;
+        return fastpath_pin_new(sp, config ? config : SEAM_DEFAULT_CONFIG, text) == 0 ? MODE_FAST : MODE_PYTHON;
     case S_CTX_REMOTE:
         if (opt_set[SEAM_OPT_IMAGE] || opt_set[SEAM_OPT_AUTOSHIFT] || opt_set[SEAM_OPT_CCM])
             record = fastpath_load(sp, config ? config : SEAM_DEFAULT_CONFIG);

@@ -5,10 +5,12 @@
  * the same inputs through shifter_core._seam.  The names, keys and formats
  * come from shifter_core/seam.py through the generated seam_table.h.
  */
+#define _GNU_SOURCE
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "seam.h"
 
@@ -508,8 +510,6 @@ int seam_start_time(const char *text, unsigned long long *start)
     return parse_uint(p, strcspn(p, " "), start) ? 0 : -1;
 }
 
-/* ---- what C writes for Python ------------------------------------------ */
-
 /* Text that grows as long as it fits in `out`, and counts what it would need. */
 struct builder {
     char *out;
@@ -525,6 +525,311 @@ static void add(struct builder *b, const char *s, size_t n)
         b->full = 1;
     b->used += n;
 }
+
+/* ---- the submit plan (spank/submit.py: save_plan, read_plans) ----------- */
+
+/* One `key value` line of a plan; the key, or -1 if the line is bad. */
+static int plan_line(char *line, struct seam_plan *plan)
+{
+    static const char *const keys[] = SEAM_PLAN_KEYS;
+    char *value = strchr(line, ' ');
+    int key;
+
+    if (value == NULL)
+        return -1;
+    *value++ = '\0';
+    for (key = 0; key < SEAM_PLAN_KEY_COUNT && strcmp(line, keys[key]) != 0; key++)
+        ;
+    if (key == SEAM_PLAN_CONFIG)
+        return parse_uints(value, plan->config, 5) ? key : -1;
+    if (key == SEAM_PLAN_TIMEOUT)
+        return parse_uints(value, &plan->timeout_ms, 1) ? key : -1;
+    if (key == SEAM_PLAN_KEY_COUNT || unescape(value, value, strlen(value)) == NULL)
+        return -1;
+    if (key == SEAM_PLAN_LOOKUP)
+        plan->lookup = value;
+    else if (key == SEAM_PLAN_GATEWAY && plan->gateways < SEAM_PLAN_GATEWAYS)
+        plan->gateway[plan->gateways++] = value;
+    else if (key == SEAM_PLAN_MUNGE)
+        plan->munge = value;
+    else if (key == SEAM_PLAN_REQUEST)
+        plan->request = value;
+    else if (key == SEAM_PLAN_EXPORT && plan->exports < SEAM_PLAN_EXPORTS && strchr(value, '='))
+        plan->export[plan->exports++] = value;
+    else if (key != SEAM_PLAN_PLAN)
+        return -1;
+    return key;
+}
+
+int seam_find_plan(char *text, size_t len, const char *options, struct seam_plan *plan)
+{
+    static const char *const keys[] = SEAM_PLAN_KEYS;
+    size_t format = sizeof SEAM_PLANS_FORMAT - 1, start = strlen(keys[SEAM_PLAN_PLAN]);
+    struct seam_plan current;
+    const char *given = NULL;               /* the options of the plan being read */
+    unsigned int seen = 0;
+    int found = -1;
+
+    if (len > SEAM_PLANS_MAX || !plain_text(text, len) || strncmp(text, SEAM_PLANS_FORMAT, format) != 0
+        || (text[format] != '\n' && text[format] != '\0'))
+        return -1;
+    for (char *p = text; p < text + len; p++)
+        if (*p == '\n')
+            *p = '\0';
+    for (char *line = text + format + 1, *next; ; line = next) {
+        int end = line >= text + len, key;
+        if (!end && *line == '\0') {
+            next = line + 1;
+            continue;
+        }
+        next = end ? line : line + strlen(line) + 1;
+        if (end || (strncmp(line, keys[SEAM_PLAN_PLAN], start) == 0 && line[start] == ' ')) {
+            /* the plan read so far is complete */
+            if (given && strcmp(given, options) == 0 && (seen & SEAM_PLAN_REQUIRED) == SEAM_PLAN_REQUIRED) {
+                *plan = current;
+                found = 0;
+            } else if (given && (seen & SEAM_PLAN_REQUIRED) != SEAM_PLAN_REQUIRED) {
+                return -1;
+            }
+            if (end)
+                return found;
+            memset(&current, 0, sizeof current);
+            seen = 0;
+        } else if (given == NULL) {
+            return -1;                      /* a field before any plan */
+        }
+        if ((key = plan_line(line, &current)) < 0)
+            return -1;
+        if (key == SEAM_PLAN_PLAN)
+            given = line + start + 1;
+        seen |= 1u << key;
+    }
+}
+
+/* ---- what the gateway answers (gwclient._parse_response) ---------------- */
+
+static int blank(char c)
+{
+    return c == ' ' || c == '\t';
+}
+
+int seam_http_answer(const char *text, size_t len, int *status, const char **body, size_t *body_len)
+{
+    const char *head_end = memmem(text, len, "\r\n\r\n", 4), *line = text, *next;
+    unsigned long long number;
+
+    if (head_end == NULL || strncmp(text, "HTTP/1.", 7) != 0)
+        return -1;
+    *body = head_end + 4;
+    *body_len = len - (*body - text);
+    for (int first = 1; line <= head_end; line = next + 2, first = 0) {
+        const char *end = memmem(line, head_end + 2 - line, "\r\n", 2), *colon, *value;
+        next = end ? end : head_end;
+        if (first) {                        /* HTTP/1.x NNN reason */
+            const char *code = memchr(line, ' ', next - line);
+            if (code == NULL || next - code < 4 || !parse_uint(code + 1, 3, &number)
+                || (next - code > 4 && code[4] != ' '))
+                return -1;
+            *status = (int) number;
+            continue;
+        }
+        if ((colon = memchr(line, ':', next - line)) == NULL)
+            continue;
+        const char *name = line, *name_end = colon, *value_end = next;
+        while (name < name_end && blank(*name))
+            name++;
+        while (name_end > name && blank(name_end[-1]))
+            name_end--;
+        for (value = colon + 1; value < value_end && blank(*value); value++)
+            ;
+        while (value_end > value && blank(value_end[-1]))
+            value_end--;
+        if (name_end - name == 14 && strncasecmp(name, "content-length", 14) == 0
+            && parse_uint(value, value_end - value, &number) && number < *body_len)
+            *body_len = number;
+    }
+    return 0;
+}
+
+/* ---- JSON (a string of the gateway's answer, as json.loads reads it) ----- */
+
+static const char *json_space(const char *p, const char *end)
+{
+    while (p < end && (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n'))
+        p++;
+    return p;
+}
+
+static int hex4(const char *p, const char *end, unsigned int *value)
+{
+    *value = 0;
+    if (end - p < 4)
+        return 0;
+    for (int i = 0; i < 4; i++) {
+        int c = (unsigned char) p[i];
+        int digit = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                  : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+        if (digit < 0)
+            return 0;
+        *value = *value << 4 | digit;
+    }
+    return 1;
+}
+
+/* A string at `p` (its opening quote): the text after it, its UTF-8 in `b`. */
+static const char *json_string(const char *p, const char *end, struct builder *b)
+{
+    for (p++; p < end && *p != '"'; p++) {
+        unsigned int cp;
+        char utf8[4];
+        int n;
+        if ((unsigned char) *p < 0x20)
+            return NULL;
+        if (*p != '\\') {
+            add(b, p, 1);
+            continue;
+        }
+        if (++p == end)
+            return NULL;
+        switch (*p) {
+        case '"': case '\\': case '/': add(b, p, 1); continue;
+        case 'b': add(b, "\b", 1); continue;
+        case 'f': add(b, "\f", 1); continue;
+        case 'n': add(b, "\n", 1); continue;
+        case 'r': add(b, "\r", 1); continue;
+        case 't': add(b, "\t", 1); continue;
+        case 'u': break;
+        default: return NULL;
+        }
+        if (!hex4(p + 1, end, &cp))
+            return NULL;
+        p += 4;
+        if (cp >= 0xD800 && cp <= 0xDBFF) {             /* a pair's first half */
+            unsigned int low;
+            if (end - p < 7 || p[1] != '\\' || p[2] != 'u' || !hex4(p + 3, end, &low)
+                || low < 0xDC00 || low > 0xDFFF)
+                return NULL;
+            cp = 0x10000 + ((cp - 0xD800) << 10) + (low - 0xDC00);
+            p += 6;
+        } else if (cp >= 0xDC00 && cp <= 0xDFFF) {
+            return NULL;
+        }
+        if (cp < 0x80)
+            utf8[0] = cp, n = 1;
+        else if (cp < 0x800)
+            utf8[0] = 0xC0 | cp >> 6, utf8[1] = 0x80 | (cp & 0x3F), n = 2;
+        else if (cp < 0x10000)
+            utf8[0] = 0xE0 | cp >> 12, utf8[1] = 0x80 | (cp >> 6 & 0x3F), utf8[2] = 0x80 | (cp & 0x3F), n = 3;
+        else
+            utf8[0] = 0xF0 | cp >> 18, utf8[1] = 0x80 | (cp >> 12 & 0x3F), utf8[2] = 0x80 | (cp >> 6 & 0x3F),
+            utf8[3] = 0x80 | (cp & 0x3F), n = 4;
+        add(b, utf8, n);
+    }
+    return p < end ? p + 1 : NULL;
+}
+
+/* Any value at `p`: the text after it, or NULL. */
+static const char *json_value(const char *p, const char *end, int depth)
+{
+    static const char *const words[] = { "true", "false", "null", "NaN", "Infinity", "-Infinity" };
+    struct builder none = { NULL, 0, 0, 1 };
+
+    p = json_space(p, end);
+    if (p == end || depth > 64)
+        return NULL;
+    if (*p == '"')
+        return json_string(p, end, &none);
+    if (*p == '{' || *p == '[') {
+        char close = *p == '{' ? '}' : ']';
+        p = json_space(p + 1, end);
+        if (p < end && *p == close)
+            return p + 1;
+        for (;;) {
+            if (close == '}') {
+                if (p == end || *p != '"' || (p = json_string(p, end, &none)) == NULL)
+                    return NULL;
+                p = json_space(p, end);
+                if (p == end || *p++ != ':')
+                    return NULL;
+            }
+            if ((p = json_value(p, end, depth + 1)) == NULL)
+                return NULL;
+            p = json_space(p, end);
+            if (p < end && *p == close)
+                return p + 1;
+            if (p == end || *p++ != ',')
+                return NULL;
+            p = json_space(p, end);
+        }
+    }
+    for (size_t i = 0; i < sizeof words / sizeof *words; i++)
+        if ((size_t) (end - p) >= strlen(words[i]) && strncmp(p, words[i], strlen(words[i])) == 0)
+            return p + strlen(words[i]);
+    {
+        const char *start = p;
+        if (p < end && *p == '-')
+            p++;
+        if (p == end || !(*p >= '0' && *p <= '9'))
+            return NULL;
+        if (*p == '0')
+            p++;
+        else
+            while (p < end && *p >= '0' && *p <= '9')
+                p++;
+        if (p < end && *p == '.') {
+            const char *digits = ++p;
+            while (p < end && *p >= '0' && *p <= '9')
+                p++;
+            if (p == digits)
+                return NULL;
+        }
+        if (p < end && (*p == 'e' || *p == 'E')) {
+            p++;
+            if (p < end && (*p == '+' || *p == '-'))
+                p++;
+            const char *digits = p;
+            while (p < end && *p >= '0' && *p <= '9')
+                p++;
+            if (p == digits)
+                return NULL;
+        }
+        return p > start ? p : NULL;
+    }
+}
+
+int seam_json_string(const char *text, size_t len, const char *key, char *out, size_t size)
+{
+    const char *end = text + len, *p = json_space(text, end), *after;
+    int found = -1;
+
+    if (!plain_text(text, len) || p == end || *p != '{' || (after = json_value(p, end, 0)) == NULL
+        || json_space(after, end) != end)
+        return -1;                          /* not one JSON object */
+    p = json_space(p + 1, end);
+    while (p < end && *p == '"') {
+        char name[256];
+        struct builder k = { name, sizeof name, 0, 0 };
+        const char *value;
+        p = json_string(p, end, &k);
+        p = json_space(p, end) + 1;         /* the ':' */
+        value = json_space(p, end);
+        p = json_value(value, end, 1);
+        if (!k.full && k.used == strlen(key) && memcmp(name, key, k.used) == 0) {
+            struct builder v = { out, size, 0, 0 };
+            found = -1;
+            if (*value == '"' && json_string(value, end, &v) && !v.full) {
+                out[v.used] = '\0';
+                found = 0;
+            }
+        }
+        p = json_space(p, end);
+        if (*p == ',')
+            p = json_space(p + 1, end);
+    }
+    return found;
+}
+
+/* ---- what C writes for Python ------------------------------------------ */
 
 /* seam.escape */
 static void add_escaped(struct builder *b, const char *text)

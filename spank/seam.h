@@ -88,6 +88,32 @@ long seam_request_text(const struct seam_request *req, char *out, size_t size);
  * SEAM_REPLY_RC the number. */
 int seam_reply_line(char *line, const char **text, unsigned long long *rc);
 
+/* A submit plan (shifter_core/spank/submit.py: save_plan): what a pinning srun,
+ * sbatch or salloc decided from the options and udiRoot.conf. */
+struct seam_plan {
+    unsigned long long config[5];           /* udiRoot.conf: dev, ino, size, mtime ns, ctime ns */
+    const char *lookup;                     /* the lookup's path on the gateway */
+    const char *gateway[SEAM_PLAN_GATEWAYS];    /* "host port prefix" */
+    int gateways;
+    unsigned long long timeout_ms;
+    const char *munge;                      /* munged's socket */
+    const char *request;                    /* SEAM_REQUEST_VAR's value */
+    const char *export[SEAM_PLAN_EXPORTS];  /* NAME=VALUE */
+    int exports;
+};
+
+/* The newest complete plan for `options` in a plans file (submit.read_plans),
+ * unescaped in place; 0, or -1 if there is none. */
+int seam_find_plan(char *text, size_t len, const char *options, struct seam_plan *plan);
+
+/* An HTTP/1.x answer read to its end (gwclient._parse_response): its status
+ * and body (Content-Length respected); 0, or -1 if it is not HTTP. */
+int seam_http_answer(const char *text, size_t len, int *status, const char **body, size_t *body_len);
+
+/* The string value of `key` in a JSON object (as json.loads reads it), in UTF-8;
+ * 0, or -1 if the text is no object holding such a string or it does not fit. */
+int seam_json_string(const char *text, size_t len, const char *key, char *out, size_t size);
+
 /* Root-owned and writable by nobody else (trust.root_only). */
 int seam_root_only(unsigned int uid, unsigned int mode);
 

@@ -105,8 +105,8 @@ def parse(data: bytes) -> JobContainer:
         if key not in _KINDS:
             raise ValueError(f"unknown key {key!r}")
         try:
-            value = READERS[_KINDS[key]](raw)
-        except (ValueError, KeyError):
+            value = seam.read_value(_KINDS[key], raw)
+        except ValueError:
             raise ValueError(f"bad {key} line {raw!r}") from None
         seen.add(key)
         if key == "failed":
@@ -146,84 +146,6 @@ def _write(path: str, lines: list[str]) -> None:
     files.write_atomic(path, text, STATE_MODE)
 
 
-# -- the kinds of values (spank/seam.c: value_valid) ----------------------------------------
-
-def _uint(text: str) -> int:
-    value = seam.uint(text)
-    if value is None:
-        raise ValueError(text)
-    return value
-
-
-def _uints(count: int):
-    def read(text: str) -> tuple[int, ...]:
-        parts = text.split(" ")
-        if len(parts) != count:
-            raise ValueError(text)
-        return tuple(map(_uint, parts))
-    return read
-
-
-def _chars(allowed: str, limit: int = seam.RECORD_MAX):
-    def read(text: str) -> str:
-        if not text or len(text) > limit or text.strip(allowed):
-            raise ValueError(text)
-        return text
-    return read
-
-
-def _bool(text: str) -> bool:
-    return {"0": False, "1": True}[text]
-
-
-def _path(text: str) -> str:
-    if not text.startswith("/") or len(text.encode()) > seam.PATH_MAX:
-        raise ValueError(text)
-    return text
-
-
-def _image_id(text: str) -> str:
-    if len(text) != seam.IMAGE_ID_LENGTH or text.strip("0123456789abcdef"):
-        raise ValueError(text)
-    return text
-
-
-def _digest(text: str) -> str:
-    if not text.startswith(seam.DIGEST_PREFIX):
-        raise ValueError(text)
-    _image_id(text[len(seam.DIGEST_PREFIX):])
-    return text
-
-
-def _names(text: str) -> list[str]:
-    return [_chars(seam.NAME_CHARS)(name) for name in text.split(",")] if text else []
-
-
-def _timing(text: str) -> tuple[str, float]:
-    name, _, number = text.partition(" ")
-    whole, dot, fraction = number.partition(".")
-    _chars(seam.NAME_CHARS)(name)
-    _chars("0123456789")(whole)
-    if dot:
-        _chars("0123456789")(fraction)
-    return name, float(number)
-
-
-def _env(text: str) -> tuple[str, str, str]:
-    op, space, assignment = text.partition(" ")
-    name, equals, value = assignment.partition("=")
-    if not space or op not in seam.ENV_OPERATIONS or not equals or not name:
-        raise ValueError(text)
-    return op, seam.unescape(name), seam.unescape(value)
-
-
-# kind -> reader of a value (ValueError or KeyError if it is not one); nodeserver.py reads
-# its requests with them too
-READERS = {
-    "uint": _uint, "uint2": _uints(2), "uint3": _uints(3), "bool": _bool,
-    "node": _chars(seam.NODE_CHARS, seam.NODE_MAX), "path": _path, "image_id": _image_id, "digest": _digest,
-    "names": _names, "escaped": seam.unescape, "timing": _timing, "env": _env,
-}
 _FIELDS = {"job": "job_id", "node": "node", "holder": ("holder_pid", "holder_start", "mntns"), "root": "root",
            "image": "image_id", "digest": "digest", "user": ("uid", "gid"), "modules": "modules",
            "python": "python", "workdir": "workdir", "provenance": "provenance_log"}

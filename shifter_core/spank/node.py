@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 
-from .. import container, etcfiles, hostlist, imageref, provenance, pullhold, slurmctl, volumes
+from .. import container, etcfiles, hostlist, imageref, provenance, pullhold, seam, slurmctl, volumes
 from ..errors import AccessDenied, JobFault, ShifterError, one_line
 from ..imagestore import ImageMeta, ImageStore
 from . import nodeserver, settings
@@ -147,7 +147,7 @@ def _pinned_id(opts, cfg) -> tuple[str, str]:
 def _lookup_ms() -> float | None:
     """How long the lookup at submit took (the submitting client measured it)."""
     try:
-        value = float(os.environ.get(f"SPANK_{provenance.LOOKUP_VAR}", ""))
+        value = float(os.environ.get(f"SPANK_{seam.LOOKUP_VAR}", ""))
     except ValueError:
         return None
     return value if 0 <= value < 1e9 else None

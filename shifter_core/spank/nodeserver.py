@@ -40,7 +40,7 @@ import sys
 import traceback
 
 from .. import seam
-from ..container import procfs, record
+from ..container import procfs
 from . import bridge, settings
 
 CALLBACKS = ("job_prolog", "job_epilog")
@@ -65,7 +65,7 @@ def parse_request(data: bytes) -> Request:
     for key, raw in seam.read_lines(data, seam.REQUEST_FORMAT, seam.REQUEST_MAX):
         if key not in kinds:
             raise ValueError(f"unknown key {key!r}")
-        value = record.READERS[kinds[key]](raw)
+        value = seam.read_value(kinds[key], raw)
         if key in ("arg", "option", "env"):
             fields[key].append(value.partition("="))
         else:

@@ -22,12 +22,12 @@ from __future__ import annotations
 import os
 import time
 
-from .. import imageref, provenance, pullhold, seam, volumes
+from .. import imageref, pullhold, seam, volumes
 from ..errors import ImageNotFound, ImageRefError, ShifterError
-from . import settings
+from . import settings, submitplan
 from .bridge import log_debug, log_info
 
-PINNED = ("SHIFTER_IMAGEREQUEST", "SHIFTER_IMAGE", "SHIFTER_IMAGETYPE", seam.DIGEST_VAR)
+PINNED = (seam.REQUEST_VAR, seam.IMAGE_VAR, seam.IMAGE_TYPE_VAR, seam.DIGEST_VAR)
 POLL_INTERVAL = 0.25
 
 
@@ -45,10 +45,17 @@ def init_post_opt(spank, opts) -> None:
     modules = cfg.select_modules(opts.module)
     new_job = spank.context == "allocator" or not os.environ.get(seam.JOB_ID_VAR)
     export = _inherited_pin(str(ref), new_job)
-    if export is None:
+    client = None
+    if export is None and ref.type == imageref.LOCAL:
+        export = _pinned_local(cfg, ref)
+    elif export is None:
+        from ..gwclient import GatewayClient
+
         started = time.monotonic()
-        export = _resolve(cfg, ref, new_job=new_job)
-        export[provenance.LOOKUP_VAR] = f"{(time.monotonic() - started) * 1000:.1f}"
+        client = GatewayClient(cfg.image_gateway, cfg.system, cfg.gateway_timeout,
+                               ca_file=cfg.gateway_ca_file, default_type=cfg.default_image_type)
+        export = _resolve(cfg, client, ref, new_job=new_job)
+        export[seam.LOOKUP_VAR] = f"{(time.monotonic() - started) * 1000:.1f}"
     export.setdefault(pullhold.PENDING_VAR, "")
     export["SHIFTER_VOLUME"] = volumes.render(mounts)
     export["SHIFTER_MODULE"] = ",".join(m.name for m in modules)
@@ -65,8 +72,11 @@ def init_post_opt(spank, opts) -> None:
     if opts.ccm:
         # for the prolog only: not in the job's environment
         spank.job_control_setenv(ccm.SECRET_VARIABLE, ccm.new_secret())
-    log_debug(f"shifter: {spank.context} pinned {export['SHIFTER_IMAGEREQUEST']} in {spank.elapsed_ms():.1f}ms"
-              f" (Python start included; lookup {export.get(provenance.LOOKUP_VAR) or '0'}ms)")
+    elif client is not None and export.get(seam.DIGEST_VAR):
+        # the next new job with these options is pinned in C (spank/fastpath.c)
+        submitplan.save(cfg, pinned_options(opts), client.lookup_path(ref), client.munge.socket, export)
+    log_debug(f"shifter: {spank.context} pinned {export[seam.REQUEST_VAR]} in {spank.elapsed_ms():.1f}ms"
+              f" (Python start included; lookup {export.get(seam.LOOKUP_VAR) or '0'}ms)")
 
 
 def pinned_options(opts) -> str:
@@ -82,7 +92,7 @@ def _inherited_pin(request: str, new_job: bool) -> dict[str, str] | None:
     environment was made at submit): it pins nothing and runs in the job's
     container, whatever the pull gave.
     """
-    if not os.environ.get(seam.JOB_ID_VAR) or os.environ.get("SHIFTER_IMAGEREQUEST") != request:
+    if not os.environ.get(seam.JOB_ID_VAR) or os.environ.get(seam.REQUEST_VAR) != request:
         return None
     if all(os.environ.get(name) for name in PINNED):
         return {name: os.environ[name] for name in PINNED}
@@ -92,7 +102,7 @@ def _inherited_pin(request: str, new_job: bool) -> dict[str, str] | None:
 
 
 def _pinned(ref: imageref.ImageRef, image_id: str) -> dict[str, str]:
-    return {"SHIFTER_IMAGEREQUEST": str(ref), "SHIFTER_IMAGE": image_id, "SHIFTER_IMAGETYPE": "id",
+    return {seam.REQUEST_VAR: str(ref), seam.IMAGE_VAR: image_id, seam.IMAGE_TYPE_VAR: "id",
             seam.DIGEST_VAR: f"{seam.DIGEST_PREFIX}{image_id}"}
 
 
@@ -104,27 +114,21 @@ def _pinned_local(cfg, ref: imageref.ImageRef) -> dict[str, str]:
                             " allowLocalChroot); pull an image instead")
     if not os.path.isdir(ref.repository) or not os.access(ref.repository, os.R_OK | os.X_OK):
         raise ImageNotFound(f"{ref}: {ref.repository} is not a directory you can read here")
-    return {**_pinned(ref, ref.image_id), "SHIFTER_IMAGETYPE": imageref.LOCAL}
+    return {**_pinned(ref, ref.image_id), seam.IMAGE_TYPE_VAR: imageref.LOCAL}
 
 
 def _pending(request: str) -> dict[str, str]:
     """No pin yet: the releaser pins the job once its image is pulled."""
-    return {"SHIFTER_IMAGEREQUEST": request, "SHIFTER_IMAGE": "", "SHIFTER_IMAGETYPE": "id",
+    return {seam.REQUEST_VAR: request, seam.IMAGE_VAR: "", seam.IMAGE_TYPE_VAR: "id",
             seam.DIGEST_VAR: "", pullhold.PENDING_VAR: request}
 
 
-def _resolve(cfg, ref: imageref.ImageRef, *, new_job: bool) -> dict[str, str]:
+def _resolve(cfg, client, ref: imageref.ImageRef, *, new_job: bool) -> dict[str, str]:
     """The pin for `ref`; for an image not pulled yet, start the pull (see the module doc).
 
     An `id:` image is looked up too: the gateway says now, rather than every
     node later, when it does not exist or the user may not use it.
     """
-    if ref.type == imageref.LOCAL:
-        return _pinned_local(cfg, ref)
-    from ..gwclient import GatewayClient
-
-    client = GatewayClient(cfg.image_gateway, cfg.system, cfg.gateway_timeout,
-                           ca_file=cfg.gateway_ca_file, default_type=cfg.default_image_type)
     try:
         return _pinned(ref, client.lookup(ref)["id"])
     except ImageNotFound:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import subprocess
 import tempfile
@@ -82,6 +83,32 @@ def test_a_new_job_gets_the_digest_the_tag_names_now(cluster):
     cluster.run(["shifterimg", "pull", image.descriptor], timeout=300)
     result = cluster.srun("-N1", f"--image={image.descriptor}", "--autoshift", "sh", "-c", REPORT)
     assert result.stdout.split()[1:] == ["first", image.digest]
+
+
+def test_a_new_job_pinned_from_its_plan_gets_the_digest_the_tag_names_now(cluster):
+    """The first srun of these options pins in Python and keeps the user's submit plan;
+    the next ones pin in C from it (spank/fastpath.c: fastpath_pin_new), starting no
+    Python, and still ask the gateway: a moved tag moves their pin too."""
+    again_after = json.loads((cluster.layout.etc / "imagemanager.json").read_text())["PullUpdateTimeout"]
+    old = push_image(cluster, "pinning-plan", "v1", version="old")
+    cluster.run(["shifterimg", "pull", old.descriptor], timeout=300)
+    argv = ["srun", "-N1", f"--image={old.descriptor}", "--autoshift", "sh", "-c", REPORT]
+    assert cluster.run(argv).stdout.split()[1:] == ["old", old.digest]              # Python, keeps the plan
+    with tempfile.TemporaryDirectory(dir=cluster.home) as mine:
+        os.chown(mine, cluster.uid, -1)
+        traced = cluster.run(["strace", "-f", "-qq", "-e", "trace=openat,open", "-o", f"{mine}/srun", *argv])
+        trace = Path(f"{mine}/srun").read_text()
+    assert traced.stdout.split()[1:] == ["old", old.digest]
+    assert "pyvenv.cfg" not in trace and "/encodings/" not in trace, "srun started Python"
+
+    new = push_image(cluster, "pinning-plan", "v1", version="new",
+                     repository=old.descriptor.removeprefix("docker:").rsplit(":", 1)[0])
+
+    def pulled_again() -> bool:
+        cluster.run(["shifterimg", "pull", old.descriptor], timeout=300)
+        return lookup(cluster, old.descriptor) == new.digest
+    waiting.until(pulled_again, again_after + 120, "the moved tag was not pulled again", interval=0.5)
+    assert cluster.run(argv).stdout.split()[1:] == ["new", new.digest]
 
 
 # --- refused at submit ----------------------------------------------------------

@@ -14,11 +14,11 @@ import types
 import pytest
 from hypothesis import example, given, settings, strategies as st
 
-from shifter_core import config, environ, seam, trust
+from shifter_core import config, environ, gwclient, seam, trust
 from shifter_core._seam import ffi, lib
 from shifter_core.container import procfs, record
 from shifter_core.container.marker import matches
-from shifter_core.spank import bridge, nodeserver, submit
+from shifter_core.spank import bridge, nodeserver, submit, submitplan
 from tests.unit.test_config import MINIMAL
 
 HEX = "0123456789abcdef"
@@ -393,6 +393,115 @@ def test_the_servers_result_reads_the_same(rc):
     buf = ffi.new("char[]", nodeserver.reply_line(seam.REPLY_END, str(rc))[:-1])
     text, found = ffi.new("const char **"), ffi.new("unsigned long long *")
     assert lib.seam_reply_line(buf, text, found) == len(seam.REPLY_LEVELS) and found[0] == rc
+
+
+# -- the submit plan, the gateway's answer ------------------------------------------------
+
+def c_find_plan(data: bytes, options: str):
+    plan, text = ffi.new("struct seam_plan *"), ffi.new("char[]", data)      # the plan points into text
+    if lib.seam_find_plan(text, len(data), options.encode(), plan) != 0:
+        return None
+    return {"config": tuple(plan.config), "lookup": _s(plan.lookup),
+            "gateway": [_s(plan.gateway[i]) for i in range(plan.gateways)], "timeout": plan.timeout_ms,
+            "munge": _s(plan.munge), "request": _s(plan.request),
+            "export": [_s(plan.export[i]) for i in range(plan.exports)]}
+
+
+def py_find_plan(data: bytes, options: str):
+    found = submitplan.find(data, options)
+    return found and {key: found[key] for key in ("config", "lookup", "gateway", "timeout", "munge", "request",
+                                                   "export")}
+
+
+OPTIONS = ["docker:a:1\x1f\x1f\x1f0\x1f1", "docker:b\\n\x1f/x:/y\x1f\x1f0\x1f0", "é"]
+
+
+@st.composite
+def plans(draw) -> list:
+    plan = [("plan", draw(st.sampled_from(OPTIONS))),
+            ("config", tuple(draw(st.lists(uints, min_size=5, max_size=5)))),
+            ("lookup", draw(st.sampled_from(["/api/lookup/ci/docker/a%3A1/", "/x\n"]))),
+            *(("gateway", g) for g in draw(st.lists(st.sampled_from(["gw 5000 /", "10.0.0.1 80 /gw"]),
+                                                    min_size=1, max_size=seam.PLAN_GATEWAYS + 1))),
+            ("timeout", draw(uints)), ("munge", "/run/munge/munge.socket.2"), ("request", draw(texts)),
+            *(("export", e) for e in draw(st.lists(st.sampled_from(["A=1", "B=", "C=x=y", "D\n=é"]),
+                                                   max_size=seam.PLAN_EXPORTS + 1)))]
+    if draw(st.integers(0, 9)) == 0:        # an incomplete one
+        del plan[draw(st.integers(1, len(plan) - 1))]
+    return draw(st.permutations(plan[1:])) and [plan[0], *draw(st.permutations(plan[1:]))]
+
+
+@given(st.lists(plans(), max_size=4), st.sampled_from(OPTIONS))
+@settings(max_examples=300)
+def test_submit_plans_read_the_same(blocks, options):
+    data = submitplan.render(blocks).encode()
+    assert c_find_plan(data, options) == py_find_plan(data, options)
+
+
+@given(st.binary(max_size=40), st.sampled_from(OPTIONS))
+def test_plans_files_that_are_not_read_the_same(junk, options):
+    good = submitplan.render([[("plan", options), ("config", (1, 2, 3, 4, 5)), ("lookup", "/l"),
+                               ("gateway", "gw 80 /"), ("timeout", 5), ("munge", "/m"), ("request", "r")]])
+    for data in (junk, good.encode() + junk, good.encode()[:len(junk)]):
+        assert c_find_plan(data, options) == py_find_plan(data, options)
+
+
+def c_answer(data: bytes):
+    status, body, length = ffi.new("int *"), ffi.new("const char **"), ffi.new("size_t *")
+    text = ffi.new("char[]", data)                                          # the body points into it
+    if lib.seam_http_answer(text, len(data), status, body, length) != 0:
+        return None
+    return status[0], ffi.unpack(body[0], length[0])
+
+
+def py_answer(data: bytes):
+    try:
+        status, _, body = gwclient.parse_answer(data)
+    except ValueError:
+        return None
+    return status, body
+
+
+@st.composite
+def answers(draw) -> bytes:
+    status = draw(st.sampled_from(["HTTP/1.1 200 OK", "HTTP/1.0 404 NOT FOUND", "HTTP/1.1 200", "HTTP/2 200 OK",
+                                   "HTTP/1.1 20 OK", "HTTP/1.1 2000 OK", "HTTP/1.1  200 OK", "junk"]))
+    headers = draw(st.lists(st.sampled_from(["Content-Type: application/json", "Content-Length: 5",
+                                             "content-length:3", " Content-Length : 12 ", "Content-Length: x",
+                                             "Content-Length: 99", "X: y:z", "bare"]), max_size=3))
+    body = draw(st.binary(max_size=20))
+    return ("\r\n".join([status, *headers]) + draw(st.sampled_from(["\r\n\r\n", "\r\n", "\n\n"]))).encode() + body
+
+
+@given(answers())
+@settings(max_examples=300)
+def test_gateway_answers_read_the_same(data):
+    assert c_answer(data) == py_answer(data)
+
+
+def c_json_string(data: bytes, key: str):
+    out = ffi.new("char[]", 256)
+    return _s(out) if lib.seam_json_string(ffi.new("char[]", data), len(data), key.encode(), out, 256) == 0 else None
+
+
+json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(no_nul, max_size=8),
+                           lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner,
+                                                                                        max_size=3), max_leaves=8)
+
+
+@given(st.dictionaries(st.sampled_from(["id", "status", "i", "idx", "é"]), json_values, max_size=4),
+       st.booleans(), st.sampled_from([None, 0, 2]))
+@settings(max_examples=300)
+def test_the_id_of_an_answer_reads_the_same(obj, ascii_only, indent):
+    data = json.dumps(obj, ensure_ascii=ascii_only, indent=indent).encode()
+    expected = obj.get("id") if isinstance(obj.get("id"), str) and len(obj["id"].encode()) < 256 else None
+    assert c_json_string(data, "id") == expected
+
+
+@pytest.mark.parametrize("data", [b"", b"[]", b'"id"', b'{"id": "a"', b'{"id": "a"} x', b'{"id" "a"}',
+                                  b'{"id": "a",}', b'{"id": 1}', b'{"id": "\\ud800"}', b'{"id": "a\x00"}'])
+def test_what_is_no_answer_has_no_id(data):
+    assert c_json_string(data, "id") is None
 
 
 @pytest.mark.parametrize("uid", [0, 1, 1000])
