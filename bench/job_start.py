@@ -53,21 +53,6 @@ class Bench:
         return time.perf_counter() - started
 
 
-PIN_LINE = re.compile(r"shifter: local pinned \S+ in ([\d.]+)ms \(Python start included; lookup ([\d.]+)ms\)")
-
-
-def _pin_times(bench: "Bench", runs: int, argv: list[str]) -> dict[str, list[float]]:
-    """What srun's pinning (its Python) took, as it logs it at debug level (srun -vv)."""
-    times = {"srun_pin_ms": [], "srun_lookup_ms": []}
-    for _ in range(runs):
-        err = subprocess.run(["/usr/sbin/runuser", "-u", harness.TEST_USER, "--", argv[0], "-vv", *argv[1:]],
-                             env=bench.env, cwd="/tmp", check=True, capture_output=True, text=True).stderr
-        for match in PIN_LINE.finditer(err):
-            times["srun_pin_ms"].append(float(match.group(1)))
-            times["srun_lookup_ms"].append(float(match.group(2)))
-    return times
-
-
 STEP_LOOP = """for i in $(seq {warmup}); do srun -n2 true; done
 for i in $(seq {runs}); do s=$(date +%s%N); srun -n2 true; e=$(date +%s%N); echo "step-ns $((e - s))"; done
 """
@@ -148,7 +133,6 @@ def main(argv: list[str] | None = None) -> int:
             for _ in range(args.runs):
                 for case, samples in zip(cases, times):
                     samples.append(bench.run(*case))
-        pins = _pin_times(bench, args.runs // 2, shifted_argv)
         step_plain, step_shifted = [], []
         for _ in range(2):
             step_plain += _step_times(bench, args.runs // 2)
@@ -165,8 +149,6 @@ def main(argv: list[str] | None = None) -> int:
         "prolog_starting_python_samples": len(prolog["prolog_starting_python_ms"]),
         "container_build_per_node_median_ms": _median(prolog["container_ms"]),
         "target_container_build_ms": "<= 15",
-        "srun pinning (its Python, from srun -vv) median_ms": _median(pins["srun_pin_ms"]),
-        "srun pinning: gateway lookup median_ms": _median(pins["srun_lookup_ms"]),
         "steps: srun -n2 true median_ms": _median_ms(step_plain),
         "steps: srun --image --autoshift -n2 true median_ms": _median_ms(step_shifted),
         "steps: ratio_autoshift_over_plain": round(statistics.median(step_shifted)
