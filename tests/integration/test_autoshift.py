@@ -90,7 +90,9 @@ def test_python_exception_in_task_hook_fails_the_step_and_never_runs_it_on_the_h
 
 
 def test_python_that_cannot_start_fails_the_submission(cluster, image, readable_tmp):
-    """A plugin whose venv cannot run Python refuses the job with a clear line."""
+    """A plugin whose venv cannot run Python refuses the job with a clear line (once it
+    needs Python: with no submit plan for the options, srun pins in Python)."""
+    (cluster.home / ".udiRoot" / "submit-plans").unlink(missing_ok=True)
     bad_venv = readable_tmp / "venv"
     (bad_venv / "bin").mkdir(parents=True)
     env = cluster.client_env_with_plugstack(
