@@ -579,7 +579,7 @@ int fastpath_pin_new(spank_t sp, const char *config, const char *options)
 {
     char id[SEAM_IMAGE_ID_LENGTH + 1], digest[SEAM_DIGEST_SIZE], ms[32];
     struct seam_plan plan;
-    struct timespec start, looked_up;
+    struct timespec start;
     size_t len;
     char *text;
     int rc = -1;
@@ -589,7 +589,6 @@ int fastpath_pin_new(spank_t sp, const char *config, const char *options)
         return -1;
     if (seam_find_plan(text, len, options, &plan) == 0 && same_config(config, plan.config)
         && look_up(&plan, id) == 0) {
-        clock_gettime(CLOCK_MONOTONIC, &looked_up);
         snprintf(digest, sizeof digest, "%s%s", SEAM_DIGEST_PREFIX, id);
         snprintf(ms, sizeof ms, "%.1f", ms_since(&start));
         rc = export(sp, SEAM_REQUEST_VAR, plan.request) | export(sp, SEAM_IMAGE_VAR, id)
@@ -602,9 +601,6 @@ int fastpath_pin_new(spank_t sp, const char *config, const char *options)
         }
         if (rc == 0)
             rc = setenv(SEAM_PINNED_OPTIONS_VAR, options, 1);
-        if (rc == 0)
-            slurm_debug("shifter: pinned %s to %s in %sms, from the submit plan (no Python)",
-                        plan.request, digest, ms);
     }
     free(text);
     return rc;

@@ -25,7 +25,7 @@ import time
 from .. import imageref, pullhold, seam, volumes
 from ..errors import ImageNotFound, ImageRefError, ShifterError
 from . import settings, submitplan
-from .bridge import log_debug, log_info
+from .bridge import log_info
 
 PINNED = (seam.REQUEST_VAR, seam.IMAGE_VAR, seam.IMAGE_TYPE_VAR, seam.DIGEST_VAR)
 POLL_INTERVAL = 0.25
@@ -75,8 +75,6 @@ def init_post_opt(spank, opts) -> None:
     elif client is not None and export.get(seam.DIGEST_VAR):
         # the next new job with these options is pinned in C (spank/fastpath.c)
         submitplan.save(cfg, pinned_options(opts), client.lookup_path(ref), client.munge.socket, export)
-    log_debug(f"shifter: {spank.context} pinned {export[seam.REQUEST_VAR]} in {spank.elapsed_ms():.1f}ms"
-              f" (Python start included; lookup {export.get(seam.LOOKUP_VAR) or '0'}ms)")
 
 
 def pinned_options(opts) -> str:
