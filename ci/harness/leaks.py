@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-NAMESPACE_KINDS = ("mnt", "net", "uts")
+NAMESPACE_KINDS = ("mnt", "net", "uts", "ipc")
 NETNS_DIR = "/run/netns"
 
 
