@@ -323,6 +323,17 @@ static void options_text(char *out, size_t size)
              opt_set[OPT_CCM], opt_set[OPT_AUTOSHIFT]);
 }
 
+/* A step of Slurm's PMIx plugin: its tasks bring the step's PMIx directory
+ * into the container (shifter_core/pmix.py).  srun sets SLURM_MPI_TYPE; a
+ * user who sets it by hand only sends the step down the Python path. */
+static int step_uses_pmix(spank_t sp)
+{
+    char type[32];
+
+    return spank_getenv(sp, "SLURM_MPI_TYPE", type, sizeof type) == ESPANK_SUCCESS
+        && strncmp(type, "pmix", 4) == 0;
+}
+
 /* Can this step do without Python?  srun: when the job pinned these very
  * options already.  slurmstepd: when the tasks run on the host (no
  * --autoshift), or enter a container whose record asks for nothing more.
@@ -349,7 +360,7 @@ static int fast_path(spank_t sp, int ac, char **av)
             return MODE_FAST;
         if (spank_get_item(sp, S_JOB_STEPID, &step) != ESPANK_SUCCESS || step == SLURM_BATCH_SCRIPT)
             return MODE_PYTHON;     /* the batch step binds its spool directory: enter.py */
-        return record == RECORD_READY ? MODE_FAST_ENTER : MODE_PYTHON;
+        return record == RECORD_READY && !step_uses_pmix(sp) ? MODE_FAST_ENTER : MODE_PYTHON;
     default:
         return MODE_PYTHON;
     }

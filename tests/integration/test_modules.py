@@ -64,7 +64,8 @@ def test_selection_defaults_none_and_conflicts(site):
     assert [m.name for m in cfg.select_modules("gpu")] == ["gpu"], "a request replaces the defaults"
     with pytest.raises(ModuleError, match="modules 'mpich' and 'openmpi' conflict: choose one"):
         cfg.select_modules("mpich,openmpi")
-    with pytest.raises(ModuleError, match="unknown module 'cuda': this system offers gpu, hookfail, mpich, openmpi"):
+    with pytest.raises(ModuleError,
+                       match="unknown module 'cuda': this system offers gpu, hookfail, mpich, openmpi, pytorch"):
         cfg.select_modules("cuda")
 
 
