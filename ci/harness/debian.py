@@ -36,6 +36,7 @@ CHROOT_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "DEBIAN_FRONTEND": "nonin
               "LC_ALL": "C", "HOME": "/root"}
 MPI_PACKAGES = ("python3-mpi4py", "openmpi-bin")
 MPI_TAG = "mpi"
+MPI_NAME = "shifter/mpi:bookworm"       # in the cluster's registry: docker:shifter/mpi:bookworm
 
 
 class DebianImageError(RuntimeError):
@@ -95,6 +96,12 @@ rm -rf {merged}/var/lib/apt/lists/* {merged}/etc/resolv.conf
         finally:
             shutil.rmtree(work)
     return upper
+
+
+def push_mpi_image(registry: str, cache: str = CACHE) -> str:
+    """Push the MPI image to `registry` (host:port) as MPI_NAME; return its descriptor."""
+    mpi_layout(cache).push(MPI_TAG, f"{registry}/{MPI_NAME}")
+    return f"docker:{MPI_NAME}"
 
 
 def mpi_layout(cache: str = CACHE) -> oci.Layout:

@@ -19,7 +19,6 @@ from ci.harness import debian
 
 pytestmark = [pytest.mark.cluster, pytest.mark.root]
 
-MPI_IMAGE = "docker:shifter/mpi:bookworm"
 STEP_LIMIT = "--time=3"          # minutes: Slurm ends a step that hangs
 
 MPI_PROGRAM = """\
@@ -72,9 +71,9 @@ print(f"rank {rank} of {world} master {addr}:{port} table {table}", flush=True)
 @pytest.fixture(scope="module")
 def mpi_image(cluster):
     """The Open MPI image, pushed to the cluster's registry and pulled through the gateway."""
-    debian.mpi_layout().push(debian.MPI_TAG, f"{cluster.registry}/shifter/mpi:bookworm")
-    cluster.run(["shifterimg", "pull", MPI_IMAGE], timeout=900)
-    return MPI_IMAGE
+    image = debian.push_mpi_image(cluster.registry)
+    cluster.run(["shifterimg", "pull", image], timeout=900)
+    return image
 
 
 @pytest.fixture
