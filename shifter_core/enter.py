@@ -63,19 +63,15 @@ def _bind_at_same_path(root_path: str, stage: str, directory: str, what: str, *,
     of the node can be reached from it), so a read-only root stays read-only
     for the user's processes all along, and a symlink of the image can lead
     the mount point nowhere but onto that layer.  The tasks of a step on one
-    node come here at once: a lock on the mount point lets one of them bind.
+    node come here at once: a lock on that view lets one at a time make the
+    mount point and bind.
     """
-    layer = os.open(f"{stage}/rw", os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    layer = os.open(f"{stage}/rw", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     root = os.open(root_path, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    lock = -1
     try:
+        fcntl.flock(layer, fcntl.LOCK_EX)       # released when `layer` is closed
         try:
-            mount_point = RootTree(layer, f"{stage}/rw").directory(directory)
-            try:
-                lock = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=mount_point)
-            finally:
-                os.close(mount_point)
-            fcntl.flock(lock, fcntl.LOCK_EX)
+            os.close(RootTree(layer, f"{stage}/rw").directory(directory))
         except (ShifterError, OSError) as error:
             raise ContainerError(f"cannot make {what} {directory} in the container: {error}") from None
         parent_path, name = os.path.split(directory.rstrip("/"))
@@ -96,7 +92,5 @@ def _bind_at_same_path(root_path: str, stage: str, directory: str, what: str, *,
             os.close(source)
             os.close(target)
     finally:
-        if lock >= 0:
-            os.close(lock)
         os.close(layer)
         os.close(root)

@@ -10,14 +10,19 @@ with no job left, so a PMIx hang cannot hold the nodes for the tests after.
 from __future__ import annotations
 
 import os
+import pwd
 import re
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from ci.harness import debian
+from shifter_core import enter
+from tests.integration.runtime_fixtures import Site
 
-pytestmark = [pytest.mark.cluster, pytest.mark.root]
+pytestmark = pytest.mark.root
 
 STEP_LIMIT = "--time=3"          # minutes: Slurm ends a step that hangs
 
@@ -93,6 +98,7 @@ def _program(cluster, name: str, text: str) -> Path:
 
 # --- nodes share no memory ------------------------------------------------------
 
+@pytest.mark.cluster
 def test_each_node_has_its_own_dev_shm_and_ipc_namespace(cluster, image, no_job_left):
     """A file in n1's /dev/shm is n1's alone, as its SysV IPC: the nodes and the
     host each have their own.  A container sees its node's /dev/shm."""
@@ -117,6 +123,7 @@ def test_each_node_has_its_own_dev_shm_and_ipc_namespace(cluster, image, no_job_
 
 # --- srun --mpi=pmix ------------------------------------------------------------
 
+@pytest.mark.cluster
 def test_slurms_pmix_plugin_loads_on_the_nodes(cluster):
     """Without libpmix (ci/setup installs libpmix-dev) srun --mpi=pmix hangs and
     leaves its nodes completing: say so here rather than hang below."""
@@ -126,6 +133,7 @@ def test_slurms_pmix_plugin_loads_on_the_nodes(cluster):
             f"slurmd on {node} cannot load libpmix: run ci/setup, then restart the cluster"
 
 
+@pytest.mark.cluster
 def test_srun_mpi_pmix_runs_open_mpi_across_the_nodes_inside_the_image(cluster, mpi_image, no_job_left):
     """Six ranks on three nodes, wired up by Slurm's PMIx server: each gets the step's
     PMIx directory in its container, the ring and the sum cross the nodes."""
@@ -145,6 +153,7 @@ def test_srun_mpi_pmix_runs_open_mpi_across_the_nodes_inside_the_image(cluster, 
     assert ranks == {0: "n1", 1: "n1", 2: "n2", 3: "n2", 4: "n3", 5: "n3"}
 
 
+@pytest.mark.cluster
 def test_a_pmix_step_sees_its_own_directory_writable_and_nothing_else_of_the_spool(
         cluster, mpi_image, no_job_left):
     probe = ('d=${PMIX_SERVER_TMPDIR%/}; touch $d/probe-$$ && echo writable; ls $(dirname $d);'
@@ -157,8 +166,55 @@ def test_a_pmix_step_sees_its_own_directory_writable_and_nothing_else_of_the_spo
     assert lines[-1] == "1", "the PMIx directory must be bound nosuid"
 
 
+def test_the_tasks_of_a_step_bind_its_pmix_directory_once_writable_for_the_user():
+    """As a PMIx step's tasks do it (without Slurm): four tasks enter at once with
+    the step's directory; one bind results, writable by the user, nosuid."""
+    site = Site()
+    cfg = site.config()
+    spool = Path(tempfile.mkdtemp(prefix="shifter-test-spool-", dir="/run"))   # not in a bound /tmp
+    try:
+        job = site.create(cfg, site.image("pmix"), 51)
+        directory = spool / "pmix.51.0"
+        directory.mkdir()
+        nobody = pwd.getpwnam("nobody")
+        os.chown(directory, nobody.pw_uid, nobody.pw_gid)
+        script = (f"touch {directory}/from-$$ && grep -c ' {directory} .*nosuid' /proc/self/mountinfo")
+        children, (go, start) = [], os.pipe()
+        for _ in range(4):
+            read, write = os.pipe()
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    os.dup2(write, 1)
+                    os.dup2(write, 2)
+                    os.read(go, 1)                  # all four start together
+                    enter.enter(job, stage=cfg.loop_mount, pmix_dir=str(directory))
+                    os.setgroups([])
+                    os.setresgid(job.gid, job.gid, job.gid)
+                    os.setresuid(job.uid, job.uid, job.uid)
+                    os.execv("/bin/sh", ["sh", "-c", script])
+                except BaseException as error:
+                    os.write(2, repr(error).encode())
+                finally:
+                    os._exit(127)
+            os.close(write)
+            children.append((pid, read))
+        os.write(start, b"go!!")
+        for fd in (go, start):
+            os.close(fd)
+        for pid, read in children:
+            with os.fdopen(read) as out:
+                assert out.read().strip() == "1", "one bind of the PMIx directory, nosuid"
+            assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+        assert len(os.listdir(directory)) == 4, "the tasks wrote into the node's directory"
+    finally:
+        site.cleanup(cfg)
+        shutil.rmtree(spool)
+
+
 # --- the launcher variables of distributed training -------------------------------
 
+@pytest.mark.cluster
 def test_every_task_gets_the_launcher_variables_and_they_rendezvous(cluster, mpi_image, no_job_left):
     """--module=pytorch: a rendezvous the way torch.distributed's env:// does it,
     over TCP between the nodes, from the five variables alone."""
@@ -173,6 +229,7 @@ def test_every_task_gets_the_launcher_variables_and_they_rendezvous(cluster, mpi
     assert len(masters) == 1 and masters.pop().startswith("n1:2")
 
 
+@pytest.mark.cluster
 def test_steps_get_their_own_port_the_batch_script_gets_none(cluster, mpi_image, no_job_left):
     show = 'echo "vars ${MASTER_ADDR:-none} ${MASTER_PORT:-none} ${WORLD_SIZE:-none} ${RANK:-none}"'
     script = (f"#!/bin/sh\n{show}\nsrun -N2 -n2 -w n2,n3 sh -c '{show}'\n"
@@ -190,6 +247,7 @@ def test_steps_get_their_own_port_the_batch_script_gets_none(cluster, mpi_image,
     assert first[0][1] != second[1], "two steps of one job got the same MASTER_PORT"
 
 
+@pytest.mark.cluster
 def test_without_the_module_tasks_get_no_launcher_variables(cluster, image, no_job_left):
     plain = cluster.srun("-N1", STEP_LIMIT, f"--image={image}", "--autoshift", "sh", "-c",
                          'echo "${MASTER_ADDR:-none} ${RANK:-none}"')
