@@ -8,7 +8,7 @@ The image has three layers, ~150 MB unpacked: a Debian bookworm minbase
 (debootstrap), python3 installed on top of it (the upper directory of an
 overlay mount, so whiteouts and opaque directories are real), and a small
 top layer that the "top layer changed" case rebuilds with new content.  The
-debootstrap and python3 trees are cached under .cache/bench/ (gitignored).
+debootstrap and python3 trees are cached under .cache/debian/ (ci/harness/debian.py).
 
 Every case runs in the same invocation on fresh directories, and the report
 gives medians and ratios (see bench/README.md).
@@ -28,6 +28,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from bench import results  # noqa: E402
+from ci.harness import debian  # noqa: E402
 from ci.harness.oci import Dir, File, ImageConfig, Layout, entries_from_directory  # noqa: E402
 from ci.harness.registry import Registry  # noqa: E402
 from gateway.pipeline import PipelineSettings, pull_image  # noqa: E402
@@ -35,70 +36,10 @@ from gateway.registry import Location  # noqa: E402
 from shifter_core.imageref import parse  # noqa: E402
 from shifter_core.imagestore import ImageStore  # noqa: E402
 
-CACHE = os.path.join(REPO, ".cache", "bench")
-MIRROR = "http://deb.debian.org/debian"
-SUITE = "bookworm"
-CHROOT_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "DEBIAN_FRONTEND": "noninteractive",
-              "LC_ALL": "C", "HOME": "/root"}
 REPOSITORY = "bench/python"
 
 
 # --- the image -----------------------------------------------------------------
-
-def base_tree() -> str:
-    """debootstrap minbase, built once and cached."""
-    root = os.path.join(CACHE, f"{SUITE}-minbase")
-    if os.path.exists(os.path.join(CACHE, f"{SUITE}-minbase.complete")):
-        return root
-    shutil.rmtree(root, ignore_errors=True)
-    os.makedirs(os.path.join(CACHE, "debs"), exist_ok=True)
-    _run(["/usr/sbin/debootstrap", "--variant=minbase", f"--cache-dir={CACHE}/debs",
-          SUITE, root, MIRROR])
-    # what environment.md §7 removes: downloaded packages, apt lists, device nodes
-    archives = os.path.join(root, "var/cache/apt/archives")
-    for name in os.listdir(archives):
-        if name.endswith(".deb"):
-            os.unlink(os.path.join(archives, name))
-    for directory in ("var/lib/apt/lists", "dev"):
-        shutil.rmtree(os.path.join(root, directory))
-        os.mkdir(os.path.join(root, directory))
-    if os.path.lexists(os.path.join(root, "etc/resolv.conf")):
-        os.unlink(os.path.join(root, "etc/resolv.conf"))
-    open(os.path.join(CACHE, f"{SUITE}-minbase.complete"), "w").close()
-    return root
-
-
-def python_upper(base: str) -> str:
-    """The overlay upper directory left by `apt-get install python3` on the base."""
-    upper = os.path.join(CACHE, "python3-upper")
-    marker = os.path.join(CACHE, "python3-upper.complete")
-    if os.path.exists(marker):
-        return upper
-    work = tempfile.mkdtemp(prefix="bench-overlay-", dir=CACHE)
-    shutil.rmtree(upper, ignore_errors=True)
-    os.makedirs(upper)
-    try:
-        merged, workdir = os.path.join(work, "merged"), os.path.join(work, "work")
-        os.makedirs(merged)
-        os.makedirs(workdir)
-        script = f"""set -e
-mount -t overlay overlay -o lowerdir={base},upperdir={upper},workdir={workdir} {merged}
-mount --bind /dev {merged}/dev
-mount -t proc proc {merged}/proc
-cp /etc/resolv.conf {merged}/etc/resolv.conf
-chroot {merged} apt-get -q update
-chroot {merged} apt-get -q install -y --no-install-recommends python3
-chroot {merged} apt-get clean
-rm -rf {merged}/var/lib/apt/lists/* {merged}/etc/resolv.conf
-umount {merged}/proc {merged}/dev
-umount {merged}
-"""
-        _run(["unshare", "-m", "--propagation", "private", "sh", "-c", script], env=CHROOT_ENV)
-    finally:
-        shutil.rmtree(work)
-    open(marker, "w").close()
-    return upper
-
 
 def top_layer_entries(version: int) -> list:
     """A small application layer; `version` changes its content."""
@@ -111,8 +52,8 @@ def top_layer_entries(version: int) -> list:
 
 def build_images(layout: Layout) -> dict[str, str]:
     """Tags "v1" and "v2" (v2 differs only in its top layer)."""
-    base = base_tree()
-    upper = python_upper(base)
+    base = debian.base_tree()
+    upper = debian.apt_layer(base, ("python3",))
     lower = [layout.add_layer(entries_from_directory(base)),
              layout.add_layer(entries_from_directory(upper, overlay_upper=True))]
     config = ImageConfig(cmd=["/usr/bin/python3"], env=[

@@ -32,7 +32,7 @@ import re
 import stat
 from collections.abc import Callable
 
-from . import environ, imageref, seam, trust, volumes
+from . import environ, imageref, launcher, seam, trust, volumes
 from .errors import ConfigError, ModuleError, VolumeError
 
 DEFAULT_PATH = seam.DEFAULT_CONFIG
@@ -301,6 +301,8 @@ _MODULE_KEYS: dict[str, _Key] = {
     "copyPath": _Key("copy_path", _absolute_path),
     "conflict": _Key("conflict", lambda v: _module_names(v, None)),
     "enabled": _Key("enabled", _boolean),
+    # ours
+    "launcherEnv": _Key("launcher_env", _choice(*launcher.KINDS)),
 }
 # Shifter's own example writes `copypath`, which Shifter then ignored.
 _MODULE_KEY_ALIASES = {"copypath": "copyPath"}
@@ -312,7 +314,8 @@ class Module:
 
     `user_hook` is a path inside the container, run as the user before the
     task; `root_hook` a host path run as root while the container is built;
-    `copy_path` a host directory copied to /opt/udiImage/modules/<name>/.
+    `copy_path` a host directory copied to /opt/udiImage/modules/<name>/;
+    `launcher_env` the launcher variables its tasks get (shifter_core/launcher.py).
     """
 
     name: str
@@ -326,6 +329,12 @@ class Module:
     copy_path: str | None = None
     conflict: tuple[str, ...] = ()
     enabled: bool = True
+    launcher_env: str | None = None
+
+    @property
+    def per_task(self) -> bool:
+        """Does each task need the Python path (a user hook to run, variables to compute)?"""
+        return bool(self.user_hook or self.launcher_env)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,6 +15,7 @@ it privileged again.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 
 from . import pathsafety, syscalls
@@ -24,13 +25,17 @@ from .errors import ContainerError, ShifterError
 _STEP_RULES = syscalls.RESOLVE_NO_XDEV | syscalls.RESOLVE_NO_SYMLINKS | syscalls.RESOLVE_NO_MAGICLINKS
 
 
-def enter(job: JobContainer, *, batch_script: str | None = None, stage: str | None = None) -> None:
+def enter(job: JobContainer, *, batch_script: str | None = None, stage: str | None = None,
+          pmix_dir: str | None = None) -> None:
     """Join the container of `job` and make it this process's root.
 
     `batch_script` is the host path of the batch step's script: its
-    directory (the job's spool directory) is bound at the same path in the
-    container so that slurmstepd can exec it there.  `stage` is udiRoot.conf's
-    loopMount, where the container keeps a writable view of its own layer.
+    directory (the job's spool directory) is bound read-only at the same path
+    in the container so that slurmstepd can exec it there.  `pmix_dir` is the
+    step's PMIx server directory (shifter_core/pmix.py), bound writable at the
+    same path, where the PMIx variables of the task name it.  `stage` is
+    udiRoot.conf's loopMount, where the container keeps a writable view of its
+    own layer.
     """
     fd = job.namespace_fd()
     try:
@@ -38,7 +43,10 @@ def enter(job: JobContainer, *, batch_script: str | None = None, stage: str | No
     finally:
         os.close(fd)
     if batch_script:
-        _bind_spool_dir(job.root, stage or "", os.path.dirname(batch_script))
+        _bind_at_same_path(job.root, stage or "", os.path.dirname(batch_script), "the batch script's directory",
+                           readonly=True)
+    if pmix_dir:
+        _bind_at_same_path(job.root, stage or "", pmix_dir, "the step's PMIx directory", readonly=False)
     os.chroot(job.root)
     os.chdir("/")
     marker.check(job.job_id, job.digest)
@@ -46,25 +54,27 @@ def enter(job: JobContainer, *, batch_script: str | None = None, stage: str | No
     syscalls.set_no_new_privs()
 
 
-def _bind_spool_dir(root_path: str, stage: str, spool_dir: str) -> None:
-    """Make the job's spool directory visible at its host path, read-only (idempotent).
+def _bind_at_same_path(root_path: str, stage: str, directory: str, what: str, *, readonly: bool) -> None:
+    """Make a node directory Slurm made for the job visible at its node path (idempotent).
 
-    Done here because only the batch task knows the directory, which Slurm
-    creates after the prolog.  Its mount point is made through the
-    container's writable view of its own layer (stage/rw, which holds no
-    mount: nothing of the node can be reached from it), so a read-only root
-    stays read-only for the user's processes all along, and a symlink of the
-    image can lead the mount point nowhere but onto that layer.
+    Done here because only a task knows the directory, which Slurm creates
+    after the prolog.  Its mount point is made through the container's
+    writable view of its own layer (stage/rw, which holds no mount: nothing
+    of the node can be reached from it), so a read-only root stays read-only
+    for the user's processes all along, and a symlink of the image can lead
+    the mount point nowhere but onto that layer.  The tasks of a step on one
+    node come here at once: a lock on that view lets one at a time make the
+    mount point and bind.
     """
-    layer = os.open(f"{stage}/rw", os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    layer = os.open(f"{stage}/rw", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     root = os.open(root_path, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
+        fcntl.flock(layer, fcntl.LOCK_EX)       # released when `layer` is closed
         try:
-            os.close(RootTree(layer, f"{stage}/rw").directory(spool_dir))
+            os.close(RootTree(layer, f"{stage}/rw").directory(directory))
         except (ShifterError, OSError) as error:
-            raise ContainerError(f"cannot make the batch script's directory {spool_dir} in the container:"
-                                 f" {error}") from None
-        parent_path, name = os.path.split(spool_dir.rstrip("/"))
+            raise ContainerError(f"cannot make {what} {directory} in the container: {error}") from None
+        parent_path, name = os.path.split(directory.rstrip("/"))
         parent = pathsafety.open_inside(root, parent_path, own_layer=True, error=ContainerError)
         try:
             try:
@@ -72,12 +82,12 @@ def _bind_spool_dir(root_path: str, stage: str, spool_dir: str) -> None:
             except OSError as error:
                 if error.errno == errno.EXDEV:
                     return                          # bound already: a mount point
-                raise ContainerError(pathsafety.reason(error, spool_dir, own_layer=True)) from None
+                raise ContainerError(pathsafety.reason(error, directory, own_layer=True)) from None
         finally:
             os.close(parent)
-        source = os.open(spool_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        source = os.open(directory, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
-            syscalls.bind(source, target, shown=spool_dir, readonly=True)
+            syscalls.bind(source, target, shown=directory, readonly=readonly)
         finally:
             os.close(source)
             os.close(target)

@@ -308,6 +308,17 @@ int slurm_spank_init(spank_t sp, int ac, char **av)
 /* How this process serves the job, decided in init_post_opt. */
 static enum { MODE_NONE, MODE_PYTHON, MODE_FAST, MODE_FAST_ENTER, MODE_FAILED } mode;
 
+/* A step of Slurm's PMIx plugin: its tasks bring the step's PMIx directory
+ * into the container (shifter_core/pmix.py).  srun sets SLURM_MPI_TYPE; a
+ * user who sets it by hand only sends the step down the Python path. */
+static int step_uses_pmix(spank_t sp)
+{
+    char type[32];
+
+    return spank_getenv(sp, "SLURM_MPI_TYPE", type, sizeof type) == ESPANK_SUCCESS
+        && strncmp(type, "pmix", 4) == 0;
+}
+
 /* Can this step do without Python?  srun: when the job pinned these very
  * options already; srun, sbatch, salloc of a new job: when a submit plan for
  * these options lets the C pin it.  slurmstepd: when the tasks run on the host
@@ -340,7 +351,7 @@ static int fast_path(spank_t sp, int ac, char **av)
             return MODE_FAST;
         if (spank_get_item(sp, S_JOB_STEPID, &step) != ESPANK_SUCCESS || step == SEAM_BATCH_STEP)
             return MODE_PYTHON;     /* the batch step binds its spool directory: enter.py */
-        return record == SEAM_READY ? MODE_FAST_ENTER : MODE_PYTHON;
+        return record == SEAM_READY && !step_uses_pmix(sp) ? MODE_FAST_ENTER : MODE_PYTHON;
     default:
         return MODE_PYTHON;
     }

@@ -7,14 +7,14 @@
                                        even while pytest sessions use it)
 
 One munged, slurmctld in the root namespaces and three slurmd "nodes" n1..n3,
-each in its own network, UTS and mount namespace on a private bridge, with the
-shifter SPANK plugin in plugstack.conf, slurm.conf.d/job_submit.lua in slurmctld
-and the releaser (`shifter-admin release-held-jobs`): jobs submitted while
-their image is still being pulled wait held (holdJobsForPull=1); nodes keep a
-provenance log in log/provenance.  Everything lives under <repo>/.cluster;
-nothing is written to /etc/slurm.  `down` stops only what `up` started (by pid
-and start time, recorded in run/harness.json) and then lists anything of the
-cluster that is still there.
+each in its own network, UTS, IPC and mount namespace (with its own /dev/shm)
+on a private bridge, with the shifter SPANK plugin in plugstack.conf,
+slurm.conf.d/job_submit.lua in slurmctld and the releaser (`shifter-admin
+release-held-jobs`): jobs submitted while their image is still being pulled
+wait held (holdJobsForPull=1); nodes keep a provenance log in log/provenance.
+Everything lives under <repo>/.cluster; nothing is written to /etc/slurm.
+`down` stops only what `up` started (by pid and start time, recorded in
+run/harness.json) and then lists anything of the cluster that is still there.
 """
 from __future__ import annotations
 
@@ -465,19 +465,22 @@ class Cluster:
         record.save(self.layout)
 
     def _start_slurmd(self, record: Record, node: str) -> None:
-        """slurmd in the node's netns plus a new UTS and private mount namespace,
-        where node_hosts() is /etc/hosts (as a cluster's DNS would name the nodes).
+        """slurmd in the node's netns plus a new UTS, IPC and private mount namespace,
+        where node_hosts() is /etc/hosts (as a cluster's DNS would name the nodes)
+        and /dev/shm a tmpfs of its own: as on real nodes, shared memory and SysV
+        IPC do not reach another node, so MPI between nodes takes the network.
 
         nsenter --net, not `ip netns exec`: the latter remounts /sys and hides
         /sys/fs/cgroup, without which slurmd 22.05 dies.
         """
         inner = (f"hostname {node} && /usr/bin/mount --bind {shlex.quote(str(self.layout.node_hosts))} /etc/hosts"
+                 " && /usr/bin/mount -t tmpfs -o nosuid,nodev,mode=1777 shm /dev/shm"
                  f" && exec /usr/sbin/slurmd -f {shlex.quote(str(self.layout.slurm_conf))} -N {node}")
-        _run(["/usr/bin/nsenter", f"--net=/run/netns/{node}", "/usr/bin/unshare", "--uts", "--mount",
+        _run(["/usr/bin/nsenter", f"--net=/run/netns/{node}", "/usr/bin/unshare", "--uts", "--ipc", "--mount",
               "--propagation", "private", "/bin/sh", "-c", inner])
         daemon = Daemon.of(_read_pidfile(self.layout.pidfile(f"slurmd-{node}")))
         record.daemons[f"slurmd-{node}"] = daemon
-        for kind in ("mnt", "uts"):
+        for kind in ("mnt", "uts", "ipc"):
             record.namespaces.append(os.stat(f"/proc/{daemon.pid}/ns/{kind}").st_ino)
         record.save(self.layout)
 

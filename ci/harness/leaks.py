@@ -27,7 +27,7 @@ from pathlib import Path
 
 from shifter_core.container import procfs
 
-NAMESPACE_KINDS = ("mnt", "net", "uts")
+NAMESPACE_KINDS = ("mnt", "net", "uts", "ipc")
 NETNS_DIR = "/run/netns"
 
 

@@ -10,6 +10,8 @@ every `ci/cluster up`, and the udiRoot.conf lines that configure it:
                      /dev/null: character device 1:3), a library directory, a tool
                      copied in with copyPath, a root hook and a user hook
     hookfail         a user hook that fails, so its task must not run
+    pytorch          no software: the launcher variables (MASTER_ADDR ...) of
+                     PyTorch-style training in every task (module_pytorch_launcherEnv)
 
 Everything is root-owned and writable by root alone, as the runtime demands of
 what root binds, copies and runs.
@@ -72,4 +74,5 @@ def config_lines(directory: Path) -> list[str]:
         "module_gpu_userhook=/opt/udiImage/modules/gpu/userhook.sh",
         f"module_hookfail_copyPath={directory}/hookfail",
         "module_hookfail_userhook=/opt/udiImage/modules/hookfail/userhook.sh",
+        "module_pytorch_launcherEnv=pytorch",
     ]

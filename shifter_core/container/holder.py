@@ -164,7 +164,7 @@ def _record(cfg, spec, timings: dict[str, float]) -> JobContainer:
             spec.image.env, levels=[environ.site_settings(m) for m in spec.modules],
             shifter={"SHIFTER_IMAGE": spec.image.id, "SHIFTER_IMAGE_DIGEST": spec.image.digest},
             **environ.site_settings(cfg)),
-        python=bool(spec.extensions) or any(m.user_hook for m in spec.modules),
+        python=bool(spec.extensions) or any(m.per_task for m in spec.modules),
         provenance_log=(os.path.join(cfg.provenance_dir, spec.node + provenance.SUFFIX)
                         if cfg.provenance_dir else None),
     )

@@ -56,6 +56,15 @@ def test_container_dev_is_the_nodes_with_its_mounts(site):
     assert "shm-ok" in out and "dev-not-writable" in out
 
 
+def test_only_modules_with_per_task_work_send_tasks_down_the_python_path(site):
+    """A user hook or launcher variables are per-task work (Python); other modules
+    leave the tasks to the C fast path, which applies their environment."""
+    meta = site.image("per-task")
+    modules = {"gpu": True, "pytorch": True, "mpich": False}
+    for job_id, (name, python) in enumerate(modules.items(), start=41):
+        assert site.create(site.cfg, meta, job_id, modules=name).python is python, name
+
+
 def test_selection_defaults_none_and_conflicts(site):
     cfg = site.config(defaultModules="mpich",
                       **dict(line.split("=", 1) for line in sitemodules.config_lines(site.path / "software")))
@@ -64,7 +73,8 @@ def test_selection_defaults_none_and_conflicts(site):
     assert [m.name for m in cfg.select_modules("gpu")] == ["gpu"], "a request replaces the defaults"
     with pytest.raises(ModuleError, match="modules 'mpich' and 'openmpi' conflict: choose one"):
         cfg.select_modules("mpich,openmpi")
-    with pytest.raises(ModuleError, match="unknown module 'cuda': this system offers gpu, hookfail, mpich, openmpi"):
+    with pytest.raises(ModuleError,
+                       match="unknown module 'cuda': this system offers gpu, hookfail, mpich, openmpi, pytorch"):
         cfg.select_modules("cuda")
 
 
