@@ -23,10 +23,11 @@ import os
 import time
 
 from .. import imageref, provenance, pullhold, volumes
-from ..errors import ImageNotFound, ImageRefError, ShifterError
+from ..errors import ImageNotFound, ImageRefError, ShifterError, VolumeError
 from . import settings
 from .bridge import log_info
 
+VOLUME_OPTION = "_SLURM_SPANK_OPTION_shifter_volume"    # Slurm's name for --volume in job environments
 PINNED = ("SHIFTER_IMAGEREQUEST", "SHIFTER_IMAGE", "SHIFTER_IMAGETYPE", "SHIFTER_IMAGE_DIGEST")
 POLL_INTERVAL = 0.25
 
@@ -41,9 +42,13 @@ def init_post_opt(spank, opts) -> None:
         given = [f"--{n}" for n in ("volume", "module", "autoshift", "ccm") if getattr(opts, n)]
         raise ShifterError(f"{', '.join(given)} needs --image")
     ref = imageref.parse(opts.image, cfg.default_image_type)
-    mounts = volumes.parse(opts.volume or "", "user", cfg.cache_policy())
     modules = cfg.select_modules(opts.module)
+    mounts = cfg.user_volumes(opts.volume or "", base=lambda: _submit_directory(cfg, modules))
+    if opts.volume and not mounts:
+        raise VolumeError(f"--volume={opts.volume!r} names no volume: give SOURCE:TARGET[:FLAGS]")
     new_job = spank.context == "allocator" or not os.environ.get("SLURM_JOB_ID")
+    if opts.volume and not new_job:
+        _refuse_other_volumes(mounts)
     export = _inherited_pin(str(ref), new_job)
     if export is None:
         started = time.monotonic()
@@ -55,22 +60,61 @@ def init_post_opt(spank, opts) -> None:
     # CCM jobs run in their containers, as in Shifter
     export["SHIFTER_AUTOSHIFT"] = "1" if opts.autoshift or opts.ccm else "0"
     export["SHIFTER_CCM"] = "1" if opts.ccm else "0"
+    if opts.volume:
+        # what the nodes read as --volume (spank/plugin.c: forward_volumes):
+        # every volume, relative sources made absolute
+        export[VOLUME_OPTION] = export["SHIFTER_VOLUME"]
     for name, value in export.items():
         os.environ[name] = value
         spank.job_control_setenv(name, value)
     if export.get("SHIFTER_IMAGE_DIGEST"):
         # lets the plugin recognise, in C, an srun of this job that asks for
         # the same thing, and skip Python (spank/fastpath.c)
-        os.environ["SHIFTER_PINNED_OPTIONS"] = pinned_options(opts)
+        os.environ["SHIFTER_PINNED_OPTIONS"] = pinned_options(opts, export["SHIFTER_VOLUME"])
     if opts.ccm:
         # for the prolog only: not in the job's environment
         spank.job_control_setenv(ccm.SECRET_VARIABLE, ccm.new_secret())
 
 
-def pinned_options(opts) -> str:
-    """The options as given, in the form spank/plugin.c: options_text builds."""
-    return "\x1f".join([opts.image or "", opts.volume or "", opts.module or "",
+def pinned_options(opts, volume: str) -> str:
+    """The options in the form spank/plugin.c: options_text builds, with `volume` as the
+    job passes it on: an srun inside the job inherits that text."""
+    return "\x1f".join([opts.image or "", volume, opts.module or "",
                          str(int(opts.ccm)), str(int(opts.autoshift))])
+
+
+def _submit_directory(cfg, modules) -> str:
+    """Where the container shows the directory this command runs in (relative --volume
+    sources): through the siteFs binds of the site and of `modules`.  The shell's
+    $PWD is tried first, so a home reached through a symlink maps as the user sees it."""
+    binds = cfg.site_fs + tuple(volume for module in modules for volume in module.site_fs)
+    here = os.getcwd()
+    candidates = [here]
+    logical = os.environ.get("PWD", "")
+    if logical.startswith("/") and logical != here:
+        try:
+            if os.path.samefile(logical, here):
+                candidates.insert(0, logical)
+        except OSError:
+            pass        # a stale $PWD
+    for directory in candidates:
+        inside = volumes.container_path(directory, binds)
+        if inside is not None:
+            return inside
+    shown = ", ".join(bind.source for bind in binds if bind.per_node_cache is None) or "nothing"
+    raise ValueError(f"{here} is not on a file system the container shows (the site binds {shown})")
+
+
+def _refuse_other_volumes(mounts) -> None:
+    """A step inside a job runs in the job's container, whose volumes its prolog mounted:
+    a step that asks for other volumes is refused rather than run without them."""
+    if not os.environ.get("SHIFTER_IMAGEREQUEST") or "SHIFTER_VOLUME" not in os.environ:
+        return      # the job has no container
+    wanted, held = volumes.render(mounts), os.environ["SHIFTER_VOLUME"]
+    if wanted != held:
+        raise VolumeError(f"this step's --volume {wanted} differs from job {os.environ['SLURM_JOB_ID']}'s"
+                          f" ({held or 'none'}): a step runs in its job's container, whose volumes are set"
+                          " when the job starts; give every volume to sbatch or salloc")
 
 
 def _inherited_pin(request: str, new_job: bool) -> dict[str, str] | None:
