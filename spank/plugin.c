@@ -46,9 +46,9 @@ static char *opt_value[OPT_COUNT];
  * A flag's optarg may be NULL, "" or "(null)"; only its presence counts.
  *
  * --volume is the exception on the submit side (sbatch, salloc, srun): its
- * occurrences add up, ';'-joined in the order Slurm gives them (its
- * SLURM_SPANK_ environment form first, then #SBATCH lines and the command
- * line), and an empty one is refused.  forward_volumes hands the sum on. */
+ * occurrences add up, ';'-joined in the order Slurm gives them (#SBATCH
+ * lines, its SLURM_SPANK_ environment form, the command line), and an empty
+ * one is refused.  forward_volumes hands the sum on. */
 static int store_option(int which, const char *optarg, int remote)
 {
     char *value = NULL;

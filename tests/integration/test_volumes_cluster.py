@@ -168,9 +168,9 @@ def test_a_failure_at_mount_time_leaves_nothing(cluster, image, source):
 
 @on_cluster
 def test_several_volumes_add_up_with_their_environment_form(cluster, image, source):
-    """Every --volume counts, the environment form (a default from a profile)
-    first: srun mounts them all, and so does a batch job, whose prolog, batch
-    script and steps all get every one."""
+    """Every --volume counts, in Slurm's order (#SBATCH lines, the environment
+    form, a default from a profile, and the command line): srun mounts them all,
+    and so does a batch job, whose prolog, batch script and steps get every one."""
     env = {ENV_FORM: f"{source}:/from-env"}
     srun = cluster.run(["srun", "-N1", "-w", "n1", f"--image={image}", "--autoshift", f"--volume={source}:/one",
                         f"--volume={source}:/two;{source}:/three:ro", "sh", "-c",
@@ -184,7 +184,7 @@ def test_several_volumes_add_up_with_their_environment_form(cluster, image, sour
     assert cluster.wait(job) == "COMPLETED", cluster.output(job)
     out = cluster.output(job)
     assert out.count("hello from the host") == 6, out
-    assert f"{source}:/from-env;{source}:/in-script;{source}:/one\n" in out
+    assert f"{source}:/in-script;{source}:/from-env;{source}:/one\n" in out
 
 
 @on_cluster
