@@ -166,7 +166,8 @@ def device_refusal(source: str, allowed: tuple[str, ...]) -> str:
     if allowed:
         return (f"{source} is a device or in /dev, and this site lets --volume bind only "
                 f"{', '.join(allowed)} from there (udiRoot.conf userVolumeDevices)")
-    return f"{source} is a device or in /dev, and this site lets --volume bind no device (udiRoot.conf userVolumeDevices)"
+    return (f"{source} is a device or in /dev, and this site lets --volume bind no device"
+            " (udiRoot.conf userVolumeDevices)")
 
 
 def container_path(host_path: str, binds) -> str | None:

@@ -240,8 +240,8 @@ def test_a_single_file_is_a_volume(cluster, image, source):
     (source / "run.yaml").write_text("steps: 3\n")
     os.chown(source / "run.yaml", cluster.uid, -1)
     relative = source.relative_to(cluster.home)
-    command = (f"srun -N1 -w n1 --image={image} --autoshift"
-               f" --volume=$HOME/{relative}/run.yaml:/opt/app/run.yaml:ro --volume=$HOME/{relative}/hello:/srv/data/readme"
+    command = (f"srun -N1 -w n1 --image={image} --autoshift --volume=$HOME/{relative}/run.yaml:/opt/app/run.yaml:ro"
+               f" --volume=$HOME/{relative}/hello:/srv/data/readme"
                " sh -c 'cat /opt/app/run.yaml /srv/data/readme; echo more >> /opt/app/run.yaml;"
                " grep -E \" /(opt/app/run.yaml|srv/data/readme) \" /proc/mounts'")
     result = cluster.run(["sh", "-c", command], check=False)
@@ -261,16 +261,17 @@ def test_relative_sources_are_made_absolute_at_submit(cluster, image, source):
     (source / "data").mkdir()
     (source / "data" / "x").write_text("relative\n")
     os.chown(source / "data", cluster.uid, -1)
-    command = (f"cd {source} && srun -N1 -w n1 --image={image} --autoshift --volume='./data:/data;hello:/opt/hello:ro'"
-               " sh -c 'cat /data/x /opt/hello; echo $SHIFTER_VOLUME'")
+    command = (f"cd {source} && srun -N1 -w n1 --image={image} --autoshift --volume='./data:/in;hello:/opt/hello:ro'"
+               " sh -c 'cat /in/x /opt/hello; echo $SHIFTER_VOLUME'")
     out = cluster.run(["sh", "-c", command]).stdout
     assert "relative" in out and "hello from the host" in out, out
-    assert out.splitlines()[-1] == f"{source}/data:/data;{source}/hello:/opt/hello:ro"
+    assert out.splitlines()[-1] == f"{source}/data:/in;{source}/hello:/opt/hello:ro"
     refused = cluster.run(["sh", "-c", f"cd /tmp && srun -N1 --image={image} --volume=./data:/data true"], check=False)
     assert refused.returncode != 0
     lines = [line for line in refused.stderr.splitlines() if "shifter: " in line]
-    assert len(lines) == 1 and ("a relative source starts from the directory you submit from, but /tmp is not"
-                                f" on a file system the container shows (the site binds {cluster.home}") in lines[0], lines
+    assert len(lines) == 1, refused.stderr
+    assert ("a relative source starts from the directory you submit from, but /tmp is not on a file system"
+            f" the container shows (the site binds {cluster.home}") in lines[0]
 
 
 @on_cluster
