@@ -7,15 +7,7 @@ import pytest
 from shifter_core import config, volumes
 from shifter_core.errors import VolumeError
 from shifter_core.spank import submit
-
-SITE = """\
-udiMount=/var/udiMount
-loopMount=/var/udiLoopMount
-imagePath=/images
-etcPath=/etc/shifter/etc_files
-system=testsys
-imageGateway=http://127.0.0.1:5000
-"""
+from tests.unit.test_config import MINIMAL as SITE
 
 
 def site(tmp_path, binds: str) -> config.UdiRootConfig:
