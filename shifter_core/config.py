@@ -123,6 +123,17 @@ def _site_volumes(value: str) -> tuple[volumes.VolumeMount, ...]:
         raise _Invalid(str(error)) from None
 
 
+def _device_paths(value: str) -> tuple[str, ...]:
+    """Device files in /dev users may name as a --volume source (userVolumeDevices)."""
+    paths = []
+    for word in value.split():
+        path = _absolute_path(word)
+        if not volumes.is_within(path, "/dev") or path == "/dev":
+            raise _Invalid(f"{word!r} is not a path below /dev (the container's /dev is the node's)")
+        paths.append(path)
+    return tuple(paths)
+
+
 def _words(value: str) -> tuple[str, ...]:
     return tuple(value.split())
 
@@ -268,6 +279,7 @@ _KEYS: dict[str, _Key] = {
     "pullWaitAtSubmit": _Key("pull_wait_at_submit", _seconds_or_zero),
     "provenanceDir": _Key("provenance_dir", _absolute_path),
     "mkfsExt4Path": _Key("mkfs_ext4_path", _absolute_path),
+    "userVolumeDevices": _Key("user_volume_devices", _device_paths, _concat),
 }
 
 REQUIRED_KEYS = ("udiMount", "loopMount", "imagePath", "etcPath", "system", "imageGateway")
@@ -378,6 +390,7 @@ class UdiRootConfig:
     hold_jobs_for_pull: bool = False
     pull_wait_at_submit: float = DEFAULT_PULL_WAIT
     provenance_dir: str | None = None
+    user_volume_devices: tuple[str, ...] = ()
     path: str | None = None
     warnings: tuple[str, ...] = ()
 
@@ -397,9 +410,12 @@ class UdiRootConfig:
             min_sizes=volumes.MIN_SIZES,
         )
 
-    def user_volumes(self, spec: str) -> tuple[volumes.VolumeMount, ...]:
-        """Parse a user's --volume under this site's policy; VolumeError says what is wrong."""
-        return volumes.parse(spec, volumes.USER, self.cache_policy())
+    def user_volumes(self, spec: str, base=None) -> tuple[volumes.VolumeMount, ...]:
+        """Parse a user's --volume under this site's policy (caches, devices); VolumeError
+        says what is wrong.  `base`: see volumes.parse (relative sources, at submit)."""
+        mounts = volumes.parse(spec, volumes.USER, self.cache_policy(), base=base)
+        volumes.check_devices(mounts, self.user_volume_devices)
+        return mounts
 
     def select_modules(self, request: str | None = None) -> tuple[Module, ...]:
         """The modules a job gets for `--module=<request>`, in the order asked.

@@ -58,6 +58,8 @@ DIGEST_VAR = "SHIFTER_IMAGE_DIGEST"             # and sha256:<id>
 LOOKUP_VAR = "SHIFTER_LOOKUP_MS"                # how long the pin's lookup took, for the prolog's records
 AUTOSHIFT_VAR = "SHIFTER_AUTOSHIFT"             # "1": steps of an srun without the plugin enter too
 JOB_ID_VAR = "SLURM_JOB_ID"
+VOLUME_VAR = "SHIFTER_VOLUME"                   # the job's volumes, rendered (volumes.render)
+VOLUME_OPTION_VAR = "_SLURM_SPANK_OPTION_shifter_volume"   # Slurm's name for --volume in a job's environment
 
 BATCH_STEP = 0xFFFFFFFB                         # slurm.h: SLURM_BATCH_SCRIPT
 
@@ -369,6 +371,7 @@ def c_header() -> str:
         f"#define SEAM_GATEWAY_AUTH_HEADER {_c_string(GATEWAY_AUTH_HEADER)}",
         f"#define SEAM_AUTOSHIFT_VAR {_c_string(AUTOSHIFT_VAR)}",
         f"#define SEAM_JOB_ID_VAR {_c_string(JOB_ID_VAR)}",
+        f"#define SEAM_VOLUME_OPTION_VAR {_c_string(VOLUME_OPTION_VAR)}",
         f"#define SEAM_BATCH_STEP {BATCH_STEP:#x}U",
         f"#define SEAM_DEFAULT_CONFIG {_c_string(DEFAULT_CONFIG)}",
         f"#define SEAM_RUN_DIR_KEY {_c_string(RUN_DIR_KEY)}",

@@ -29,14 +29,18 @@ in nor contain a protected tree (/etc, /var except /var/tmp itself,
 
 A user's source is a path inside the container (image or siteFs content):
 the runtime resolves it with `pathsafety.open_inside` under the user's
-credentials when it mounts.
+credentials when it mounts.  It may be a directory, a file, or a device the
+site lists (`check_devices`).  At submit a relative source (`./data`) is
+made absolute against the container path of the directory the user submits
+from (`container_path`: through the siteFs binds that show it).  Entries
+given twice are kept once.
 """
 from __future__ import annotations
 
 import dataclasses
 import posixpath
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from .errors import VolumeError
 
@@ -128,16 +132,56 @@ class CachePolicy:
     min_sizes: Mapping[str, int] = dataclasses.field(default_factory=dict)
 
 
-def parse(spec: str, context: str, policy: CachePolicy = CachePolicy()) -> tuple[VolumeMount, ...]:
-    """Parse and check a specification in the USER or SITE context."""
+def parse(spec: str, context: str, policy: CachePolicy = CachePolicy(), *,
+          base: Callable[[], str] | None = None) -> tuple[VolumeMount, ...]:
+    """Parse and check a specification in the USER or SITE context.
+
+    `base` gives the container directory relative sources start from (it may
+    raise ValueError with the reason there is none); without it, a relative
+    source is refused.
+    """
     if context not in _FLAGS_BY_CONTEXT:
         raise ValueError(f"unknown volume context {context!r}")
     if not isinstance(spec, str):
         raise VolumeError("a volume specification must be text like /src:/dst:ro")
-    mounts = tuple(_parse_entry(entry.strip(), context, policy.fs_types[0])
-                   for entry in spec.split(";") if entry.strip())
+    mounts = tuple(dict.fromkeys(_parse_entry(entry.strip(), context, policy.fs_types[0], base)
+                                 for entry in spec.split(";") if entry.strip()))
     check_policy(mounts, policy)
     return mounts
+
+
+def check_devices(mounts, allowed: tuple[str, ...]) -> None:
+    """Raise VolumeError for a user's source in /dev that the site does not list in `allowed`.
+
+    The container's /dev is the node's, so these are the node's devices; a
+    device met elsewhere is refused on the node (`device_refusal`).
+    """
+    for mount in mounts:
+        if mount.per_node_cache is None and is_within(mount.source, "/dev") and mount.source not in allowed:
+            raise VolumeError(f"invalid volume {mount.render()!r}: {device_refusal(mount.source, allowed)}")
+
+
+def device_refusal(source: str, allowed: tuple[str, ...]) -> str:
+    """Why a device source (or any source in /dev) is refused."""
+    if allowed:
+        return (f"{source} is a device or in /dev, and this site lets --volume bind only "
+                f"{', '.join(allowed)} from there (udiRoot.conf userVolumeDevices)")
+    return (f"{source} is a device or in /dev, and this site lets --volume bind no device"
+            " (udiRoot.conf userVolumeDevices)")
+
+
+def container_path(host_path: str, binds) -> str | None:
+    """Where the site binds `host_path` in a container (siteFs `binds`), or None.
+
+    The bind with the longest source containing the path decides, as the
+    deepest mount shows through.
+    """
+    host_path = posixpath.normpath(host_path)
+    covering = [m for m in binds if m.per_node_cache is None and is_within(host_path, m.source)]
+    if not covering:
+        return None
+    bind = max(covering, key=lambda m: len(m.source))
+    return posixpath.normpath(bind.target + "/" + host_path[len(bind.source):])
 
 
 def check_policy(mounts, policy: CachePolicy) -> None:
@@ -199,7 +243,7 @@ def format_bytes(size: int) -> str:
     return f"{size} bytes"
 
 
-def _parse_entry(entry: str, context: str, default_fs: str) -> VolumeMount:
+def _parse_entry(entry: str, context: str, default_fs: str, base: Callable[[], str] | None) -> VolumeMount:
     text = entry
     if len(entry) >= 2 and entry[0] == entry[-1] == '"':
         entry = entry[1:-1]
@@ -212,7 +256,7 @@ def _parse_entry(entry: str, context: str, default_fs: str) -> VolumeMount:
         if context == USER:
             raise fail("give both paths as SOURCE:TARGET")
         tokens.append(tokens[0])
-    source = _clean_path(tokens[0], "source", fail)
+    source = _clean_path(_absolute_source(tokens[0], base, fail), "source", fail)
     target = _clean_path(tokens[1], "target", fail)
     flags = _parse_flags(tokens[2:], context, fail, default_fs)
     mount = VolumeMount(
@@ -227,6 +271,21 @@ def _parse_entry(entry: str, context: str, default_fs: str) -> VolumeMount:
     if reason:
         raise fail(reason)
     return mount
+
+
+def _absolute_source(path: str, base: Callable[[], str] | None, fail) -> str:
+    """A relative source joined to `base()` (`..` allowed, resolved by name); others as given."""
+    if base is None or not path or path.startswith("/"):
+        return path
+    try:
+        directory = base()
+    except ValueError as error:
+        raise fail(f"a relative source starts from the directory you submit from, but {error}") from None
+    bad = _PATH_CHARS_RE.search(directory)
+    if bad:
+        raise fail(f"a relative source starts from the directory you submit from, {directory} in the"
+                   f" container, and a volume path cannot hold its character {bad.group()!r}")
+    return posixpath.normpath(posixpath.join(directory, path))
 
 
 def _clean_path(path: str, role: str, fail) -> str:
@@ -302,7 +361,7 @@ def _parse_cache(text: str, fail, default_fs: str) -> PerNodeCache:
     return PerNodeCache(size=size, block_size=block_size, fs_type=fs_type)
 
 
-def _is_within(path: str, tree: str) -> bool:
+def is_within(path: str, tree: str) -> bool:
     """True if `path` is `tree` or below it, comparing whole components."""
     return path == tree or path.startswith(tree.rstrip("/") + "/")
 
@@ -317,8 +376,8 @@ def _target_refusal(target: str, context: str) -> str | None:
     for tree in _USER_PROTECTED_TREES:
         if target == tree:
             return f"{target} belongs to the container's setup"
-        if _is_within(target, tree):
+        if is_within(target, tree):
             return f"{target} is inside {tree}, which belongs to the container's setup"
-        if _is_within(tree, target):
+        if is_within(tree, target):
             return f"{target} would hide {tree}, which belongs to the container's setup"
     return None

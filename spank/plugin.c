@@ -42,24 +42,38 @@ static int opt_set[SEAM_OPTION_COUNT];
 static char *opt_value[SEAM_OPTION_COUNT];
 
 /* Slurm fires an option callback once per occurrence and, in slurmstepd,
- * twice per option (environment and job-options block): the last value wins.
- * A flag's optarg may be NULL, "" or "(null)"; only its presence counts. */
-static void store_option(int which, const char *optarg)
+ * twice per option (job-options block, then environment): the last value wins.
+ * A flag's optarg may be NULL, "" or "(null)"; only its presence counts.
+ *
+ * --volume is the exception on the submit side (sbatch, salloc, srun): its
+ * occurrences add up, ';'-joined in the order Slurm gives them (#SBATCH
+ * lines, its SLURM_SPANK_ environment form, the command line), and an empty
+ * one is refused.  forward_volumes hands the sum on. */
+static int store_option(int which, const char *optarg, int remote)
 {
+    char *value = NULL;
+
+    if (which == SEAM_OPT_VOLUME && !remote) {
+        if (!optarg || !*optarg) {
+            slurm_error("shifter: --volume is empty: give SOURCE:TARGET[:FLAGS], e.g. --volume=$HOME/in:/input:ro");
+            return -1;
+        }
+        if (opt_value[which] && asprintf(&value, "%s;%s", opt_value[which], optarg) < 0)
+            return -1;
+    }
     opt_set[which] = 1;
+    if (value == NULL && optarg && *optarg && strcmp(optarg, "(null)") != 0)
+        value = strdup(optarg);
     free(opt_value[which]);
-    opt_value[which] = NULL;
-    if (optarg && *optarg && strcmp(optarg, "(null)") != 0)
-        opt_value[which] = strdup(optarg);
+    opt_value[which] = value;
+    return 0;
 }
 
 static int option_cb(int val, const char *optarg, int remote)
 {
-    (void) remote;
     if (val < 0 || val >= SEAM_OPTION_COUNT)
         return -1;
-    store_option(val, optarg);
-    return 0;
+    return store_option(val, optarg, remote);
 }
 
 static struct spank_option options[] = {
@@ -83,7 +97,7 @@ static void load_job_options(spank_t sp)
     for (int i = 0; i < SEAM_OPTION_COUNT; i++) {
         char *optarg = NULL;
         if (spank_option_getopt(sp, &options[i], &optarg) == ESPANK_SUCCESS)
-            store_option(i, optarg);
+            store_option(i, optarg, 1);
     }
 }
 
@@ -357,8 +371,29 @@ static int fast_path(spank_t sp, int ac, char **av)
     }
 }
 
+/* Slurm forwards an option's last occurrence only: to slurmstepd in the
+ * job-options block and in the environment (read in that order, so the
+ * environment's value wins there), to the prolog and epilog in the
+ * job-control environment.  Both environments get all of --volume instead.
+ * (The Python side, when it runs, replaces this with the normalised form.) */
+static int forward_volumes(spank_t sp)
+{
+    static const char name[] = SEAM_VOLUME_OPTION_VAR;
+
+    if (spank_context() == S_CTX_REMOTE || opt_value[SEAM_OPT_VOLUME] == NULL)
+        return 0;
+    if (setenv(name, opt_value[SEAM_OPT_VOLUME], 1) != 0
+        || spank_job_control_setenv(sp, name, opt_value[SEAM_OPT_VOLUME], 1) != ESPANK_SUCCESS) {
+        slurm_error("shifter: cannot pass every --volume on to the job");
+        return -1;
+    }
+    return 0;
+}
+
 int slurm_spank_init_post_opt(spank_t sp, int ac, char **av)
 {
+    if (forward_volumes(sp) < 0)
+        return -1;
     if (!any_option_set()) {
         if (spank_context() != S_CTX_REMOTE || !step_inherits_container(sp))
             return 0;

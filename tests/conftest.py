@@ -67,13 +67,14 @@ class ShifterCluster:
     def srun(self, *args: str, **kwargs) -> subprocess.CompletedProcess:
         return self.run(["srun", *args], **kwargs)
 
-    def sbatch(self, script: str, *args: str) -> int:
+    def sbatch(self, script: str, *args: str, env: dict[str, str] | None = None) -> int:
         """Submit `script` (its text) as the test user; output goes to ~/slurm-<jobid>.out."""
         path = self.home / f"job-{uuid.uuid4().hex[:12]}.sh"
         path.write_text(script, encoding="utf-8")
         os.chown(path, self.uid, -1)
         path.chmod(0o755)
-        submitted = self.run(["sbatch", "--parsable", f"--output={self.home}/slurm-%j.out", *args, str(path)])
+        submitted = self.run(["sbatch", "--parsable", f"--output={self.home}/slurm-%j.out", *args, str(path)],
+                             env=env)
         return int(submitted.stdout.strip().split(";")[0])
 
     def job_fields(self, job_id: int) -> dict[str, str]:

@@ -702,7 +702,9 @@ def udiroot_conf(layout: Layout, record: Record) -> str:
     perNodeCache volumes (xfs or ext4) of up to 2G live in .cluster/cache.
     siteEnvUnset drops the exported bash functions of Lmod, as Shifter's example
     does; siteEnvAppend adds to MANPATH (the four environment operations all reach
-    the tasks of steps, which the plugin's C sets up).  optUdiImage is the host's OpenSSH (shifter_core/udiimage.py), for --ccm.
+    the tasks of steps, which the plugin's C sets up).  optUdiImage is the host's OpenSSH
+    (shifter_core/udiimage.py), for --ccm.  Users may bind /dev/full with --volume (a device
+    whose writes fail visibly).
     """
     home = pwd.getpwnam(TEST_USER).pw_dir
     prefix = slurmclient.PREFIX
@@ -734,6 +736,7 @@ def udiroot_conf(layout: Layout, record: Record) -> str:
         "perNodeCacheSizeLimit=2G",
         "siteEnvUnset=BASH_FUNC_module() BASH_FUNC_ml%%",
         "siteEnvAppend=MANPATH=/opt/site/man",
+        "userVolumeDevices=/dev/full",
     ]) + "\n"
 
 

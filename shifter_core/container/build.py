@@ -388,7 +388,9 @@ def _mount_user_volume(tree: RootTree, volume, spec, cfg) -> None:
     checked with the user's own credentials (Shifter: users can only re-map
     what the container already shows them); the target is made on the
     container's own layer, and the site's policy is checked on where it
-    really leads.  A perNodeCache volume gets a new file system instead."""
+    really leads.  A directory is bound on a directory, a file or a device the
+    site lists (userVolumeDevices) on a file.  A perNodeCache volume gets a new
+    file system instead."""
     if volume.per_node_cache is not None:
         from .. import pernodecache
         target = user_target(tree, volume.target)
@@ -403,27 +405,47 @@ def _mount_user_volume(tree: RootTree, volume, spec, cfg) -> None:
         except VolumeError as error:
             raise VolumeError(f"--volume source {error}") from None
     try:
+        mode = os.fstat(source).st_mode
+        kind = _source_kind(tree, source, mode, volume, cfg)
         with as_user(spec.user):
-            readable = os.access(f"/proc/self/fd/{source}", os.R_OK | os.X_OK, effective_ids=True)
-        if not stat.S_ISDIR(os.fstat(source).st_mode) or not readable:
-            raise VolumeError(f"--volume source {volume.source} is not a directory "
+            wanted = os.R_OK | os.X_OK if kind == "directory" else os.R_OK
+            readable = os.access(f"/proc/self/fd/{source}", wanted, effective_ids=True)
+        if not readable:
+            raise VolumeError(f"--volume source {volume.source} is not a {kind} "
                               f"{spec.user.name} can read in the container")
-        target = user_target(tree, volume.target)
+        target = user_target(tree, volume.target, is_dir=kind == "directory")
         try:
-            syscalls.bind(source, target, shown=volume.target, readonly=volume.read_only, nodev=True,
-                          propagation=_propagation(volume, cfg))
+            syscalls.bind(source, target, shown=volume.target, readonly=volume.read_only,
+                          nodev=kind != "device", propagation=_propagation(volume, cfg))
         finally:
             os.close(target)
     finally:
         os.close(source)
 
 
-def user_target(tree: RootTree, inside: str) -> int:
-    """The directory a user's volume is mounted on: on the container's own layer
-    (made there if missing), or a mount point of it; refused where the site's
-    policy forbids users to mount, also when a symlink of the image leads there."""
+def _source_kind(tree: RootTree, source: int, mode: int, volume, cfg) -> str:
+    """What the source is: "directory", "file" or "device" (one the site lists, in the
+    container's /dev, which is the node's); VolumeError for anything else."""
+    if stat.S_ISDIR(mode):
+        return "directory"
+    if stat.S_ISREG(mode):
+        return "file"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        real = tree.container_path(source)
+        if real in cfg.user_volume_devices:
+            return "device"
+        raise VolumeError(f"--volume source {volume.source}: "
+                          f"{volumes.device_refusal(real, cfg.user_volume_devices)}")
+    raise VolumeError(f"--volume source {volume.source} is not a directory, a regular file or a device")
+
+
+def user_target(tree: RootTree, inside: str, *, is_dir: bool = True) -> int:
+    """The directory (or, for a file or device source, the file) a user's volume is
+    mounted on: on the container's own layer (made there if missing), or a mount
+    point of it; refused where the site's policy forbids users to mount, also when
+    a symlink of the image leads there."""
     try:
-        fd = tree.directory(inside, mount_point_ok=True)
+        fd = tree.directory(inside, mount_point_ok=True) if is_dir else tree.file(inside)
     except ShifterError as error:
         raise VolumeError(f"--volume target {inside}: {error}") from None
     real = tree.container_path(fd)

@@ -123,11 +123,12 @@ class RootTree:
             raise ImageContentError(pathsafety.reason(failure, shown, own_layer=True))
         return syscalls.openat2(parent, name, os.O_PATH | os.O_DIRECTORY, _STEP_RULES)
 
-    def _follow(self, shown: str) -> int:
-        """The directory the image's symlink at `shown` leads to, on the own layer."""
+    def _follow(self, shown: str, flags: int = os.O_DIRECTORY) -> int:
+        """The directory (or with flags 0, anything) the image's symlink at `shown` leads to,
+        on the own layer."""
         rules = pathsafety.BASE_RULES | syscalls.RESOLVE_NO_XDEV
         try:
-            return syscalls.openat2(self.fd, shown.lstrip("/"), os.O_PATH | os.O_DIRECTORY, rules)
+            return syscalls.openat2(self.fd, shown.lstrip("/"), os.O_PATH | flags, rules)
         except OSError as error:
             if error.errno == errno.ENOENT:
                 raise ImageContentError(f"{shown} is a symlink of the image that leads nowhere on the"
@@ -142,6 +143,33 @@ class RootTree:
             os.close(fd)
 
     # ---- files --------------------------------------------------------------
+    def file(self, inside: str) -> int:
+        """An O_PATH descriptor of regular file `inside`, made empty (with missing parent
+        directories) if missing: the mount point of a file bind.  Symlinks are followed
+        as by `directory`; an existing file mount point of the layer is accepted."""
+        parent, name = self._parent(inside)
+        shown = _normal(inside)
+        try:
+            try:
+                fd = syscalls.openat2(parent, name, os.O_PATH, _STEP_RULES)
+            except FileNotFoundError:
+                _create_file(parent, name)
+                fd = syscalls.openat2(parent, name, os.O_PATH, _STEP_RULES)
+            except OSError as error:
+                if error.errno == errno.EXDEV:
+                    fd = syscalls.openat2(parent, name, os.O_PATH,
+                                          syscalls.RESOLVE_NO_SYMLINKS | syscalls.RESOLVE_NO_MAGICLINKS)
+                elif error.errno == errno.ELOOP:
+                    fd = self._follow(shown, 0)
+                else:
+                    raise ImageContentError(pathsafety.reason(error, shown, own_layer=True)) from None
+        finally:
+            os.close(parent)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise ImageContentError(f"{shown} is not a regular file in the container")
+        return fd
+
     def write(self, inside: str, text: str, mode: int = 0o644, *, owner: tuple[int, int] | None = None) -> None:
         """Replace whatever the image has at `inside` by a new file holding `text`."""
         parent, name = self._parent(inside)
@@ -216,8 +244,7 @@ class RootTree:
                     return fd
                 os.close(fd)
                 self._remove(parent, name, path)
-            os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                             0o644, dir_fd=parent))
+            _create_file(parent, name)
             return syscalls.openat2(parent, name, os.O_PATH | os.O_NOFOLLOW, _STEP_RULES)
         finally:
             os.close(parent)
@@ -257,6 +284,12 @@ class RootTree:
                     raise ImageContentError(
                         f"{tree.path.removeprefix(self.path) + inside}, which the site provides, would be"
                         " hidden: the image's paths lead it under a file system mounted later")
+
+
+def _create_file(parent: int, name: str) -> None:
+    """A new empty file `name` in directory `parent` (a mount point), never through a symlink."""
+    os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
+                     dir_fd=parent))
 
 
 def _normal(inside: str) -> str:

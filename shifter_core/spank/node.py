@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 
-from .. import container, etcfiles, hostlist, imageref, provenance, pullhold, seam, slurmctl, volumes
+from .. import container, etcfiles, hostlist, imageref, provenance, pullhold, seam, slurmctl
 from ..errors import AccessDenied, JobFault, ShifterError, one_line
 from ..imagestore import ImageMeta, ImageStore
 from . import nodeserver, settings
@@ -57,7 +57,7 @@ def _set_up(spank, opts, cfg, node: str) -> None:
         extensions = (ccm.Sshd(ccm.open_secret(os.environ.get(f"SPANK_{ccm.SECRET_VARIABLE}", ""), user.uid)),)
     spec = container.ContainerSpec(
         job_id=spank.job_id, node=node, image=meta, image_file=image_file, user=user,
-        volumes=volumes.parse(opts.volume or "", "user", cfg.cache_policy()),
+        volumes=cfg.user_volumes(opts.volume or ""),
         modules=cfg.select_modules(opts.module), hosts=tuple(_hosts()),
         request=os.environ.get("SPANK_SHIFTER_IMAGEREQUEST", opts.image), extensions=extensions)
     log = provenance.Log.open(cfg.provenance_dir, spec.node)   # unwritable: refused before any mount

@@ -23,7 +23,7 @@ import os
 import time
 
 from .. import imageref, pullhold, seam, volumes
-from ..errors import ImageNotFound, ImageRefError, ShifterError
+from ..errors import ImageNotFound, ImageRefError, ShifterError, VolumeError
 from . import settings, submitplan
 from .bridge import log_info
 
@@ -41,9 +41,13 @@ def init_post_opt(spank, opts) -> None:
         given = [f"--{n}" for n in ("volume", "module", "autoshift", "ccm") if getattr(opts, n)]
         raise ShifterError(f"{', '.join(given)} needs --image")
     ref = imageref.parse(opts.image, cfg.default_image_type)
-    mounts = volumes.parse(opts.volume or "", "user", cfg.cache_policy())
     modules = cfg.select_modules(opts.module)
+    mounts = cfg.user_volumes(opts.volume or "", base=lambda: _submit_directory(cfg, modules))
+    if opts.volume and not mounts:
+        raise VolumeError(f"--volume={opts.volume!r} names no volume: give SOURCE:TARGET[:FLAGS]")
     new_job = spank.context == "allocator" or not os.environ.get(seam.JOB_ID_VAR)
+    if opts.volume and not new_job:
+        _refuse_other_volumes(mounts)
     export = _inherited_pin(str(ref), new_job)
     client = None
     if export is None and ref.type == imageref.LOCAL:
@@ -57,30 +61,74 @@ def init_post_opt(spank, opts) -> None:
         export = _resolve(cfg, client, ref, new_job=new_job)
         export[seam.LOOKUP_VAR] = f"{(time.monotonic() - started) * 1000:.1f}"
     export.setdefault(pullhold.PENDING_VAR, "")
-    export["SHIFTER_VOLUME"] = volumes.render(mounts)
+    export[seam.VOLUME_VAR] = volumes.render(mounts)
     export["SHIFTER_MODULE"] = ",".join(m.name for m in modules)
     # CCM jobs run in their containers, as in Shifter
     export[seam.AUTOSHIFT_VAR] = "1" if opts.autoshift or opts.ccm else "0"
     export["SHIFTER_CCM"] = "1" if opts.ccm else "0"
+    if opts.volume:
+        # what the nodes read as --volume (spank/plugin.c: forward_volumes):
+        # every volume, relative sources made absolute
+        export[seam.VOLUME_OPTION_VAR] = export[seam.VOLUME_VAR]
     for name, value in export.items():
         os.environ[name] = value
         spank.job_control_setenv(name, value)
     if export.get(seam.DIGEST_VAR):
         # lets the plugin recognise, in C, an srun of this job that asks for
         # the same thing, and skip Python (spank/fastpath.c)
-        os.environ[seam.PINNED_OPTIONS_VAR] = pinned_options(opts)
+        os.environ[seam.PINNED_OPTIONS_VAR] = pinned_options(opts, export[seam.VOLUME_VAR])
     if opts.ccm:
         # for the prolog only: not in the job's environment
         spank.job_control_setenv(ccm.SECRET_VARIABLE, ccm.new_secret())
-    elif client is not None and export.get(seam.DIGEST_VAR):
-        # the next new job with these options is pinned in C (spank/fastpath.c)
-        submitplan.save(cfg, pinned_options(opts), client.lookup_path(ref), client.munge.socket, export)
+    elif client is not None and export.get(seam.DIGEST_VAR) and (opts.volume or "") == export[seam.VOLUME_VAR]:
+        # the next new job with these options is pinned in C (spank/fastpath.c);
+        # not when the volumes depend on where the command runs (relative sources)
+        submitplan.save(cfg, pinned_options(opts, opts.volume or ""), client.lookup_path(ref),
+                        client.munge.socket, export)
 
 
-def pinned_options(opts) -> str:
-    """The options as given, in the form spank/seam.c: seam_options_text builds."""
-    return seam.PINNED_SEPARATOR.join(str(int(getattr(opts, name))) if name in seam.FLAGS
-                                      else getattr(opts, name) or "" for name in seam.OPTION_NAMES)
+def pinned_options(opts, volume: str) -> str:
+    """The options in the form spank/seam.c: seam_options_text builds, with `volume`
+    as the job passes it on (seam.VOLUME_OPTION_VAR): an srun inside the job
+    inherits that text."""
+    return seam.PINNED_SEPARATOR.join(
+        str(int(getattr(opts, name))) if name in seam.FLAGS
+        else volume if name == "volume" else getattr(opts, name) or ""
+        for name in seam.OPTION_NAMES)
+
+
+def _submit_directory(cfg, modules) -> str:
+    """Where the container shows the directory this command runs in (relative --volume
+    sources): through the siteFs binds of the site and of `modules`.  The shell's
+    $PWD is tried first, so a home reached through a symlink maps as the user sees it."""
+    binds = cfg.site_fs + tuple(volume for module in modules for volume in module.site_fs)
+    here = os.getcwd()
+    candidates = [here]
+    logical = os.environ.get("PWD", "")
+    if logical.startswith("/") and logical != here:
+        try:
+            if os.path.samefile(logical, here):
+                candidates.insert(0, logical)
+        except OSError:
+            pass        # a stale $PWD
+    for directory in candidates:
+        inside = volumes.container_path(directory, binds)
+        if inside is not None:
+            return inside
+    shown = ", ".join(bind.source for bind in binds if bind.per_node_cache is None) or "nothing"
+    raise ValueError(f"{here} is not on a file system the container shows (the site binds {shown})")
+
+
+def _refuse_other_volumes(mounts) -> None:
+    """A step inside a job runs in the job's container, whose volumes its prolog mounted:
+    a step that asks for other volumes is refused rather than run without them."""
+    if not os.environ.get(seam.REQUEST_VAR) or seam.VOLUME_VAR not in os.environ:
+        return      # the job has no container
+    wanted, held = volumes.render(mounts), os.environ[seam.VOLUME_VAR]
+    if wanted != held:
+        raise VolumeError(f"this step's --volume {wanted} differs from job {os.environ[seam.JOB_ID_VAR]}'s"
+                          f" ({held or 'none'}): a step runs in its job's container, whose volumes are set"
+                          " when the job starts; give every volume to sbatch or salloc")
 
 
 def _inherited_pin(request: str, new_job: bool) -> dict[str, str] | None:

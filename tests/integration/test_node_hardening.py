@@ -280,6 +280,7 @@ def battery_image(cluster):
         oci.Symlink("loop", "loop"),
         oci.Symlink("etclink", "/etc"),
         oci.Symlink("tmplink", "/tmp"),
+        oci.Symlink("nulllink", "/dev/null"),
         oci.Dir("srv"),
     ])
 
@@ -296,8 +297,8 @@ def _copy_image(cluster, source: str, name: str, change) -> str:
 
 PROLOG_FAILURES = [
     ("--volume=/nope:/data", "--volume source /nope does not exist in the container"),
-    ("--volume=/etc/os-release:/data", "--volume source /etc/os-release is not a directory"),
-    ("--volume=/dev/null:/data", "--volume source /dev/null is not a directory"),
+    ("--volume=/etc/os-release:/srv", "--volume target /srv: /srv is not a regular file in the container"),
+    ("--volume=/nulllink:/data", "--volume source /nulllink: /dev/null is a device or in /dev"),
     ("--volume=/secretlink/x:/data", "permission denied"),
     ("--volume=/loop:/data", "too many levels of symlinks"),
     ("--volume=/srv:/etclink/x", "leads to /etc/x in the container, where users cannot mount"),
@@ -309,6 +310,7 @@ SUBMIT_REFUSALS = [
     ("--volume=/srv:/etc", "/etc belongs to the container's setup"),
     ("--volume=/srv:/opt/udiImage/x", "belongs to the container's setup"),
     ("--volume=/x y:/data", "character ' ' is not allowed"),
+    ("--volume=/dev/null:/data", "/dev/null is a device or in /dev, and this site lets --volume bind only"),
     ("--volume=/srv:/data:rec", "flag rec is reserved to the site"),
     ("--volume=/x:/cache:perNodeCache=size=64T", "exceeds the site's limit"),
     ("--module=nosuchmodule", "unknown module 'nosuchmodule'"),

@@ -133,8 +133,9 @@ BAD_OPTIONS = [
      " and digits separated by . _ or -"),
     (("--image=docker:busybox:latest", "--volume=/etc:/etc"),
      "shifter: invalid volume '/etc:/etc': /etc belongs to the container's setup"),
-    (("--image=docker:busybox:latest", "--volume=data:/data"),
-     "shifter: invalid volume 'data:/data': the source 'data' must be an absolute path"),
+    (("--image=docker:busybox:latest", "--volume=/dev/sda:/disk"),
+     "shifter: invalid volume '/dev/sda:/disk': /dev/sda is a device or in /dev, and this site lets --volume"
+     " bind only /dev/full from there (udiRoot.conf userVolumeDevices)"),
     (("--volume=/scratch:/data",), "shifter: --volume needs --image"),
 ]
 

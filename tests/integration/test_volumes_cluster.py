@@ -2,7 +2,11 @@
 our path-component rule, sources resolved inside the container with the
 user's permissions, symlink tricks in the image, `ro`, mount points only on
 the container's own layer, refusals at submit in one line, and failures at
-mount time that leave nothing behind.
+mount time that leave nothing behind.  Then what users do every day (#11):
+several --volume options (and their environment form) adding up, an empty
+one refused, a step's own --volume refused at srun rather than dropped,
+single files, sources relative to the submit directory, and devices only
+where the site lists them.
 
 The last tests build containers without Slurm to check the rules for mount
 points against random trees."""
@@ -12,7 +16,9 @@ import json
 import os
 import re
 import shutil
+import tempfile
 import uuid
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -23,6 +29,7 @@ from shifter_core.container import RootTree, build
 from shifter_core.errors import ShifterError
 from tests.integration.runtime_fixtures import (Site, assert_no_container_left, failed_job,
                                                 push_image, run)
+from tests.integration.test_autoshift import _python_opens
 
 pytestmark = pytest.mark.root
 on_cluster = pytest.mark.cluster
@@ -33,8 +40,11 @@ TRICKS = [
     Symlink("climb", "../../../../../../etc"),
     Symlink("tmplink", "/tmp"),                       # a target leading into the node's /tmp
     Dir("secret", mode=0o700), File("secret/key", "image secret\n", mode=0o600),
+    File("rootonly", "root's\n", mode=0o600),        # a file the user reaches but cannot read
+    Symlink("devzero", "/dev/zero"),                  # a device the site does not list, by another name
     Dir("srv"), Dir("srv/data"), File("srv/data/readme", "from the image\n"),
 ]
+ENV_FORM = "SLURM_SPANK__SLURM_SPANK_OPTION_shifter_volume"   # Slurm's environment form of --volume
 
 
 @pytest.fixture(scope="module")
@@ -136,9 +146,12 @@ def test_targets_that_leave_the_container_layer_fail_the_job(cluster, image, sou
 @pytest.mark.parametrize("volume, message", [
     ("/secret:/mnt/s", "--volume source /secret is not a directory shiftertest can read in the container"),
     ("/does/not/exist:/mnt/x", "--volume source /does/not/exist does not exist in the container"),
+    ("/rootonly:/mnt/r", "--volume source /rootonly is not a file shiftertest can read in the container"),
+    ("/secret/key:/mnt/k", "--volume source /secret/key cannot be reached: permission denied on the way"),
+    ("{source}/hello:/srv/data", "--volume target /srv/data: /srv/data is not a regular file in the container"),
 ])
-def test_sources_are_resolved_with_the_users_permissions(cluster, image, volume, message):
-    _, error = failed_job(cluster, f"--image={image}", "--autoshift", f"--volume={volume}")
+def test_sources_are_resolved_with_the_users_permissions(cluster, image, source, volume, message):
+    _, error = failed_job(cluster, f"--image={image}", "--autoshift", f"--volume={volume.format(source=source)}")
     assert message in error
 
 
@@ -149,6 +162,132 @@ def test_a_failure_at_mount_time_leaves_nothing(cluster, image, source):
     job, error = failed_job(cluster, f"--image={image}", "--autoshift", f"--volume={volumes}")
     assert "/does/not/exist does not exist in the container" in error
     assert_no_container_left(cluster, job)
+
+
+# --- what users do every day (#11) ---------------------------------------------
+
+@on_cluster
+def test_several_volumes_add_up_with_their_environment_form(cluster, image, source):
+    """Every --volume counts, in Slurm's order (#SBATCH lines, the environment
+    form, a default from a profile, and the command line): srun mounts them all,
+    and so does a batch job, whose prolog, batch script and steps get every one."""
+    env = {ENV_FORM: f"{source}:/from-env"}
+    srun = cluster.run(["srun", "-N1", "-w", "n1", f"--image={image}", "--autoshift", f"--volume={source}:/one",
+                        f"--volume={source}:/two;{source}:/three:ro", "sh", "-c",
+                        "cat /from-env/hello /one/hello /two/hello /three/hello; echo $SHIFTER_VOLUME"], env=env)
+    assert srun.stdout.count("hello from the host") == 4, srun.stdout
+    assert srun.stdout.splitlines()[-1] == f"{source}:/from-env;{source}:/one;{source}:/two;{source}:/three:ro"
+    script = (f"#!/bin/sh\n#SBATCH --volume={source}:/in-script\n"
+              "cat /from-env/hello /in-script/hello /one/hello && echo $SHIFTER_VOLUME\n"
+              "srun cat /from-env/hello /in-script/hello /one/hello\n")
+    job = cluster.sbatch(script, "-w", "n1", f"--image={image}", "--autoshift", f"--volume={source}:/one", env=env)
+    assert cluster.wait(job) == "COMPLETED", cluster.output(job)
+    out = cluster.output(job)
+    assert out.count("hello from the host") == 6, out
+    assert f"{source}:/in-script;{source}:/from-env;{source}:/one\n" in out
+
+
+@on_cluster
+@pytest.mark.parametrize("args, env, message", [
+    (["--volume="], {}, "--volume is empty: give SOURCE:TARGET[:FLAGS]"),
+    (["--volume=/a:/b", "--volume="], {}, "--volume is empty"),
+    ([], {ENV_FORM: ""}, "--volume is empty"),
+    (["--volume=;"], {}, "--volume=';' names no volume"),
+])
+def test_an_empty_volume_is_refused_at_submit(cluster, image, args, env, message):
+    for command in (["srun", "-N1", "true"], ["sbatch", "--wrap", "true"]):
+        result = cluster.run([command[0], f"--image={image}", *args, *command[1:]], env=env, check=False)
+        assert result.returncode != 0
+        lines = [line for line in result.stderr.splitlines() if "shifter: " in line]
+        assert len(lines) == 1 and message in lines[0], result.stderr
+
+
+@on_cluster
+def test_a_steps_own_volume_is_refused_at_srun_never_dropped(cluster, image, source):
+    """A step runs in its job's container: the job's volumes (given again or
+    not) are fine, another volume is refused by srun with the reason."""
+    script = ("#!/bin/sh\n"
+              "srun --autoshift cat /one/hello\n"
+              f"srun --autoshift --volume={source}:/one cat /one/hello\n"
+              f"srun --autoshift --volume={source}:/two cat /two/hello; echo step-rc=$?\n")
+    job = cluster.sbatch(script, "-w", "n1", f"--image={image}", f"--volume={source}:/one")
+    assert cluster.wait(job) == "COMPLETED", cluster.output(job)
+    out = cluster.output(job)
+    assert out.count("hello from the host") == 2, out
+    assert "step-rc=1" in out, out
+    assert (f"shifter: this step's --volume {source}:/one;{source}:/two differs from job {job}'s ({source}:/one):"
+            " a step runs in its job's container") in out, out
+
+
+@on_cluster
+def test_an_srun_inside_a_job_with_several_volumes_starts_no_python(cluster, image, source):
+    """The job's volumes reach its sruns as it passed them on, so an srun that asks
+    for nothing else reuses the job's pin in C (spank/fastpath.c)."""
+    with tempfile.TemporaryDirectory(dir=cluster.home) as mine:
+        os.chown(mine, cluster.uid, -1)
+        trace = f"{mine}/trace"
+        result = cluster.run(["salloc", "-N1", "-w", "n1", f"--image={image}", "--autoshift",
+                              f"--volume={source}:/one", f"--volume={source}/:/two", "strace", "-f", "-qq",
+                              "-e", "trace=openat,open", "-o", trace, "srun", "cat", "/one/hello", "/two/hello"])
+        assert result.stdout.count("hello from the host") == 2, result.stdout + result.stderr
+        assert _python_opens(Path(trace).read_text()) == []
+
+
+@on_cluster
+def test_a_single_file_is_a_volume(cluster, image, source):
+    """`$HOME/run.yaml:/opt/app/run.yaml:ro`, as users write it: a file bound on a
+    file made on the container's own layer, or over a file of the image."""
+    (source / "run.yaml").write_text("steps: 3\n")
+    os.chown(source / "run.yaml", cluster.uid, -1)
+    relative = source.relative_to(cluster.home)
+    command = (f"srun -N1 -w n1 --image={image} --autoshift --volume=$HOME/{relative}/run.yaml:/opt/app/run.yaml:ro"
+               f" --volume=$HOME/{relative}/hello:/srv/data/readme"
+               " sh -c 'cat /opt/app/run.yaml /srv/data/readme; echo more >> /opt/app/run.yaml;"
+               " grep -E \" /(opt/app/run.yaml|srv/data/readme) \" /proc/mounts'")
+    result = cluster.run(["sh", "-c", command], check=False)
+    out = result.stdout + result.stderr
+    assert "steps: 3" in out and "hello from the host" in out and "from the image" not in out, out
+    assert "Read-only file system" in out, out
+    assert re.search(r" /opt/app/run.yaml \S+ ro,nosuid,nodev", out), out
+    assert re.search(r" /srv/data/readme \S+ rw,nosuid,nodev", out), out
+    assert (source / "run.yaml").read_text() == "steps: 3\n"
+    assert not os.path.exists("/opt/app/run.yaml")
+
+
+@on_cluster
+def test_relative_sources_are_made_absolute_at_submit(cluster, image, source):
+    """./data and data mean the submit directory's, in the container (the home is a
+    siteFs); from a directory no siteFs shows, they are refused with the reason."""
+    (source / "data").mkdir()
+    (source / "data" / "x").write_text("relative\n")
+    os.chown(source / "data", cluster.uid, -1)
+    command = (f"cd {source} && srun -N1 -w n1 --image={image} --autoshift --volume='./data:/in;hello:/opt/hello:ro'"
+               " sh -c 'cat /in/x /opt/hello; echo $SHIFTER_VOLUME'")
+    out = cluster.run(["sh", "-c", command]).stdout
+    assert "relative" in out and "hello from the host" in out, out
+    assert out.splitlines()[-1] == f"{source}/data:/in;{source}/hello:/opt/hello:ro"
+    refused = cluster.run(["sh", "-c", f"cd /tmp && srun -N1 --image={image} --volume=./data:/data true"], check=False)
+    assert refused.returncode != 0
+    lines = [line for line in refused.stderr.splitlines() if "shifter: " in line]
+    assert len(lines) == 1, refused.stderr
+    assert ("a relative source starts from the directory you submit from, but /tmp is not on a file system"
+            f" the container shows (the site binds {cluster.home}") in lines[0]
+
+
+@on_cluster
+def test_devices_only_where_the_site_lists_them(cluster, image):
+    """The mini-cluster lists /dev/full: it works in the container (writes fail with
+    ENOSPC, not EACCES: the bind keeps devices); /dev/zero is refused at submit,
+    and reached through an image's symlink, on the node."""
+    result = _srun(cluster, image, "/dev/full:/opt/full", "echo x > /opt/full; echo done", check=False)
+    assert "No space left on device" in result.stderr and "done" in result.stdout, result.stdout + result.stderr
+    refused = cluster.srun("-N1", f"--image={image}", "--volume=/dev/zero:/opt/zero", "true", check=False)
+    lines = [line for line in refused.stderr.splitlines() if "shifter: " in line]
+    assert refused.returncode != 0 and len(lines) == 1, refused.stderr
+    assert ("/dev/zero is a device or in /dev, and this site lets --volume bind only /dev/full from there"
+            " (udiRoot.conf userVolumeDevices)") in lines[0]
+    _, error = failed_job(cluster, f"--image={image}", "--autoshift", "--volume=/devzero:/opt/zero")
+    assert error.startswith("--volume source /devzero: /dev/zero is a device or in /dev"), error
 
 
 # --- mount points on random trees, without Slurm ------------------------------

@@ -141,6 +141,8 @@ def test_an_empty_later_line_unsets_a_scalar_key():
     ("perNodeCacheAllowedFsType=xfs\nperNodeCacheAllowedFsType=ext4\n", "per_node_cache_allowed_fs_type",
      ("xfs", "ext4")),
     ("siteEnv=A=1\nsiteEnv=\n", "site_env", {"A": "1"}),
+    ("userVolumeDevices=/dev/fuse\nuserVolumeDevices=/dev/kvm\n", "user_volume_devices",
+     ("/dev/fuse", "/dev/kvm")),
 ])
 def test_list_keys_given_twice_add_up(lines, attribute, expected):
     cfg = parse(lines)
@@ -528,6 +530,21 @@ def test_per_node_cache_policy_comes_from_the_config():
         parse().user_volumes("/x:/cache:perNodeCache=size=1G")
     with pytest.raises(VolumeError, match="reserved to the site"):
         cfg.user_volumes("/x:/y:rec")
+
+
+def test_user_volume_devices_are_paths_below_dev_and_bind_only_those():
+    assert parse().user_volume_devices == ()
+    cfg = parse("userVolumeDevices=/dev/fuse /dev//kvm\n")
+    assert cfg.user_volume_devices == ("/dev/fuse", "/dev/kvm")
+    assert [m.source for m in cfg.user_volumes("/dev/fuse:/opt/fuse;/dev/kvm:/opt/kvm")] == ["/dev/fuse", "/dev/kvm"]
+    with pytest.raises(VolumeError, match=r"/dev/sda is a device or in /dev, and this site lets --volume bind only"
+                                          r" /dev/fuse, /dev/kvm from there \(udiRoot.conf userVolumeDevices\)"):
+        cfg.user_volumes("/dev/sda:/disk")
+    with pytest.raises(VolumeError, match="this site lets --volume bind no device"):
+        parse().user_volumes("/a:/b;/dev/fuse:/opt/fuse")
+    for bad in ("/etc/passwd", "/dev", "fuse", "/devices/x"):
+        with pytest.raises(ConfigError, match=r":7: userVolumeDevices: .*(not a path below /dev|absolute)"):
+            parse(f"userVolumeDevices={bad}\n")
 
 
 def test_site_fs_caches_obey_the_policy_too():

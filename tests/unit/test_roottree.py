@@ -86,6 +86,50 @@ def test_verify_finds_a_file_that_was_replaced(scene):
         scene.tree.verify()
 
 
+def test_a_file_mount_point_is_made_kept_or_followed_inside(scene):
+    """RootTree.file (a file volume's target): made empty with its directories, an
+    image's file is kept as it is, its symlinks are followed inside the root."""
+    made = scene.tree.file("/opt/app/run.yaml")
+    assert os.readlink(f"/proc/self/fd/{made}") == os.path.join(scene.root, "opt/app/run.yaml")
+    os.close(made)
+    with open(os.path.join(scene.root, "kept"), "w") as f:
+        f.write("image\n")
+    os.symlink("/kept", os.path.join(scene.root, "alias"))
+    for path in ("/kept", "/alias"):
+        fd = scene.tree.file(path)
+        assert os.readlink(f"/proc/self/fd/{fd}") == os.path.join(scene.root, "kept")
+        os.close(fd)
+    assert open(os.path.join(scene.root, "kept")).read() == "image\n"
+    os.mkdir(os.path.join(scene.root, "dir"))
+    with pytest.raises(ImageContentError, match="/dir is not a regular file in the container"):
+        scene.tree.file("/dir")
+    os.symlink(os.path.join(scene.outside, "bait"), os.path.join(scene.root, "bait"))
+    with pytest.raises(ImageContentError, match="/bait is a symlink of the image that leads nowhere"):
+        scene.tree.file("/bait")                       # the node's file is not the root's
+    with pytest.raises(ImageContentError):
+        scene.tree.file("/etc/passwd")                 # etc -> the node's directory
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(random_tree, st.lists(inside_path, min_size=1, max_size=6))
+def test_file_mount_points_of_random_trees_stay_inside(entries, paths):
+    with tempfile.TemporaryDirectory() as tmp:
+        scene = Scene(tmp, entries)
+        try:
+            for path in paths:
+                try:
+                    fd = scene.tree.file(path)
+                except ShifterError:
+                    continue
+                try:
+                    landed = os.readlink(f"/proc/self/fd/{fd}")
+                    assert landed.startswith(scene.root + "/") and os.path.isfile(landed), (path, landed)
+                finally:
+                    os.close(fd)
+        finally:
+            scene.close()
+
+
 def test_dotdot_is_refused(scene):
     with pytest.raises(ImageContentError, match="'..' is not allowed"):
         scene.tree.write("/a/../etc/x", "x")

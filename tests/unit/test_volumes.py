@@ -249,6 +249,64 @@ def test_unknown_context_is_a_programming_error():
         parse("/a:/b", "root")
 
 
+# --- several volumes, relative sources, devices ----------------------------------
+
+def test_an_entry_given_twice_is_kept_once_in_its_first_place():
+    assert volumes.render(parse("/a:/b;/c:/d:ro;/a:/b;/c:/d:RO;/a:/b:ro", USER)) == "/a:/b;/c:/d:ro;/a:/b:ro"
+
+
+def test_relative_sources_start_from_the_base_only_when_one_is_given():
+    assert "the source 'data' must be an absolute path" in refused("data:/data")
+    base = lambda: "/home/me/run"    # noqa: E731
+    mounts = parse("./data:/data;in/x.yaml:/opt/x.yaml:ro;../shared:/shared;/abs:/abs;.:/here", USER, base=base)
+    assert volumes.render(mounts) == ("/home/me/run/data:/data;/home/me/run/in/x.yaml:/opt/x.yaml:ro;"
+                                      "/home/me/shared:/shared;/abs:/abs;/home/me/run:/here")
+    assert "the target './t' must be an absolute path" in str(_refused_with_base("/a:./t", base))
+
+
+def test_a_relative_source_without_a_base_directory_says_why():
+    def nowhere():
+        raise ValueError("/tmp/x is not on a file system the container shows")
+    message = str(_refused_with_base("./data:/data", nowhere))
+    assert message == ("invalid volume './data:/data': a relative source starts from the directory you submit"
+                       " from, but /tmp/x is not on a file system the container shows")
+    assert parse("/abs:/abs", USER, base=nowhere)        # asked only for relative sources
+    assert "cannot hold its character ' '" in str(_refused_with_base("d:/d", lambda: "/home/me/My Run"))
+
+
+def _refused_with_base(spec, base):
+    with pytest.raises(VolumeError) as error:
+        parse(spec, USER, base=base)
+    return error.value
+
+
+def test_container_path_follows_the_deepest_site_bind():
+    binds = parse("/home;/global/u1:/home/u1;/lustre/scratch:/scratch;/x:/c:perNodeCache=size=1G", SITE)
+    assert volumes.container_path("/home/me/run", binds) == "/home/me/run"
+    assert volumes.container_path("/global/u1/me/", binds) == "/home/u1/me"
+    assert volumes.container_path("/lustre/scratch", binds) == "/scratch"
+    assert volumes.container_path("/lustre/scratchy", binds) is None
+    assert volumes.container_path("/x/y", binds) is None          # a cache shows nothing of the host
+    assert volumes.container_path("/tmp", ()) is None
+
+
+@pytest.mark.parametrize("spec, allowed, ok", [
+    ("/dev/fuse:/opt/fuse", (), False),
+    ("/dev/fuse:/opt/fuse", ("/dev/fuse",), True),
+    ("/dev/shm:/shm", ("/dev/fuse",), False),
+    ("/dev:/d", ("/dev/fuse",), False),
+    ("/device:/d", (), True),
+    ("/x:/dev-cache:perNodeCache=size=1G", (), True),
+])
+def test_sources_in_dev_must_be_listed(spec, allowed, ok):
+    mounts = parse(spec, USER)
+    if ok:
+        volumes.check_devices(mounts, allowed)
+    else:
+        with pytest.raises(VolumeError, match="is a device or in /dev"):
+            volumes.check_devices(mounts, allowed)
+
+
 # --- properties ---------------------------------------------------------------
 
 SEGMENT_ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.+-"
