@@ -21,17 +21,12 @@ from sqlalchemy import (JSON, BigInteger, Boolean, Float, ForeignKey, Index, Int
                         UniqueConstraint, text)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-# Job status: Shifter's lifecycle.  EXAMINATION is not used (no examiner).
-INIT, PENDING, PULLING, CONVERSION, TRANSFER = "INIT", "PENDING", "PULLING", "CONVERSION", "TRANSFER"
-READY, FAILURE = "READY", "FAILURE"
-EXPIRING, EXPIRED = "EXPIRING", "EXPIRED"
-ACTIVE = (INIT, PENDING, PULLING, CONVERSION, TRANSFER)
-RUNNING = (PULLING, CONVERSION, TRANSFER)
+from shifter_core.imagestatus import ACTIVE
 
 # Job kinds.
 PULL, IMPORT, EXPIRE = "pull", "import", "expire"
 
-_ACTIVE_SQL = "status IN ('INIT', 'PENDING', 'PULLING', 'CONVERSION', 'TRANSFER')"
+_ACTIVE_SQL = f"status IN ({', '.join(repr(status) for status in ACTIVE)})"
 
 
 class Base(DeclarativeBase):

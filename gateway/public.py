@@ -20,7 +20,9 @@ import dataclasses
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
-from .models import ACTIVE, FAILURE, PULL, READY, Image, ImageUsage, Job
+from shifter_core.imagestatus import ACTIVE, FAILURE, READY
+
+from .models import PULL, Image, ImageUsage, Job
 
 DAY = 86400
 HOUR = 3600

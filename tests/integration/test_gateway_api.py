@@ -217,7 +217,8 @@ def test_import(gateway, munged, root, tmp_path):
     refused = raw(gateway, munged, "POST", f"/api/doimport/{SYSTEM}/custom/mine/",
                   credential=credential_as(munged, NOBODY), json={"filepath": str(image), "format": "squashfs"})
     assert assert_json(refused, 403)["message"].endswith("(see ImportUsers in the gateway configuration)")
-    record = root.doimport("custom:mine", str(image))
+    record = assert_json(raw(gateway, munged, "POST", f"/api/doimport/{SYSTEM}/custom/mine/",
+                             json={"filepath": str(image), "format": "squashfs"}), 200)
     assert record["status"] in ("PENDING", "PULLING", "TRANSFER", "READY")
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -231,7 +232,8 @@ def test_import(gateway, munged, root, tmp_path):
 
     not_squashfs = tmp_path / "text.sqsh"
     not_squashfs.write_text("hello")
-    root.doimport("custom:bad", str(not_squashfs))
+    assert_json(raw(gateway, munged, "POST", f"/api/doimport/{SYSTEM}/custom/bad/",
+                    json={"filepath": str(not_squashfs), "format": "squashfs"}), 200)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         jobs = {j["image"]: j for j in root.queue()}

@@ -16,7 +16,8 @@ from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
 from ci.harness.oci import File, Layout, busybox_config, busybox_entries
-from gateway.models import READY, RUNNING, Image, Job
+from gateway.models import Image, Job
+from shifter_core.imagestatus import READY, RUNNING
 from shifter_core.munge import Munge
 from tests.integration.gateway_fixtures import (SYSTEM, GatewayProcess, client, gateway_config,  # noqa: F401
                                                 munged, postgres, push_busybox, registry)

@@ -8,12 +8,14 @@ import pytest
 
 from gateway import config as gwconfig
 from gateway.auth import Caller, may_read
-from gateway.catalog import BadRequest, Catalog, ImageView
+from gateway.catalog import Catalog, ImageView
+from gateway.errors import BadRequest
 from gateway.db import Database
 from gateway.metrics import LookupLog
-from gateway.models import EXPIRING, FAILURE, PENDING, PULLING, READY, Image, Job
+from gateway.models import Image, Job
 from gateway.queue import JobQueue, LostJob
 from shifter_core.errors import AccessDenied, ImageNotFound
+from shifter_core.imagestatus import EXPIRING, FAILURE, PENDING, PULLING, READY
 from shifter_core.imagestore import ImageMeta
 
 DIGEST = "sha256:" + "ab" * 32
@@ -245,8 +247,10 @@ def test_private_image_acl(db, catalog, queue):
 
 
 @pytest.mark.parametrize("private, users, groups, uid, gids, expected", [
-    (False, [1], [2], 9, {9}, True),
-    (True, [], [], 9, {9}, True),
+    (False, [], [], 9, {9}, True),
+    (False, [1], [2], 9, {9}, False),             # an ACL on a public image counts too
+    (False, [9], [], 9, {9}, True),
+    (True, [], [], 9, {9}, False),                # private without an ACL: older gateways made them
     (True, [9], [], 9, {9}, True),
     (True, [1], [], 9, {9}, False),
     (True, [], [2], 9, {9, 2}, True),

@@ -6,8 +6,8 @@ import pytest
 
 from gateway import public
 from gateway.app import create_app
-from gateway.models import CONVERSION
 from gateway.status import chart, duration, size
+from shifter_core.imagestatus import CONVERSION
 from shifter_core.imagestore import ImageMeta
 from tests.unit.test_gateway_queue import caller, catalog, clock, config, db, pull, queue  # noqa: F401
 
