@@ -9,10 +9,10 @@ images, as Shifter's client sends them:
 Group membership for ACLs is resolved on the gateway host (like Shifter's
 `id -G`), so the gateway must see the cluster's users and groups.
 
-Image ACLs (`access_after_pull`): a pull never widens or narrows what others
-were granted unless its caller may change the image's ACL (the image is new
-to the system, the caller is on its ACL, or is an admin); the puller can
-always use what they pulled; a private image always has an ACL.
+Image ACLs (`access_after_pull`): only the users and groups on an image's ACL
+and administrators may pull it again or change who may use it, so nobody's
+pull widens or narrows what others were granted; a private image always has
+an ACL, which includes its puller.
 """
 from __future__ import annotations
 
@@ -81,32 +81,38 @@ class Access:
 
 
 def access_after_pull(before: Access | None, requested: Access, *, uid: int, groups: frozenset[int],
-                      admin: bool) -> tuple[Access, str]:
-    """The access a pull leaves an image with, and a note when the request's ACL was not applied.
+                      admin: bool, image: str) -> Access:
+    """The access a pull leaves an image with; AccessDenied if its caller may not pull it.
 
-    `before` is the image's access on the system (None: new there); `requested`
-    has the pull's `private` (the registry refused anonymous access) and the
-    ACL asked for (requester included, see Catalog.request_pull); `uid`,
-    `groups`, `admin` describe the caller.
+    `before` is the image's access on the system (None: new there, or expired);
+    `requested` has the pull's `private` (the registry refused anonymous
+    access) and the ACL asked for (requester included, see Catalog.request_pull);
+    `uid`, `groups`, `admin` describe the caller.
 
-    * Content once fetched anonymously stays public (anyone can get it), and a
-      public image is private again only through a new digest.
-    * The requested ACL replaces the image's only when the caller may change
-      it: the image is new here, the caller is on its ACL, or an admin.
-    * Otherwise nothing of the ACL changes, except that a puller not on a
-      restricted (or private) image's ACL is added: they proved they can get it.
+    * A new image gets the requested ACL; a private one without a request
+      gets its puller as ACL (a private image is never open).
+    * An image with an ACL is pulled again, and its ACL replaced, only by a
+      user or group on it or an administrator; a pull without a request
+      leaves the ACL as it is.  Anyone else is refused: neither their
+      login nor their request may widen or narrow what others were granted.
+    * An image everyone may use is restricted only by an administrator.
+    * Content once fetched anonymously stays public: anyone can get it.
     """
     private = requested.private and (before is None or before.private)
-    if requested.restricted and (before is None or admin or (
-            before.restricted and readable_by(True, before.users, before.groups, uid, groups))):
-        return Access(private, requested.users, requested.groups), ""
-    kept = before or Access(private)
-    users, note = kept.users, ""
+    if before is None or (before.private and not before.restricted):     # new, or private and ACL-less
+        if private and not requested.restricted:
+            return Access(True, (uid,))
+        return Access(private, requested.users, requested.groups)
+    on_it = before.restricted and readable_by(True, before.users, before.groups, uid, groups)
+    if before.restricted and not (on_it or admin):
+        raise AccessDenied(f"image {image} may only be pulled again by the users and groups on its ACL"
+                           f" and by image administrators; uid {uid} is not among them")
+    if not before.restricted and requested.restricted and not admin:
+        raise AccessDenied(f"image {image} is open to every user of the system; only an image"
+                           " administrator may restrict it")
     if requested.restricted:
-        note = "the image's ACL was kept: only users on it and image administrators may change it"
-    if (private or kept.restricted) and not readable_by(True, kept.users, kept.groups, uid, groups):
-        users = tuple(sorted({*users, uid}))
-    return Access(private, users, kept.groups), note
+        return Access(private, requested.users, requested.groups)
+    return Access(private, before.users, before.groups)
 
 
 def identity(uid: int, gid: int) -> tuple[str, frozenset[int]]:

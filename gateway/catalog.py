@@ -7,12 +7,12 @@ Shifter's rules live in one place:
 * a pull returns the READY image if it was pulled within PullUpdateTimeout
   (and the caller may read it and asks for no other ACL), the active job if
   one is running, a FAILURE for RetryBackoff seconds after it happened
-  (unless the request brings a registry login, which may be what was
-  missing), and otherwise queues a new job;
+  (unless the request brings a registry login and the failed pull had
+  none: the login may be what was missing), and otherwise queues a new job;
 * an image with an ACL is visible only to the users and groups listed; a
-  private one (the registry required a login) always has one; how a pull
-  changes an image's ACL is auth.access_after_pull, decided once by the
-  worker that publishes it;
+  private one (the registry required a login) always has one; who may pull
+  an image again and change its ACL is auth.access_after_pull, decided once
+  by the worker that publishes it;
 * a lookup extends the image's expiry; `autoexpire` removes expired images;
 * a found image is remembered LookupCacheSeconds per process, so a moved
   tag or an expired image may still be answered for that long.
@@ -162,8 +162,8 @@ class Catalog:
                 and auth.may_read(caller, image.private, image.user_acl, image.group_acl):
             return ImageView.of(image)
         last = self.queue.latest(session, system, itype, tag)
-        if last is not None and last.status == FAILURE and not caller.registry_logins \
-                and now < (last.finished or 0) + self.config.retry_backoff:
+        if last is not None and last.status == FAILURE and now < (last.finished or 0) + self.config.retry_backoff \
+                and (not caller.registry_logins or last.credentials is not None):
             return last
         return self.queue.submit(session, kind=PULL, system=system, itype=itype, tag=tag, user=caller.user,
                                  uid=caller.uid, gid=caller.gid, user_acl=user_acl, group_acl=group_acl,
@@ -217,20 +217,18 @@ class Catalog:
 
     # -- worker side --------------------------------------------------------------
 
-    def access_after_pull(self, job: Job, meta: ImageMeta, image: Image | None,
-                          login_required: bool) -> tuple[ImageMeta, str]:
-        """`meta` with the access the job's pull leaves its image with (auth.access_after_pull),
-        and a note if the job's ACL was not applied; `image` is its locked row, if any."""
+    def access_after_pull(self, job: Job, meta: ImageMeta, image: Image | None, login_required: bool) -> ImageMeta:
+        """`meta` with the access the job's pull leaves its image with (auth.access_after_pull);
+        `image` is its locked row, if any.  AccessDenied if the job's caller may not pull it."""
         before = None
         if image is not None and image.status != EXPIRED:
             before = auth.Access(image.private, tuple(image.user_acl), tuple(image.group_acl))
         requested = auth.Access(login_required, tuple(job.user_acl), tuple(job.group_acl))
         _, groups = auth.identity(job.uid, job.gid)
-        access, note = auth.access_after_pull(before, requested, uid=job.uid, groups=groups,
-                                              admin=job.user in self.config.system(job.system).admins)
-        meta = dataclasses.replace(meta, private=access.private, user_acl=list(access.users),
+        access = auth.access_after_pull(before, requested, uid=job.uid, groups=groups, image=meta.id,
+                                        admin=job.user in self.config.system(job.system).admins)
+        return dataclasses.replace(meta, private=access.private, user_acl=list(access.users),
                                    group_acl=list(access.groups))
-        return meta, note
 
     def record_image(self, session: Session, job: Job, meta: ImageMeta) -> Image:
         """Make the published image READY under the job's tag."""

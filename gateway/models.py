@@ -96,7 +96,7 @@ class Job(Base):
     gid: Mapped[int] = mapped_column(BigInteger)
     user_acl: Mapped[list] = mapped_column(JSON, default=list)
     group_acl: Mapped[list] = mapped_column(JSON, default=list)
-    # Registry login for a private image; erased when the job ends.
+    # Registry logins for a private image; erased when the job ends (to {}: it had some).
     credentials: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     import_path: Mapped[str | None] = mapped_column(Text, nullable=True)
     # True once the registry served the manifest without a login (the status page shows the pull)

@@ -151,7 +151,7 @@ class JobQueue:
         """End the job; return when this attempt started."""
         started = session.execute(
             update(Job).where(Job.pk == job.pk, Job.worker == worker, Job.status.in_(RUNNING))
-            .values(finished=self.clock(), heartbeat=None, credentials=None, **values)
+            .values(finished=self.clock(), heartbeat=None, credentials={} if job.credentials else None, **values)
             .returning(Job.started)
         ).first()
         if started is None:

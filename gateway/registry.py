@@ -220,7 +220,8 @@ class RegistryClient:
         if size > MAX_CONFIG_BYTES:
             raise ImageContentError(f"image {self.image} is refused: its config is {size} bytes,"
                                     f" more than the {MAX_CONFIG_BYTES} accepted")
-        body = b"".join(self.blob_chunks(descriptor.get("digest", ""), size=size))
+        body = b"".join(self.blob_chunks(descriptor.get("digest", ""), size=size,
+                                         read_up_to=MAX_CONFIG_BYTES))
         try:
             document = json.loads(body)
         except ValueError:
@@ -251,13 +252,17 @@ class RegistryClient:
         return body, media_type, digest
 
     # --- blobs ---------------------------------------------------------------
-    def blob_chunks(self, digest: str, *, size: int,
+    def blob_chunks(self, digest: str, *, size: int, read_up_to: int | None = None,
                     progress: Callable[[int], None] | None = None) -> Iterator[bytes]:
-        """Stream a blob, resuming broken transfers; raise on a bad digest.
+        """Stream a blob of `size` bytes (as its manifest declares), resuming broken
+        transfers; raise on a bad digest or size.
 
         The last chunk is held back until the digest checked out, so a
-        consumer that sees the stream end normally got verified content.
+        consumer that sees the stream end normally got verified content.  Up
+        to `read_up_to` bytes are read (default `size`), so that a small blob
+        the manifest gives the wrong size is refused as such, for good.
         """
+        limit = max(size, read_up_to or 0)
         if not isinstance(digest, str) or not _DIGEST_RE.match(digest):
             raise ImageContentError(f"image {self.image} is refused: its manifest names a blob by"
                                     f" {digest!r}, not a sha256 digest")
@@ -274,7 +279,7 @@ class RegistryClient:
                             if not chunk:
                                 continue
                         received += len(chunk)
-                        if received > size:
+                        if received > limit:
                             raise DigestMismatch(f"image {self.image}: blob {digest} is larger"
                                                  f" than the {size} bytes its manifest declares")
                         hasher.update(chunk)

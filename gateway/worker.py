@@ -170,19 +170,18 @@ class Worker:
             with self.db.session() as session:
                 database.lock(session, reconcile.lock_key(job.system, meta.id))
                 image = self.catalog.lock_image(session, job.system, meta.id)
-                meta, note = self.catalog.access_after_pull(job, meta, image, login_required)
+                meta = self.catalog.access_after_pull(job, meta, image, login_required)
                 target.write_metadata(meta)
                 if not target.exists(meta.id):
                     raise ShifterError(f"image {meta.id} vanished from {job.system}'s image directory"
                                        " before it was recorded; pulling again")
                 self.catalog.record_image(session, job, meta)
-                self.queue.succeed(session, job, self.name, meta.id, note)
+                self.queue.succeed(session, job, self.name, meta.id)
         except BaseException:
             reconcile.settle_quietly(self.db, self.catalog, job.system, target, meta.id,
                                      holder=(job.pk, self.name))
             raise
-        log.info("job %d: %s:%s is READY on %s as %s%s", job.pk, job.itype, job.tag, job.system, meta.id,
-                 f" ({note})" if note else "")
+        log.info("job %d: %s:%s is READY on %s as %s", job.pk, job.itype, job.tag, job.system, meta.id)
 
     def _expire(self, job: Job) -> None:
         target = self._destination(job.system)

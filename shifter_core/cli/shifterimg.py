@@ -45,7 +45,7 @@ def make_client(config_path: str, munge_socket: str = DEFAULT_SOCKET) -> Gateway
 
 def _acl_option(flag: str, what: str):
     return click.option(flag, "acl_" + what, default=None, metavar="LIST",
-                        help=f"comma-separated {what.rstrip('s')} names or ids allowed to use a private image")
+                        help=f"comma-separated {what.rstrip('s')} names or ids allowed to use the image")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

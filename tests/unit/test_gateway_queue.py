@@ -206,6 +206,21 @@ def test_failure_is_sticky_for_the_backoff_only(db, catalog, queue, clock):
         assert s.get(Job, job.pk) is None                # only the newest job of a tag is kept
 
 
+def test_a_login_retries_a_failure_only_if_the_failed_pull_had_none(db, catalog, queue, clock):
+    with_login = Caller(user="alice", uid=1000, gid=1000, groups=frozenset({1000}), system="sys",
+                        registry_logins={"default": ("alice", "pw")})
+    pull(db, catalog)
+    with db.session() as s:
+        queue.fail(s, queue.claim(s, "w1"), "w1", "give credentials", retryable=False)
+    kind, _, status = pull(db, catalog, who=with_login)               # the login may be what was missing
+    assert (kind, status) == (Job, PENDING)
+    with db.session() as s:
+        queue.fail(s, queue.claim(s, "w1"), "w1", "not on its ACL", retryable=False)
+    assert pull(db, catalog, who=with_login)[2] == FAILURE           # it had one: no loop of new pulls
+    with db.session() as s:
+        assert s.query(Job).one().credentials == {}                   # erased, its presence kept
+
+
 def test_two_tags_one_digest_share_one_image(db, catalog, queue):
     pull(db, catalog, tag="busybox:1")
     finish(db, catalog, queue)
