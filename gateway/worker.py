@@ -125,7 +125,8 @@ class Worker:
             self._fail(job, str(e), retryable=not isinstance(e, PERMANENT_ERRORS))
         except Exception as e:  # a bug must fail the job visibly, not kill the worker
             log.exception("job %d failed", job.pk)
-            self._fail(job, f"internal error in the gateway worker: {type(e).__name__}: {e}", retryable=True)
+            self._fail(job, f"internal error in the gateway worker ({_one_line(e)}); see the gateway's log",
+                       retryable=True)
         return True
 
     def _destination(self, system: str) -> Destination:
@@ -286,6 +287,13 @@ class _Heartbeat:
                 self._write()
             except LostJob:
                 return
+
+
+def _one_line(error: Exception) -> str:
+    """What went wrong, for a status message: a database error's own first line, not the SQL."""
+    cause = getattr(error, "orig", None) or error
+    lines = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {lines[0][:300] if lines else ''}"
 
 
 def _login(job: Job, location: str | None) -> tuple[str, str] | None:

@@ -12,37 +12,17 @@ import time
 
 import pytest
 import requests
-from sqlalchemy import create_engine, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ci.harness.oci import File, Layout, busybox_config, busybox_entries
 from gateway.models import Image, Job
 from shifter_core.imagestatus import READY, RUNNING
 from shifter_core.munge import Munge
-from tests.integration.gateway_fixtures import (SYSTEM, GatewayProcess, client, gateway_config,  # noqa: F401
-                                                munged, postgres, push_busybox, registry)
+from tests.integration.gateway_fixtures import (SYSTEM, client, deploy, munged, postgres,  # noqa: F401
+                                                push_busybox, registry)
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def deploy(tmp_path, munged, registry, postgres, request):
-    """Start gunicorn + PostgreSQL + `workers` worker processes; stopped after the test."""
-    started = []
-
-    def start(workers: int = 1):
-        url = postgres.create_database(f"db_{request.node.name}"[:60])
-        config = gateway_config(str(tmp_path), munged, registry, DatabaseURI=url)
-        gw = GatewayProcess(str(tmp_path), config, production=True, workers=workers)
-        started.append(gw)
-        gw.start()
-        engine = create_engine(url)
-        started.append(engine)
-        return gw, engine
-
-    yield start
-    for thing in reversed(started):
-        thing.stop() if isinstance(thing, GatewayProcess) else thing.dispose()
 
 
 def wait_ready(gw_client, image, timeout=180):
