@@ -99,6 +99,35 @@ def test_worker_killed_mid_pull_is_recovered(deploy, munged, registry, tmp_path)
     assert_every_ready_image_has_its_files(engine, os.path.join(gw.workdir, "images"))
 
 
+def test_a_worker_stops_on_sigterm_and_puts_its_pull_back(deploy, munged, registry, tmp_path):
+    gw, engine = deploy()
+    image = big_image(registry, str(tmp_path / "layout"))
+    gw_client = client(gw, munged)
+    gw_client.pull(image)
+    deadline = time.monotonic() + 60
+    while running_job(engine, image) is None:
+        assert time.monotonic() < deadline, gw.log()
+        time.sleep(0.02)
+    worker = gw.workers[0]
+    worker.process.send_signal(signal.SIGTERM)
+    worker.process.wait(timeout=60)                      # it stops, it does not finish the pull first
+    with Session(engine) as session:
+        job = session.scalars(select(Job).where(Job.tag == image)).one()
+        assert (job.status, job.worker, job.attempts) == ("PENDING", None, 0), job.status_message
+        assert session.scalars(select(Image)).all() == []
+    assert os.listdir(os.path.join(gw.workdir, "images")) == []
+    gw.add_worker()
+    assert wait_ready(gw_client, image)["status"] == "READY"
+    with Session(engine) as session:
+        assert session.scalars(select(Job).where(Job.tag == image)).one().attempts == 1
+
+
+def running_job(engine, image):
+    with Session(engine) as session:
+        job = session.scalars(select(Job).where(Job.tag == image)).one_or_none()
+    return job if job is not None and job.status in RUNNING and job.bytes_done else None
+
+
 def test_postgres_restart(deploy, munged, registry, postgres, tmp_path):
     gw, engine = deploy()
     first = push_busybox(registry, str(tmp_path / "a"), "test/before-restart")
