@@ -95,6 +95,9 @@ class Tree:
         *parents, base = parts
         if any(part.startswith(WHITEOUT) for part in parents):
             raise self._refuse(layer, member.name, "has a whiteout marker as a directory")
+        named = base[len(WHITEOUT):] if base.startswith(WHITEOUT) else base     # what a marker names
+        if any(len(part.encode("utf-8", "surrogateescape")) > NAME_MAX for part in [*parents, named]):
+            raise self._refuse(layer, member.name[:80], f"has a name longer than {NAME_MAX} bytes")
         if base.startswith(WHITEOUT):
             self._whiteout(layer, member, parents, base)
             return
@@ -138,10 +141,17 @@ class Tree:
 
     def _hardlink_target(self, layer: int, member: Member) -> Node:
         parts = self._clean(member.linkname, layer, member.name)
-        target = self._lookup(parts) if parts else None
-        if target is None:
-            raise self._refuse(layer, member.name,
-                               f"is a hardlink to {member.linkname!r}, which is not in the image")
+        if parts == self._clean(member.name, layer, member.name):
+            raise self._refuse(layer, member.name, "is a hardlink to itself")
+        target = self.root
+        for depth, part in enumerate(parts):
+            if target.kind == SYMLINK:
+                where = "/".join(parts[:depth])
+                raise self._refuse(layer, member.name, f"is a hardlink through {where}, a symlink")
+            target = target.children.get(part) if target.kind == DIR else None
+            if target is None:
+                raise self._refuse(layer, member.name,
+                                   f"is a hardlink to {member.linkname!r}, which is not in the image")
         if target.kind == DIR:
             raise self._refuse(layer, member.name, "is a hardlink to a directory")
         return target
@@ -155,8 +165,6 @@ class Tree:
             raise self._refuse(layer, entry, "leaves the image root ('..')")
         if len(parts) > MAX_DEPTH:
             raise self._refuse(layer, entry, f"is nested deeper than {MAX_DEPTH} directories")
-        if any(len(part.encode("utf-8", "surrogateescape")) > NAME_MAX for part in parts):
-            raise self._refuse(layer, entry[:80], f"has a name longer than {NAME_MAX} bytes")
         return parts
 
     def _lookup(self, parts: list[str]) -> Node | None:

@@ -57,8 +57,14 @@ def test_gnu_pax_sparse_files_keep_their_real_name(tmp_path, version, name):
     assert not any("GNUSparseFile" in path for path in members)
 
 
-def test_old_gnu_sparse_files_read_too(tmp_path):
-    assert read(gnu_tar(tmp_path, UTF8, "--format=gnu", "--sparse"))[UTF8] == (FILE, sparse_content())
+def test_old_gnu_sparse_files_and_global_headers_are_refused_as_umoci_refuses_them(tmp_path):
+    with pytest.raises(layertar.Refused, match="has tar type 'S'"):
+        read(gnu_tar(tmp_path, UTF8, "--format=gnu", "--sparse"))
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT, pax_headers={"path": "x"}) as tar:
+        tar.addfile(tarfile.TarInfo("empty"), io.BytesIO())
+    with pytest.raises(layertar.Refused, match="is a global PAX header"):
+        read(buffer.getvalue())
 
 
 def pax_member(name: str, records: dict[str, str], data: bytes = b"visible content",
@@ -99,7 +105,7 @@ def test_other_sparse_records_on_a_plain_member_are_ignored_as_go_does():
     assert read(pax_member("file", records)) == {"file": (FILE, b"visible content")}
 
 
-@pytest.mark.parametrize("kind", [b"D", b"V", b"M", b"N"])
+@pytest.mark.parametrize("kind", [b"D", b"V", b"M", b"N", b"7"])
 def test_types_that_are_no_file_system_object_refuse_the_layer(kind):
     with pytest.raises(layertar.Refused, match=f"tar type '{kind.decode()}'"):
         read(pax_member("thing", {}, kind=kind))

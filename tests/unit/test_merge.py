@@ -164,6 +164,8 @@ def test_root_entry_sets_root_metadata_and_utf8_names_survive():
     ([[f("file"), f("file/x")]], "below file, a file"),
     ([[hard("h", "../../etc/shadow")]], "leaves the image root"),
     ([[hard("h", "missing")]], "not in the image"),
+    ([[f("h"), hard("h", "/h")]], "hardlink to itself"),
+    ([[d("d"), f("d/f"), link("s", "d"), hard("h", "s/f")]], "hardlink through s, a symlink"),
     ([[d("dir"), hard("h", "dir")]], "hardlink to a directory"),
     ([[d("etc"), f("etc/.wh.")]], "malformed whiteout"),
     ([[f(".wh..wh.x")]], "malformed whiteout"),
