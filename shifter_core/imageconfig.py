@@ -94,17 +94,14 @@ def env(value, field: str) -> list[str]:
         where = f"{field}[{index}]"
         if not isinstance(item, str) or not item.partition("=")[0] or "=" not in item:
             raise Invalid(where, f"is {_show(item)}, not a NAME=value string")
-        _no_control(item, where)
+        _line(item, where)
     return list(items)
 
 
 def argv(value, field: str) -> list[str]:
     items = _list(value, field)
     for index, item in enumerate(items):
-        if not isinstance(item, str):
-            raise Invalid(f"{field}[{index}]", f"is {_show(item)}, not a string")
-        if "\0" in item:
-            raise Invalid(f"{field}[{index}]", "holds a NUL byte")
+        _no_nul(_string(item, f"{field}[{index}]"), f"{field}[{index}]")
     return list(items)
 
 
@@ -124,10 +121,9 @@ def user(value, field: str) -> str:
 def labels(value, field: str) -> dict[str, str]:
     mapping = json_object(value, field)
     for key, item in mapping.items():
-        if not isinstance(item, str):
-            raise Invalid(f"{field}[{key!r}]", f"is {_show(item)}, not a string")
-        if "\0" in key or "\0" in item:
-            raise Invalid(f"{field}[{key!r}]", "holds a NUL byte")
+        where = f"{field}[{key!r}]"
+        _no_nul(_string(key, where), where)
+        _no_nul(_string(item, where), where)
     return dict(mapping)
 
 
@@ -217,9 +213,19 @@ def _list(value, field: str) -> list:
 
 
 def _string(value, field: str) -> str:
+    """A string that can be written as UTF-8 (JSON may carry lone surrogates)."""
     if not isinstance(value, str):
         raise Invalid(field, f"is {_show(value)}, not a string")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise Invalid(field, "is not valid Unicode") from None
     return value
+
+
+def _no_nul(text: str, field: str) -> None:
+    if "\0" in text:
+        raise Invalid(field, "holds a NUL byte")
 
 
 def _line(value, field: str) -> str:

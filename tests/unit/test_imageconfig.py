@@ -67,6 +67,8 @@ def test_null_and_empty_optional_fields_mean_unset(path, value):
     ("config.Entrypoint", ["/bin/sh", 5], "config.Entrypoint[1] is 5, not a string"),
     ("config.Cmd", 5, "config.Cmd is 5, not a list"),
     ("config.Cmd", ["a\0b"], "config.Cmd[0] holds a NUL byte"),
+    ("config.Cmd", ["\ud800"], "config.Cmd[0] is not valid Unicode"),
+    ("config.Labels", {"k": "\udcff"}, "config.Labels['k'] is not valid Unicode"),
     ("config.Labels", "a=b", "config.Labels is 'a=b', not an object"),
     ("config.Labels", {"a": 1}, "config.Labels['a'] is 1, not a string"),
     ("config.ExposedPorts", ["80/tcp"], "config.ExposedPorts is a list, not an object"),
