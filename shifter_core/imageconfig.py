@@ -94,7 +94,7 @@ def env(value, field: str) -> list[str]:
         where = f"{field}[{index}]"
         if not isinstance(item, str) or not item.partition("=")[0] or "=" not in item:
             raise Invalid(where, f"is {_show(item)}, not a NAME=value string")
-        _line(item, where)
+        meta_line(item, where)
     return list(items)
 
 
@@ -106,7 +106,7 @@ def argv(value, field: str) -> list[str]:
 
 
 def workdir(value, field: str) -> str:
-    text = _line(value, field)
+    text = meta_line(value, field)
     if text and not text.startswith("/"):
         raise Invalid(field, f"is {_show(text)}, not an absolute path")
     if len(text) > MAX_PATH:
@@ -115,7 +115,7 @@ def workdir(value, field: str) -> str:
 
 
 def user(value, field: str) -> str:
-    return _line(value, field)
+    return meta_line(value, field)
 
 
 def labels(value, field: str) -> dict[str, str]:
@@ -143,11 +143,7 @@ def platform_name(value, field: str) -> str:
 
 
 def diff_ids(value, field: str) -> list[str]:
-    items = _list(value, field)
-    for index, item in enumerate(items):
-        if not isinstance(item, str) or not DIGEST.match(item):
-            raise Invalid(f"{field}[{index}]", f"is {_show(item)}, not a sha256 digest")
-    return list(items)
+    return [digest(item, f"{field}[{index}]") for index, item in enumerate(_list(value, field))]
 
 
 def digest(value, field: str) -> str:
@@ -157,11 +153,13 @@ def digest(value, field: str) -> str:
 
 
 def ids(value, field: str) -> list[int]:
-    items = _list(value, field)
-    for index, item in enumerate(items):
-        if not _whole(item) or not 0 <= item <= MAX_ID:
-            raise Invalid(f"{field}[{index}]", f"is {_show(item)}, not a user or group id")
-    return list(items)
+    return [_id(item, f"{field}[{index}]") for index, item in enumerate(_list(value, field))]
+
+
+def _id(value, field: str) -> int:
+    if not _whole(value) or not 0 <= value <= MAX_ID:
+        raise Invalid(field, f"is {_show(value)}, not a user or group id")
+    return value
 
 
 def size(value, field: str) -> int:
@@ -174,11 +172,6 @@ def flag(value, field: str) -> bool:
     if not isinstance(value, bool):
         raise Invalid(field, f"is {_show(value)}, not true or false")
     return value
-
-
-def meta_line(value: str, field: str) -> str:
-    """A value for one line of Shifter's `.meta`: no line break, no control character."""
-    return _line(value, field)
 
 
 # --- helpers ---------------------------------------------------------------------
@@ -228,7 +221,8 @@ def _no_nul(text: str, field: str) -> None:
         raise Invalid(field, "holds a NUL byte")
 
 
-def _line(value, field: str) -> str:
+def meta_line(value, field: str) -> str:
+    """A value for one line of Shifter's `.meta`: no line break, no control character."""
     _no_control(_string(value, field), field)
     return value
 
