@@ -17,7 +17,7 @@ squashfs from the packs (CONVERSION) in the scratch directory.  It yields a
 PulledImage: the metadata the config gives, `login_required` (the registry
 refused anonymous access, so the image is not public), and the built file,
 which is removed at exit unless the caller published it.  An image whose
-digest is already in the store is not built again: two tags of one content
+squashfs is already in the store is not built again: two tags of one content
 give one image.  `pull_image` publishes the result as it is (public, no
 ACL): the library-level call.  Nothing is extracted to disk and nothing
 needs root.
@@ -128,9 +128,12 @@ def pull_image(ref: ImageRef, *, store: ImageStore, settings: PipelineSettings,
     """Pull `ref` into `store`, published as it is (public, no ACL); its metadata."""
     with fetch_image(ref, store=store, settings=settings, credentials=credentials,
                      progress=progress) as pulled:
-        if pulled.squashfs is None:
+        if pulled.squashfs is not None:
+            store.publish(pulled.meta, pulled.squashfs)
+        elif store.exists(pulled.meta.id):
             return store.read(pulled.meta.id)
-        store.publish(pulled.meta, pulled.squashfs)
+        else:
+            store.write_metadata(pulled.meta)
     if progress:
         progress(READY, {"id": pulled.meta.id})
     return pulled.meta
@@ -156,8 +159,11 @@ def fetch_image(ref: ImageRef, *, store: ImageStore, settings: PipelineSettings,
                      "login_required": client.login_required})
     client.load_config(manifest)
     meta = _image_meta(manifest)
-    if store.exists(meta.id):
+    try:                             # built before: one digest always gives the same file
         meta.size = os.stat(store.image_path(meta.id, meta.format)).st_size
+    except FileNotFoundError:
+        pass
+    else:
         yield PulledImage(meta, client.login_required, None)
         return
     cache = LayerCache(settings.cache_dir, settings.cache_size_limit)

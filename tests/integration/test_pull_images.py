@@ -298,3 +298,14 @@ def test_builds_left_by_a_crashed_worker_are_cleaned(registry, layout, tmp_path)
     os.utime(other, (old, old))
     pull_image(parse(reference), store=new_store(tmp_path), settings=settings(registry, tmp_path))
     assert not stale.exists() and fresh.exists() and other.exists()
+
+
+def test_a_squashfs_left_without_metadata_is_used_not_built_again(registry, layout, tmp_path):
+    reference = push(layout, registry, "unpublished", [busybox_entries()])
+    store = new_store(tmp_path)
+    meta = pull_image(parse(reference), store=store, settings=settings(registry, tmp_path))
+    inode = os.stat(store.image_path(meta.id)).st_ino
+    for ext in ("json", "meta"):
+        os.unlink(os.path.join(store.directory, f"{meta.id}.{ext}"))
+    assert pull_image(parse(reference), store=store, settings=settings(registry, tmp_path)) == meta
+    assert store.read(meta.id) == meta and os.stat(store.image_path(meta.id)).st_ino == inode
