@@ -106,7 +106,7 @@ def access_after_pull(before: Access | None, requested: Access, *, uid: int, gro
     on_it = before.restricted and readable_by(True, before.users, before.groups, uid, groups)
     if before.restricted and not (on_it or admin):
         raise AccessDenied(f"image {image} may only be pulled again by the users and groups on its ACL"
-                           f" and by image administrators; uid {uid} is not among them")
+                           " and by image administrators")
     if not before.restricted and requested.restricted and not admin:
         raise AccessDenied(f"image {image} is open to every user of the system; only an image"
                            " administrator may restrict it")
