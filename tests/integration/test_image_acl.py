@@ -8,7 +8,7 @@ import tempfile
 import pytest
 
 from ci.harness.oci import File, Layout, busybox_config, busybox_entries
-from tests.integration.runtime_fixtures import failed_prolog
+from tests.integration.runtime_fixtures import failed_job
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 SOMEONE_ELSE = 4242
@@ -28,5 +28,5 @@ def test_an_acl_on_a_public_image_is_enforced_at_lookup_and_at_run(cluster):
 
     hidden = cluster.run(["shifterimg", "lookup", image], check=False)
     assert hidden.returncode == 1 and "not available" in hidden.stderr
-    _, error = failed_prolog(cluster, f"--image=id:{found['id']}")
+    _, error = failed_job(cluster, f"--image=id:{found['id']}")
     assert error.startswith(f"{cluster.user} may not use image sha256:{found['id']}: only the users")
