@@ -150,7 +150,8 @@ def _lookup_ms() -> float | None:
 def _check_acl(meta, user: etcfiles.User) -> None:
     """The gateway's rule again (ImageMeta.may_use): the submitting client is not trusted."""
     if not meta.may_use(user.uid, user.groups):
-        raise AccessDenied(f"{user.name} may not use image {meta.digest}: only the users and groups"
+        kind = "private image" if meta.private else "image"
+        raise AccessDenied(f"{user.name} may not use {kind} {meta.digest}: only the users and groups"
                            " on its ACL may")
 
 
