@@ -30,14 +30,16 @@ from werkzeug.exceptions import HTTPException
 from shifter_core.errors import (AccessDenied, AuthenticationError, ImageNotFound, ImageRefError,
                                  ShifterError)
 
-from . import auth
-from .catalog import BadRequest, ImageView
+from shifter_core.imagestatus import MISSING
+
+from . import auth, request_body
+from .catalog import ImageView
 from .db import DatabaseUnavailable
+from .errors import BadRequest
 from .models import Job
 from .services import services
 
 DEFAULT_METRICS_LIMIT = 10
-MISSING = "MISSING"
 
 _STATUS_OF = (
     (BadRequest, 400), (ImageRefError, 400), (AuthenticationError, 401), (AccessDenied, 403),
@@ -62,7 +64,7 @@ def status_of(error: Exception) -> int:
 
 def caller(system: str) -> auth.Caller:
     gw = services()
-    if system not in gw.config.platforms:
+    if system not in gw.config.systems:
         raise UnknownSystem(f"the gateway does not serve a system called {system!r}")
     return gw.authenticator.authenticate(system, request.headers.get(auth.HEADER))
 
@@ -92,7 +94,7 @@ def list_images(system):
 @api.get("/api/lookup/<system>/<itype>/<path:tag>/")
 def lookup(system, itype, tag):
     gw = services()
-    counted = system if system in gw.config.platforms else ""
+    counted = system if system in gw.config.systems else ""
     try:
         who = caller(system)
         image = gw.db.retry_if_reconnected(lambda: gw.catalog.lookup(gw.db.connection, who, system, itype, tag))
@@ -107,8 +109,8 @@ def lookup(system, itype, tag):
 def pull(system, itype, tag):
     who = caller(system)
     gw = services()
-    body = _json_body()
-    users, groups = _id_list(body, "allowed_uids"), _id_list(body, "allowed_gids")
+    body = request_body.json_object(request)
+    users, groups = request_body.id_list(body, "allowed_uids"), request_body.id_list(body, "allowed_gids")
     result = gw.in_session(lambda session: record(
         queued(gw.catalog.request_pull(session, who, system, itype, tag, users, groups))))
     return jsonify(result)
@@ -118,11 +120,11 @@ def pull(system, itype, tag):
 def doimport(system, itype, tag):
     who = caller(system)
     gw = services()
-    body = _json_body()
+    body = request_body.json_object(request)
     missing = [key for key in ("filepath", "format") if not isinstance(body.get(key), str)]
     if missing:
         raise BadRequest(f"the import request needs {' and '.join(missing)} in its JSON body")
-    users, groups = _id_list(body, "allowed_uids"), _id_list(body, "allowed_gids")
+    users, groups = request_body.id_list(body, "allowed_uids"), request_body.id_list(body, "allowed_gids")
     return jsonify(gw.in_session(lambda session: job_record(queued(gw.catalog.request_import(
         session, who, system, itype, tag, body["filepath"], body["format"], users, groups)))))
 
@@ -131,7 +133,7 @@ def refused_unless_admin(who: auth.Caller, system: str):
     """Shifter's answer to a non-admin on expire and autoexpire: 200 {"status": false}
     (its client exits 0 on it), with the refusal in our log."""
     try:
-        auth.require_admin(who, services().config.platform(system))
+        auth.require_admin(who, services().config.system(system))
     except AccessDenied as error:
         log.warning("%s %s refused: %s", request.method, request.path, error)
         return jsonify({"status": False})
@@ -171,7 +173,7 @@ def autoexpire(system):
 def metrics(system):
     who = caller(system)
     gw = services()
-    auth.require_admin(who, gw.config.platform(system))
+    auth.require_admin(who, gw.config.system(system))
     limit = request.args.get("limit", str(DEFAULT_METRICS_LIMIT))
     if not limit.isdigit() or int(limit) < 1:
         raise BadRequest("limit must be a positive whole number")
@@ -242,32 +244,3 @@ def _error(status: int, message: str):
     response = jsonify({"status": status, "error": HTTPStatus(status).phrase, "message": message})
     response.status_code = status
     return response
-
-
-def _json_body() -> dict:
-    if not request.get_data():
-        return {}
-    body = request.get_json(force=True, silent=True)
-    if not isinstance(body, dict):
-        raise BadRequest("the request body must be a JSON object")
-    return body
-
-
-def _id_list(body: dict, key: str) -> list[int]:
-    """Shifter's "1000,1001" strings (or JSON lists) to a list of positive ids."""
-    value = body.get(key)
-    if value in (None, ""):
-        return []
-    items = value.split(",") if isinstance(value, str) else value if isinstance(value, list) else None
-    if items is None:
-        raise BadRequest(f"{key} must be a comma-separated string or a list of numeric ids")
-    ids = []
-    for item in items:
-        text = str(item).strip()
-        if not text:
-            continue
-        if not text.isdigit():
-            raise BadRequest(f"{key} holds {text!r}: give numeric ids (shifterimg resolves names)")
-        if int(text) > 0 and int(text) not in ids:
-            ids.append(int(text))
-    return ids

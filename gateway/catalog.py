@@ -5,12 +5,14 @@ Shifter's rules live in one place:
 
 * a tag names one image per system; two tags of one digest share the image;
 * a pull returns the READY image if it was pulled within PullUpdateTimeout
-  (and the caller may read it with the same ACLs), the active job if one is
-  running, a FAILURE for RetryBackoff seconds after it happened (unless the
-  request brings a registry login, which may be what was missing), and
-  otherwise queues a new job;
-* ACLs count only for private images (those the registry required a login
-  for); a private image is visible only to the users and groups listed;
+  (and the caller may read it and asks for no other ACL), the active job if
+  one is running, a FAILURE for RetryBackoff seconds after it happened
+  (unless the request brings a registry login and the failed pull had
+  none: the login may be what was missing), and otherwise queues a new job;
+* an image with an ACL is visible only to the users and groups listed; a
+  private one (the registry required a login) always has one; who may pull
+  an image again and change its ACL is auth.access_after_pull, decided once
+  by the worker that publishes it;
 * a lookup extends the image's expiry; `autoexpire` removes expired images;
 * a found image is remembered LookupCacheSeconds per process, so a moved
   tag or an expired image may still be answered for that long.
@@ -27,21 +29,22 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
 from shifter_core import imageref
-from shifter_core.errors import AccessDenied, ImageNotFound, ImageRefError, ShifterError
+from shifter_core.errors import AccessDenied, ImageNotFound, ImageRefError
+from shifter_core.imagestatus import ACTIVE, EXPIRED, EXPIRING, FAILURE, READY
 from shifter_core.imagestore import ImageMeta
 
 from . import auth
 from .config import GatewayConfig
-from .models import EXPIRE, EXPIRED, EXPIRING, FAILURE, IMPORT, PULL, READY, Image, Job, Lookup, Tag
+from .errors import BadRequest
 from .metrics import LookupLog
+from .models import EXPIRE, IMPORT, PULL, Image, Job, Lookup, Tag
 from .queue import JobQueue
 
 PULLABLE_TYPES = ("docker",)
 IMPORT_FORMATS = ("squashfs",)
-
-
-class BadRequest(ShifterError):
-    """The request is malformed (bad tag, bad ACL list, missing field)."""
+# What an image row and its ImageMeta (<id>.json) both hold.
+META_FIELDS = ("format", "env", "entrypoint", "cmd", "workdir", "user", "labels", "arch", "os", "size",
+               "layers", "private", "user_acl", "group_acl")
 
 
 class Catalog:
@@ -153,13 +156,14 @@ class Catalog:
             return job
         now = self.clock()
         image = self.find(session, system, itype, tag)
-        if image is not None and now < image.last_pull + self.config.pull_update_timeout \
-                and auth.may_read(caller, image.private, image.user_acl, image.group_acl) \
-                and (not image.private or (set(image.user_acl), set(image.group_acl)) == (set(user_acl), set(group_acl))):
+        same_acl = not (user_acl or group_acl) or (
+            image is not None and (set(image.user_acl), set(image.group_acl)) == (set(user_acl), set(group_acl)))
+        if image is not None and now < image.last_pull + self.config.pull_update_timeout and same_acl \
+                and auth.may_read(caller, image.private, image.user_acl, image.group_acl):
             return ImageView.of(image)
         last = self.queue.latest(session, system, itype, tag)
-        if last is not None and last.status == FAILURE and not caller.registry_logins \
-                and now < (last.finished or 0) + self.config.retry_backoff:
+        if last is not None and last.status == FAILURE and now < (last.finished or 0) + self.config.retry_backoff \
+                and (not caller.registry_logins or last.credentials is not None):
             return last
         return self.queue.submit(session, kind=PULL, system=system, itype=itype, tag=tag, user=caller.user,
                                  uid=caller.uid, gid=caller.gid, user_acl=user_acl, group_acl=group_acl,
@@ -213,12 +217,24 @@ class Catalog:
 
     # -- worker side --------------------------------------------------------------
 
+    def access_after_pull(self, job: Job, meta: ImageMeta, image: Image | None, login_required: bool) -> ImageMeta:
+        """`meta` with the access the job's pull leaves its image with (auth.access_after_pull);
+        `image` is its locked row, if any.  AccessDenied if the job's caller may not pull it."""
+        before = None
+        if image is not None and image.status != EXPIRED:
+            before = auth.Access(image.private, tuple(image.user_acl), tuple(image.group_acl))
+        requested = auth.Access(login_required, tuple(job.user_acl), tuple(job.group_acl))
+        _, groups = auth.identity(job.uid, job.gid)
+        access = auth.access_after_pull(before, requested, uid=job.uid, groups=groups, image=meta.id,
+                                        admin=job.user in self.config.system(job.system).admins)
+        return dataclasses.replace(meta, private=access.private, user_acl=list(access.users),
+                                   group_acl=list(access.groups))
+
     def record_image(self, session: Session, job: Job, meta: ImageMeta) -> Image:
         """Make the published image READY under the job's tag."""
         now = self.clock()
         image = self._image_row(session, job, meta)
-        for field in ("format", "env", "entrypoint", "cmd", "workdir", "user", "labels", "arch", "os",
-                      "size", "layers", "private", "user_acl", "group_acl"):
+        for field in META_FIELDS:
             setattr(image, field, getattr(meta, field))
         image.status = READY
         image.last_pull = now
@@ -248,6 +264,26 @@ class Catalog:
             except IntegrityError:
                 image = self.lock_image(session, job.system, meta.id)
         return image
+
+    @staticmethod
+    def image_ids(session: Session, system: str) -> set[str]:
+        """Ids of the images the system has, or is removing."""
+        return set(session.scalars(select(Image.image_id).where(
+            Image.system == system, Image.status.in_((READY, EXPIRING)))))
+
+    @staticmethod
+    def claimed(session: Session, system: str, image_id: str, holder: tuple[int, str] | None = None) -> bool:
+        """Whether a running pull or import writes this image (other than `holder`: job pk, worker)."""
+        query = select(Job.pk, Job.worker).where(
+            Job.system == system, Job.image_id == image_id, Job.kind.in_((PULL, IMPORT)),
+            Job.status.in_(ACTIVE))
+        return any((pk, worker) != holder for pk, worker in session.execute(query))
+
+    @staticmethod
+    def image_meta(image: Image) -> ImageMeta:
+        """What an image row says its `<id>.json` is."""
+        return ImageMeta(digest=f"sha256:{image.image_id}",
+                         **{field: getattr(image, field) for field in META_FIELDS})
 
     def expiring(self, session: Session, system: str, image_id: str) -> Image | None:
         """The image an expire job is about, locked, if it is still to be removed."""

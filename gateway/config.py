@@ -30,21 +30,10 @@ import shlex
 from shifter_core.errors import ConfigError
 
 from .pipeline import PipelineSettings
-from .registry import Location as RegistryLocation
+from .registry import Location
 
 DEFAULT_PATH = "/etc/shifter/imagemanager.json"
 DEFAULT_STATE_DIRECTORY = "/var/lib/shifter-gateway"
-
-
-@dataclasses.dataclass(frozen=True)
-class Location:
-    """A registry the gateway pulls from (Shifter's `Locations.<name>`)."""
-
-    name: str
-    url: str
-    insecure: bool = False
-    ca_file: str | None = None
-    auth_method: str = "token"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,12 +46,12 @@ class SshTarget:
     image_dir: str
     port: int | None = None
     ssh_options: tuple[str, ...] = ()
-    scp_options: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
-class Platform:
-    """One system (cluster) the gateway serves: its munged, admins and image directory."""
+class System:
+    """One system (cluster) the gateway serves, Shifter's `Platforms.<name>`: its munged,
+    admins and image directory."""
 
     name: str
     munge_socket: str
@@ -74,8 +63,8 @@ class Platform:
 
 @dataclasses.dataclass(frozen=True)
 class GatewayConfig:
-    platforms: dict[str, Platform]
-    locations: dict[str, Location]
+    systems: dict[str, System]
+    locations: dict[str, Location]      # registries, by the name references use
     default_location: str | None
     state_directory: str
     database_uri: str
@@ -100,9 +89,9 @@ class GatewayConfig:
     lookup_cache_seconds: float = 1.0
     warnings: tuple[str, ...] = ()
 
-    def platform(self, name: str) -> Platform:
+    def system(self, name: str) -> System:
         try:
-            return self.platforms[name]
+            return self.systems[name]
         except KeyError:
             raise ConfigError(f"system {name!r} is not configured in the gateway's Platforms") from None
 
@@ -181,9 +170,9 @@ class _Reader:
         default_location = take(d, "DefaultImageLocation", str, None)
         if default_location is not None and default_location not in locations:
             raise ConfigError(f"{self.origin}: DefaultImageLocation {default_location!r} is not in Locations")
-        platforms = self._platforms(take(d, "Platforms", dict, None))
+        systems = self._systems(take(d, "Platforms", dict, None))
         config = GatewayConfig(
-            platforms=platforms,
+            systems=systems,
             locations=locations,
             default_location=default_location,
             state_directory=state,
@@ -234,7 +223,7 @@ class _Reader:
                 raise ConfigError(f"{self.origin}: {where}.authMethod must be token or basic")
             ca = self._take(d, "sslcacert", str, None, where)
             result[name] = Location(
-                name=name, url=url,
+                url=url,
                 insecure=self._take(d, "insecure", bool, url.startswith("http://"), where),
                 ca_file=self._path(ca) if ca else None,
                 auth_method=auth_method,
@@ -242,7 +231,7 @@ class _Reader:
             self._no_leftovers(d, where + ".")
         return result
 
-    def _platforms(self, section: dict | None) -> dict[str, Platform]:
+    def _systems(self, section: dict | None) -> dict[str, System]:
         if not section:
             raise ConfigError(f"{self.origin}: Platforms must name at least one system")
         result = {}
@@ -270,7 +259,7 @@ class _Reader:
                 target = self._ssh_target(ssh, hosts, where + ".ssh")
             else:
                 raise ConfigError(f"{self.origin}: {where}.accesstype must be local or remote")
-            result[name] = Platform(
+            result[name] = System(
                 name=name, munge_socket=self._path(socket), access_type=access,
                 admins=frozenset(str(a) for a in admins), image_dir=image_dir, ssh=target,
             )
@@ -283,6 +272,8 @@ class _Reader:
             return tuple(shlex.split(value) if isinstance(value, str) else (str(v) for v in value))
 
         key = self._take(d, "key", str, None, where)
+        if d.pop("scpCmdOptions", None) is not None:
+            self.warnings.append(f"{where}.scpCmdOptions is not used (files are streamed over ssh) and is ignored")
         target = SshTarget(
             hosts=tuple(str(h) for h in hosts),
             user=self._take(d, "username", str, None, where),
@@ -290,7 +281,6 @@ class _Reader:
             image_dir=self._take(d, "imageDir", str, None, where),
             port=self._take(d, "port", int, None, where),
             ssh_options=options("sshCmdOptions"),
-            scp_options=options("scpCmdOptions"),
         )
         if not os.path.isabs(target.image_dir):
             raise ConfigError(f"{self.origin}: {where}.imageDir must be an absolute path on the remote host")
@@ -399,9 +389,7 @@ def pipeline_settings(config: GatewayConfig):
     return PipelineSettings(
         cache_dir=config.cache_directory,
         scratch_dir=config.expand_directory,
-        locations={name: RegistryLocation(url=loc.url, insecure=loc.insecure, ca_file=loc.ca_file,
-                                          auth_method=loc.auth_method)
-                   for name, loc in config.locations.items()},
+        locations=dict(config.locations),
         default_location=config.default_location,
         **{key: value for key, value in optional.items() if value is not None},
     )

@@ -13,12 +13,13 @@ called for each such failure (the database-errors metric).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 from typing import Callable
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import create_engine, event
+from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -122,6 +123,18 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def lock(session: Session, key: str) -> None:
+    """Serialise this transaction with every other that locks `key`, until it ends.
+
+    PostgreSQL: a transaction-scoped advisory lock (it needs no row, so it
+    also covers what does not exist yet).  SQLite: every transaction already
+    begins IMMEDIATE, holding the database's one write lock.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        number = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big", signed=True)
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": number})
 
 
 def alembic_config(uri: str) -> AlembicConfig:

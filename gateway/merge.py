@@ -11,34 +11,39 @@ squashfs writer reads them from there.  The rules (docs/image-pipeline.md):
   a directory), so files, symlinks and directories can change type.
 * Hardlinks share the node they point at, as it is when the link is applied.
 * Hostile entries are refused with ImageContentError: `..` in a name or a
-  link target, a write below a symlink (or a file), a hardlink to a path the
-  image does not have or to a directory, a bare `.wh.` marker or one used as
-  a directory, a path deeper than MAX_DEPTH, NUL bytes in names or symlink
-  targets, an empty symlink target.  Leading `/`
-  is dropped (the path then lies inside the image, as tar does).
-* Device nodes are dropped, and so are xattrs (the reader never keeps them).
+  link target, an entry, whiteout or opaque marker below a symlink (or an
+  entry below a file), a hardlink to a path the image does not have or to a
+  directory, a bare `.wh.` marker or one used as a directory, a path deeper
+  than MAX_DEPTH, a name longer than NAME_MAX bytes, NUL bytes in names or
+  symlink targets, an empty symlink target.  Leading `/` is dropped (the
+  path then lies inside the image, as tar does).
+* Device nodes take part in the merge like any entry (they replace, are
+  whited out, can be hardlinked) and are dropped at the end
+  (`drop_devices`), with every name linked to them; xattrs are dropped too
+  (the reader never keeps them).  Where the result differs from `umoci
+  unpack`, it is by this policy only (tests/integration/test_merge_umoci.py).
 * Owners are not kept: the squashfs is all root's.  Mode bits, including
   setuid, setgid and sticky, are kept; nodes mount the image nosuid.
 """
 from __future__ import annotations
 
 import dataclasses
-import tarfile
 from typing import Iterable, Iterator
 
 from shifter_core.errors import ImageContentError
 
 MAX_DEPTH = 200                  # real images stay far below; keeps recursion bounded
+NAME_MAX = 255                   # bytes per name: what unsquashfs and umoci can create
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
 
-DIR, FILE, SYMLINK, FIFO = "dir", "file", "symlink", "fifo"
-HARDLINK, DEVICE = "hardlink", "device"      # member kinds only; never nodes
+DIR, FILE, SYMLINK, FIFO, DEVICE = "dir", "file", "symlink", "fifo", "device"
+HARDLINK = "hardlink"                        # a member kind only, never a node
 
 
 @dataclasses.dataclass
 class Member:
-    """One layer entry as the merge needs it (built from a tar header)."""
+    """One layer entry as the merge needs it (gateway/layertar.py reads them from a tar)."""
 
     name: str
     kind: str
@@ -67,28 +72,13 @@ class Node:
         return cls(DIR, mode, mtime, children={}, origin={})
 
 
-_TAR_KINDS = {
-    tarfile.REGTYPE: FILE, tarfile.AREGTYPE: FILE, tarfile.CONTTYPE: FILE,
-    tarfile.DIRTYPE: DIR, tarfile.SYMTYPE: SYMLINK, tarfile.LNKTYPE: HARDLINK,
-    tarfile.FIFOTYPE: FIFO, tarfile.CHRTYPE: DEVICE, tarfile.BLKTYPE: DEVICE,
-}
-
-
-def member_from_tarinfo(info: tarfile.TarInfo, source: object = None) -> Member:
-    """The merge's view of a tar header; unknown types count as devices (dropped)."""
-    kind = _TAR_KINDS.get(info.type, FILE if info.issparse() else DEVICE)
-    return Member(name=info.name, kind=kind, mode=info.mode & 0o7777, mtime=int(info.mtime),
-                  size=info.size if kind == FILE else 0, linkname=info.linkname,
-                  source=source)
-
-
 class Tree:
     """The merged root file system of one image."""
 
     def __init__(self, image: str = "image"):
         self.image = image
         self.root = Node.directory()
-        self.dropped: list[str] = []         # device nodes and the like, for the log
+        self.dropped: list[str] = []         # device nodes, once drop_devices ran
 
     # --- applying layers -----------------------------------------------------
     def apply(self, layer: int, members: Iterable[Member]) -> None:
@@ -105,6 +95,9 @@ class Tree:
         *parents, base = parts
         if any(part.startswith(WHITEOUT) for part in parents):
             raise self._refuse(layer, member.name, "has a whiteout marker as a directory")
+        named = base[len(WHITEOUT):] if base.startswith(WHITEOUT) else base     # what a marker names
+        if any(len(part.encode("utf-8", "surrogateescape")) > NAME_MAX for part in [*parents, named]):
+            raise self._refuse(layer, member.name[:80], f"has a name longer than {NAME_MAX} bytes")
         if base.startswith(WHITEOUT):
             self._whiteout(layer, member, parents, base)
             return
@@ -118,10 +111,6 @@ class Tree:
             node = Node.directory(member.mode, member.mtime)
         elif member.kind == HARDLINK:
             node = self._hardlink_target(layer, member)
-        elif member.kind == DEVICE:
-            self.dropped.append("/".join(parts))
-            self._remove(parent, base)
-            return
         else:
             if member.kind == SYMLINK and (not member.linkname or "\0" in member.linkname):
                 raise self._refuse(layer, member.name, "is a symlink with an empty or NUL target")
@@ -132,25 +121,37 @@ class Tree:
         parent.origin[base] = layer
 
     def _whiteout(self, layer: int, member: Member, parents: list[str], base: str) -> None:
-        directory = self._lookup(parents)
-        if directory is None or directory.kind != DIR:
-            return
-        if base == OPAQUE:
-            for name in list(directory.children):
-                _hide_lower(directory, name, layer)
-            return
+        """Apply a marker; one below a symlink is refused like any entry there."""
         name = base[len(WHITEOUT):]
-        if not name or name.startswith(WHITEOUT):
+        if base != OPAQUE and (not name or name.startswith(WHITEOUT)):
             raise self._refuse(layer, member.name, "is a malformed whiteout")
-        if name in directory.children:
+        directory = self.root
+        for depth, part in enumerate(parents):
+            directory = directory.children.get(part)
+            if directory is None or directory.kind not in (DIR, SYMLINK):
+                return                          # nothing there to hide (umoci agrees)
+            if directory.kind == SYMLINK:
+                where = "/".join(parents[:depth + 1])
+                raise self._refuse(layer, member.name, f"would be applied below {where}, a symlink")
+        if base == OPAQUE:
+            for child in list(directory.children):
+                _hide_lower(directory, child, layer)
+        elif name in directory.children:
             _hide_lower(directory, name, layer)
 
     def _hardlink_target(self, layer: int, member: Member) -> Node:
         parts = self._clean(member.linkname, layer, member.name)
-        target = self._lookup(parts) if parts else None
-        if target is None:
-            raise self._refuse(layer, member.name,
-                               f"is a hardlink to {member.linkname!r}, which is not in the image")
+        if parts == self._clean(member.name, layer, member.name):
+            raise self._refuse(layer, member.name, "is a hardlink to itself")
+        target = self.root
+        for depth, part in enumerate(parts):
+            if target.kind == SYMLINK:
+                where = "/".join(parts[:depth])
+                raise self._refuse(layer, member.name, f"is a hardlink through {where}, a symlink")
+            target = target.children.get(part) if target.kind == DIR else None
+            if target is None:
+                raise self._refuse(layer, member.name,
+                                   f"is a hardlink to {member.linkname!r}, which is not in the image")
         if target.kind == DIR:
             raise self._refuse(layer, member.name, "is a hardlink to a directory")
         return target
@@ -192,16 +193,25 @@ class Tree:
             node = child
         return node
 
-    @staticmethod
-    def _remove(directory: Node, name: str) -> None:
-        directory.children.pop(name, None)
-        directory.origin.pop(name, None)
-
     def _refuse(self, layer: int, entry: str, why: str) -> ImageContentError:
         return ImageContentError(f"image {self.image}: layer {layer + 1} entry {entry!r} {why};"
                                  " the image is refused")
 
     # --- reading the result ----------------------------------------------------
+    def drop_devices(self) -> None:
+        """Remove device nodes (and names hardlinked to them) once all layers are applied.
+
+        Until then they count like any entry, so the directories they sit in
+        survive a whiteout of their lower parent, as they would in umoci.
+        """
+        for path, node in list(self.walk()):
+            if node.kind == DEVICE:
+                parent, _, name = path.rpartition("/")
+                directory = self._lookup(parent.split("/") if parent else [])
+                del directory.children[name]
+                del directory.origin[name]
+                self.dropped.append(path)
+
     def walk(self) -> Iterator[tuple[str, Node]]:
         """(path, node) depth first in name order, the root as ""."""
         yield "", self.root

@@ -21,17 +21,12 @@ from sqlalchemy import (JSON, BigInteger, Boolean, Float, ForeignKey, Index, Int
                         UniqueConstraint, text)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-# Job status: Shifter's lifecycle.  EXAMINATION is not used (no examiner).
-INIT, PENDING, PULLING, CONVERSION, TRANSFER = "INIT", "PENDING", "PULLING", "CONVERSION", "TRANSFER"
-READY, FAILURE = "READY", "FAILURE"
-EXPIRING, EXPIRED = "EXPIRING", "EXPIRED"
-ACTIVE = (INIT, PENDING, PULLING, CONVERSION, TRANSFER)
-RUNNING = (PULLING, CONVERSION, TRANSFER)
+from shifter_core.imagestatus import ACTIVE
 
 # Job kinds.
 PULL, IMPORT, EXPIRE = "pull", "import", "expire"
 
-_ACTIVE_SQL = "status IN ('INIT', 'PENDING', 'PULLING', 'CONVERSION', 'TRANSFER')"
+_ACTIVE_SQL = f"status IN ({', '.join(repr(status) for status in ACTIVE)})"
 
 
 class Base(DeclarativeBase):
@@ -101,7 +96,7 @@ class Job(Base):
     gid: Mapped[int] = mapped_column(BigInteger)
     user_acl: Mapped[list] = mapped_column(JSON, default=list)
     group_acl: Mapped[list] = mapped_column(JSON, default=list)
-    # Registry login for a private image; erased when the job ends.
+    # Registry logins for a private image; erased when the job ends (to {}: it had some).
     credentials: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     import_path: Mapped[str | None] = mapped_column(Text, nullable=True)
     # True once the registry served the manifest without a login (the status page shows the pull)

@@ -1,18 +1,26 @@
-"""Registry image to published squashfs: the gateway worker's one call.
+"""Registry image to squashfs: what the gateway's workers run.
+
+    with fetch_image(ref, store=store, settings=settings, credentials=login) as pulled:
+        meta = decide_access(pulled.meta, pulled.login_required)     # the caller's policy
+        store.publish(meta, pulled.squashfs)
 
     meta = pull_image(parse("docker:ubuntu:22.04"), store=ImageStore(dir),
                       settings=PipelineSettings(cache_dir=..., scratch_dir=...))
 
-Steps (reported through `progress(status, info)`): resolve the reference to
-a platform manifest (PULLING; then `info` has the `digest` and
-`login_required`, true when the registry refused anonymous access so the
-image is not public); for each layer missing from the layer cache,
-download it, verify it (blob digest and diff_id) and compress its files into
-a squashfs pack, layers in parallel (PULLING, with byte counts); merge the
-layers and assemble the squashfs from the packs (CONVERSION); publish it
-under the manifest digest (TRANSFER); done (READY).  An image whose digest is
-already published is returned at once: two tags of one content give one
-image.  Nothing is extracted to disk and nothing needs root.
+`fetch_image` resolves the reference to a platform manifest (PULLING; then
+`info` has the `digest` and, for display, `login_required`), fetches the image config and checks it against the
+schema (shifter_core/imageconfig.py) before anything is written; for each layer
+missing from the layer cache, it downloads it, verifies it (blob digest and
+diff_id) and compresses its files into a squashfs pack, layers in parallel
+(PULLING, with byte counts); then it merges the layers and assembles the
+squashfs from the packs (CONVERSION) in the scratch directory.  It yields a
+PulledImage: the metadata the config gives, `login_required` (the registry
+refused anonymous access, so the image is not public), and the built file,
+which is removed at exit unless the caller published it.  An image whose
+squashfs is already in the store is not built again: two tags of one content
+give one image.  `pull_image` publishes the result as it is (public, no
+ACL): the library-level call.  Nothing is extracted to disk and nothing
+needs root.
 """
 from __future__ import annotations
 
@@ -33,13 +41,15 @@ from typing import BinaryIO, Callable, Iterable, Iterator
 
 import zstandard
 
-from shifter_core.errors import ConfigError, DigestMismatch, ImageRefError, RegistryError
+from shifter_core.errors import ConfigError, ImageRefError
 from shifter_core.imageref import ImageRef
+from shifter_core.imagestatus import CONVERSION, PULLING, READY
 from shifter_core.imagestore import ImageMeta, ImageStore
 
+from .errors import DigestMismatch, RegistryError
 from .layercache import Entry, LayerCache
 from .merge import Tree
-from .registry import Image, Location, Platform, RegistryClient
+from .registry import Location, Manifest, Platform, RegistryClient
 from .squash import Compressor, Pack, pack_layer, write_image
 
 Progress = Callable[[str, dict], None]
@@ -103,10 +113,37 @@ class PipelineSettings:
         return Compressor(self.compressor, self.compression_level)
 
 
+@dataclasses.dataclass
+class PulledImage:
+    """What fetch_image produced, for its caller to publish."""
+
+    meta: ImageMeta                 # from the checked config; access fields at their defaults
+    login_required: bool            # the registry refused anonymous access: not public
+    squashfs: str | None            # the built file, in or beside the store; None: the store has it
+
+
 def pull_image(ref: ImageRef, *, store: ImageStore, settings: PipelineSettings,
                credentials: tuple[str, str] | None = None,
                progress: Progress | None = None) -> ImageMeta:
-    """Pull `ref` into `store` and return its metadata (see module docstring)."""
+    """Pull `ref` into `store`, published as it is (public, no ACL); its metadata."""
+    with fetch_image(ref, store=store, settings=settings, credentials=credentials,
+                     progress=progress) as pulled:
+        if pulled.squashfs is not None:
+            store.publish(pulled.meta, pulled.squashfs)
+        elif store.exists(pulled.meta.id):
+            return store.read(pulled.meta.id)
+        else:
+            store.write_metadata(pulled.meta)
+    if progress:
+        progress(READY, {"id": pulled.meta.id})
+    return pulled.meta
+
+
+@contextlib.contextmanager
+def fetch_image(ref: ImageRef, *, store: ImageStore, settings: PipelineSettings,
+                credentials: tuple[str, str] | None = None,
+                progress: Progress | None = None) -> Iterator[PulledImage]:
+    """Resolve, check and convert `ref` (see module docstring)."""
     report = progress or (lambda status, info: None)
     if ref.type != "docker":
         raise ImageRefError(f"{ref} is not a registry image; only docker: images can be pulled")
@@ -116,42 +153,45 @@ def pull_image(ref: ImageRef, *, store: ImageStore, settings: PipelineSettings,
     client = RegistryClient(location, location.repository_path(ref.repository),
                             image=str(ref), credentials=credentials,
                             timeout=settings.timeout, retries=settings.retries)
-    report("PULLING", {"message": "Getting manifest"})
-    image = client.resolve(ref.digest or ref.tag, platform)
-    image_id = image.digest.split(":", 1)[1]
-    report("PULLING", {"message": "Resolved manifest", "digest": image.digest,
-                       "login_required": client.login_required})
-    if store.exists(image_id):
-        report("READY", {"id": image_id, "message": "already converted"})
-        return store.read(image_id)
-
-    client.load_config(image)
+    report(PULLING, {"message": "Getting manifest"})
+    manifest = client.resolve(ref.digest or ref.tag, platform)
+    report(PULLING, {"message": "Resolved manifest", "digest": manifest.digest,
+                     "login_required": client.login_required})
+    client.load_config(manifest)
+    meta = _image_meta(manifest)
+    try:                             # built before: one digest always gives the same file
+        meta.size = os.stat(store.image_path(meta.id, meta.format)).st_size
+    except FileNotFoundError:
+        pass
+    else:
+        yield PulledImage(meta, client.login_required, None)
+        return
     cache = LayerCache(settings.cache_dir, settings.cache_size_limit)
-    with contextlib.ExitStack() as open_entries:
-        packs = _fetch_layers(client, image, cache, compressor, settings, report, open_entries)
-        report("CONVERSION", {"message": "Merging layers and writing squashfs"})
-        tree = Tree(str(ref))
-        for index, pack in enumerate(packs):
-            tree.apply(index, pack.members(index))
+    with contextlib.ExitStack() as cleanup:
+        packs = _fetch_layers(client, manifest, cache, compressor, settings, report, cleanup)
+        report(CONVERSION, {"message": "Merging layers and writing squashfs"})
         os.makedirs(settings.scratch_dir, exist_ok=True)
         _remove_stale_builds(settings.scratch_dir)
-        fd, built = tempfile.mkstemp(dir=settings.scratch_dir, prefix=f".{image_id}.",
+        fd, built = tempfile.mkstemp(dir=settings.scratch_dir, prefix=f".{meta.id}.",
                                      suffix=".squashfs")
         os.close(fd)
-        ready = built
-        try:
-            write_image(tree, packs, built, compressor)
-            report("TRANSFER", {"message": "Publishing image"})
-            meta = _image_meta(image)
-            ready = _movable_into(built, store.directory)
-            store.publish(meta, ready)
-        finally:
-            for path in {built, ready}:
-                if os.path.exists(path):
-                    os.unlink(path)
-    cache.evict(keep={_cache_key(diff_id, compressor) for diff_id in image.diff_ids})
-    report("READY", {"id": image_id})
-    return meta
+        cleanup.callback(_unlink_if_there, built)
+        convert(packs, built, compressor, str(ref))
+        meta.size = os.stat(built).st_size
+        ready = _movable_into(built, store.directory)
+        cleanup.callback(_unlink_if_there, ready)
+        cache.evict(keep={_cache_key(diff_id, compressor) for diff_id in manifest.diff_ids})
+        yield PulledImage(meta, client.login_required, ready)
+
+
+def convert(packs: list[Pack], output: str, compressor: Compressor, image: str) -> Tree:
+    """Merge the layers' packs (bottom first) and write the image's squashfs to `output`."""
+    tree = Tree(image)
+    for index, pack in enumerate(packs):
+        tree.apply(index, pack.members(index))
+    tree.drop_devices()
+    write_image(tree, packs, output, compressor)
+    return tree
 
 
 # --- layers ------------------------------------------------------------------
@@ -161,11 +201,11 @@ def _cache_key(diff_id: str, compressor: Compressor) -> str:
     return f"{diff_id.split(':', 1)[1]}.{compressor.key}"
 
 
-def _fetch_layers(client: RegistryClient, image: Image, cache: LayerCache,
+def _fetch_layers(client: RegistryClient, manifest: Manifest, cache: LayerCache,
                   compressor: Compressor, settings: PipelineSettings, report: Progress,
                   open_entries: contextlib.ExitStack) -> list[Pack]:
     """Every layer's pack, from the cache or downloaded and packed; all verified."""
-    total = sum(int(layer.get("size", 0)) for layer in image.layers)
+    total = sum(int(layer.get("size", 0)) for layer in manifest.layers)
     done = [0]
     lock = threading.Lock()
 
@@ -173,7 +213,7 @@ def _fetch_layers(client: RegistryClient, image: Image, cache: LayerCache,
         with lock:
             done[0] += nbytes
             current = done[0]
-        report("PULLING", {"message": "Pulling layers", "bytes": current, "total": total})
+        report(PULLING, {"message": "Pulling layers", "bytes": current, "total": total})
 
     def fetch(layer: dict, diff_id: str, pool: concurrent.futures.Executor) -> Entry:
         key = _cache_key(diff_id, compressor)
@@ -193,13 +233,13 @@ def _fetch_layers(client: RegistryClient, image: Image, cache: LayerCache,
 
             return cache.insert(key, produce)
 
-    workers = max(1, min(settings.download_workers, len(image.layers)))
-    entries: list[Entry | None] = [None] * len(image.layers)
+    workers = max(1, min(settings.download_workers, len(manifest.layers)))
+    entries: list[Entry | None] = [None] * len(manifest.layers)
     error = None
     with concurrent.futures.ThreadPoolExecutor(max(1, settings.processors)) as compress_pool, \
             concurrent.futures.ThreadPoolExecutor(workers) as fetch_pool:
         futures = {fetch_pool.submit(fetch, layer, diff_id, compress_pool): index
-                   for index, (layer, diff_id) in enumerate(zip(image.layers, image.diff_ids))}
+                   for index, (layer, diff_id) in enumerate(zip(manifest.layers, manifest.diff_ids))}
         for future in concurrent.futures.as_completed(futures):
             if future.cancelled():
                 continue
@@ -308,21 +348,18 @@ class _ChunkReader:
 
 # --- results -----------------------------------------------------------------
 
-def _image_meta(image: Image) -> ImageMeta:
-    runtime = image.config.get("config") or {}
-    return ImageMeta(
-        digest=image.digest,
-        env=list(runtime.get("Env") or []),
-        entrypoint=runtime.get("Entrypoint") or None,
-        cmd=runtime.get("Cmd") or None,
-        workdir=runtime.get("WorkingDir") or None,
-        user=runtime.get("User") or None,
-        labels=dict(runtime.get("Labels") or {}),
-        arch=image.config.get("architecture", "amd64"),
-        os=image.config.get("os", "linux"),
-        layers=[{key: layer[key] for key in ("digest", "size", "mediaType") if key in layer}
-                for layer in image.layers],
-    )
+def _image_meta(manifest: Manifest) -> ImageMeta:
+    config = manifest.config
+    return ImageMeta(digest=manifest.digest, env=config.env, entrypoint=config.entrypoint,
+                     cmd=config.cmd, workdir=config.workdir, user=config.user,
+                     labels=config.labels, arch=config.architecture, os=config.os,
+                     layers=[{key: layer[key] for key in ("digest", "size", "mediaType") if key in layer}
+                             for layer in manifest.layers])
+
+
+def _unlink_if_there(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
 
 
 def _remove_stale_builds(scratch_dir: str) -> None:

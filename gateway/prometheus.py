@@ -20,9 +20,11 @@ from prometheus_client.metrics_core import (CounterMetricFamily, GaugeMetricFami
 from prometheus_client.utils import floatToGoString
 from sqlalchemy import func, select
 
+from shifter_core.imagestatus import ACTIVE, INIT, READY
+
 from . import metrics
 from .layercache import stored_bytes
-from .models import ACTIVE, INIT, READY, Counter, Image, Job
+from .models import Counter, Image, Job
 from .services import services
 
 QUEUE_STATES = tuple(state for state in ACTIVE if state != INIT)    # INIT is never stored
@@ -34,7 +36,7 @@ prometheus = Blueprint("prometheus", __name__)
 def scrape():
     gw = services()
     gw.counters.flush()         # this process's last second; the others' arrive within FLUSH_SECONDS
-    families = gw.in_session(lambda session: [*counted(session), *gauges(session, list(gw.config.platforms))])
+    families = gw.in_session(lambda session: [*counted(session), *gauges(session, list(gw.config.systems))])
     families.append(_layer_cache(gw.config.cache_directory))
     return Response(generate_latest(_Families(families)), mimetype=CONTENT_TYPE_LATEST)
 

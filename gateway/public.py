@@ -3,11 +3,13 @@
 A browser cannot present a munge credential, so the status page is anonymous
 and shows only what anyone could learn from the registries:
 
-* images the registry served without a login (not `private`), with their
+* images the registry served without a login (not `private`) and without
+  an ACL (`--user`/`--group` keep an image from the others), with their
   tags, configuration, layers and lookups per hour;
 * pulls the registry has served without a login (`jobs.public`): their
-  state and progress, and their failures.  A pull not resolved yet, a private
-  pull, an import or an expiry is only counted;
+  state and progress, and their failures (not those of an image with an
+  ACL).  A pull not resolved yet, a private pull, an import or an expiry is
+  only counted;
 * never a user, an ACL, a registry login or a per-user lookup.
 
 Every query returns these dataclasses, never database rows, so a template
@@ -17,10 +19,12 @@ from __future__ import annotations
 
 import dataclasses
 
-from sqlalchemy import func, select
+from sqlalchemy import Text, cast, func, or_, select
 from sqlalchemy.orm import Session, selectinload
 
-from .models import ACTIVE, FAILURE, PULL, READY, Image, ImageUsage, Job
+from shifter_core.imagestatus import ACTIVE, FAILURE, READY
+
+from .models import PULL, Image, ImageUsage, Job
 
 DAY = 86400
 HOUR = 3600
@@ -95,7 +99,12 @@ class Failure:
 
 
 def _public_images(system: str):
-    return select(Image).where(Image.system == system, Image.status == READY, Image.private.is_(False))
+    return select(Image).where(Image.system == system, Image.status == READY, _open())
+
+
+def _open():
+    """Not private and without an ACL (JSON lists are stored as their text)."""
+    return (Image.private.is_(False)) & (cast(Image.user_acl, Text) == "[]") & (cast(Image.group_acl, Text) == "[]")
 
 
 def images(session: Session, system: str, now: float) -> list[PublicImage]:
@@ -142,10 +151,12 @@ def queue(session: Session, system: str) -> Queue:
 
 def failures(session: Session, system: str, now: float) -> list[Failure]:
     """The latest failed public pulls of the last FAILURE_DAYS days, newest first."""
+    restricted = select(Image.image_id).where(Image.system == system, ~_open())
     jobs = session.execute(
         select(Job.tag, Job.status_message, Job.finished, Job.attempts)
         .where(Job.system == system, Job.kind == PULL, Job.status == FAILURE, Job.public.is_(True),
-               Job.finished >= now - FAILURE_DAYS * DAY)
+               Job.finished >= now - FAILURE_DAYS * DAY,
+               or_(Job.image_id.is_(None), Job.image_id.not_in(restricted)))
         .order_by(Job.finished.desc()).limit(MAX_FAILURES)).all()
     return [Failure(tag=j.tag, reason=j.status_message, finished=j.finished, attempts=j.attempts)
             for j in jobs]

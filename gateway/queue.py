@@ -23,8 +23,10 @@ from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from . import metrics, models
-from .models import ACTIVE, EXPIRE, FAILURE, PENDING, READY, RUNNING, Job
+from shifter_core.imagestatus import ACTIVE, CONVERSION, FAILURE, PENDING, PULLING, READY, RUNNING
+
+from . import metrics
+from .models import EXPIRE, Job
 
 
 class LostJob(Exception):
@@ -96,7 +98,7 @@ class JobQueue:
         due = due.order_by(Job.not_before, Job.pk).limit(1).with_for_update(skip_locked=True)
         pk = session.execute(
             update(Job).where(Job.pk == due.scalar_subquery(), Job.status == PENDING)
-            .values(status=models.PULLING, worker=worker, heartbeat=now, started=now, phase_started=now,
+            .values(status=PULLING, worker=worker, heartbeat=now, started=now, phase_started=now,
                     attempts=Job.attempts + 1, status_message="")
             .returning(Job.pk)
         ).scalar()
@@ -110,7 +112,7 @@ class JobQueue:
             before = session.execute(select(Job.status, Job.phase_started).where(Job.pk == job.pk)).first()
             if before is not None and before.status != values["status"]:
                 values["phase_started"] = now
-                if before.status == models.CONVERSION and before.phase_started is not None:
+                if before.status == CONVERSION and before.phase_started is not None:
                     counts = metrics.CONVERSION_SECONDS.increments(now - before.phase_started, system=job.system)
         result = session.execute(
             update(Job).where(Job.pk == job.pk, Job.worker == worker, Job.status.in_(RUNNING))
@@ -149,12 +151,22 @@ class JobQueue:
         """End the job; return when this attempt started."""
         started = session.execute(
             update(Job).where(Job.pk == job.pk, Job.worker == worker, Job.status.in_(RUNNING))
-            .values(finished=self.clock(), heartbeat=None, credentials=None, **values)
+            .values(finished=self.clock(), heartbeat=None, credentials={} if job.credentials else None, **values)
             .returning(Job.started)
         ).first()
         if started is None:
             raise LostJob(f"job {job.pk} is no longer held by {worker}")
         return started[0]
+
+    def release(self, session: Session, job: Job, worker: str) -> None:
+        """Put a job back at once, its attempt not counted: its worker is stopping."""
+        result = session.execute(
+            update(Job).where(Job.pk == job.pk, Job.worker == worker, Job.status.in_(RUNNING))
+            .values(status=PENDING, worker=None, heartbeat=None, not_before=self.clock(),
+                    attempts=Job.attempts - 1, status_message="its worker stopped; queued again")
+        )
+        if result.rowcount != 1:
+            raise LostJob(f"job {job.pk} is no longer held by {worker}")
 
     def recover(self, session: Session) -> list[int]:
         """Put back the jobs of workers whose heartbeat stopped; return their ids."""
@@ -178,6 +190,11 @@ class JobQueue:
                 lost[key] = lost.get(key, 0) + value
         metrics.add(session, lost)
         return [row.pk for row in dead]
+
+    def abandoned_images(self, session: Session, pks: list[int]) -> list[tuple[str, str]]:
+        """(system, image id) that jobs among `pks` named and no longer write: they gave up."""
+        return list(session.execute(select(Job.system, Job.image_id).where(
+            Job.pk.in_(pks), Job.status.not_in(ACTIVE), Job.image_id.is_not(None))).all())
 
     def queued(self, session: Session, system: str) -> list[Job]:
         return list(session.scalars(

@@ -28,8 +28,10 @@ import requests.adapters
 import urllib3.exceptions
 import urllib3.util.retry
 
-from shifter_core.errors import (ConfigError, DigestMismatch, ImageNotFound, RegistryAuthError,
-                                 RegistryError)
+from shifter_core import imageconfig
+from shifter_core.errors import ConfigError, ImageContentError, ImageNotFound
+
+from .errors import DigestMismatch, RegistryAuthError, RegistryError
 
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
@@ -41,6 +43,7 @@ IMAGE_MANIFESTS = (OCI_MANIFEST, DOCKER_MANIFEST)
 INDEXES = (OCI_INDEX, DOCKER_LIST)
 ACCEPT = ", ".join((OCI_INDEX, DOCKER_LIST, OCI_MANIFEST, DOCKER_MANIFEST))
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+MAX_CONFIG_BYTES = 4 * 1024 * 1024
 CHUNK = 1024 * 1024
 RETRY_STATUSES = (429, 500, 502, 503, 504)
 DOCKER_HUB = "registry-1.docker.io"
@@ -127,20 +130,20 @@ class Platform:
 
 
 @dataclasses.dataclass
-class Image:
-    """A resolved image: the platform manifest, its digest, and (once loaded) its config."""
+class Manifest:
+    """A resolved platform manifest: its digest (the image id) and, once loaded, its checked config."""
 
-    digest: str                       # of the platform manifest: the image id
-    manifest: dict
-    config: dict = dataclasses.field(default_factory=dict)
+    digest: str
+    document: dict
+    config: imageconfig.RuntimeConfig | None = None
 
     @property
     def layers(self) -> list[dict]:
-        return self.manifest["layers"]
+        return self.document["layers"]
 
     @property
     def diff_ids(self) -> list[str]:
-        return self.config.get("rootfs", {}).get("diff_ids", [])
+        return self.config.diff_ids
 
 
 def sha256_digest(data: bytes) -> str:
@@ -180,7 +183,7 @@ class RegistryClient:
         self._auth_lock = threading.Lock()
 
     # --- manifests -----------------------------------------------------------
-    def resolve(self, reference: str, platform: Platform) -> Image:
+    def resolve(self, reference: str, platform: Platform) -> Manifest:
         """Tag or `sha256:` digest to the manifest for `platform`, verified."""
         body, media_type, digest = self.manifest(reference)
         document = _json(body, f"manifest of {self.image}")
@@ -204,18 +207,31 @@ class RegistryClient:
                 isinstance(layer, dict) and isinstance(layer.get("size"), int)
                 and layer["size"] >= 0 for layer in document["layers"]):
             raise RegistryError(f"image {self.image}: its manifest has no valid layer list")
-        return Image(digest=digest, manifest=document)
+        return Manifest(digest=digest, document=document)
 
-    def load_config(self, image: Image) -> None:
-        """Fetch and check the image config (Env, Cmd, ..., the layers' diff_ids)."""
-        descriptor = image.manifest.get("config") or {}
-        config = _json(self.blob_bytes(descriptor.get("digest", "")), f"config of {self.image}")
-        diff_ids = config.get("rootfs", {}).get("diff_ids", [])
-        if len(diff_ids) != len(image.layers) or not all(
-                isinstance(d, str) and _DIGEST_RE.match(d) for d in diff_ids):
-            raise RegistryError(f"image {self.image}: its config does not list one sha256"
-                                " diff_id per layer of its manifest")
-        image.config = config
+    def load_config(self, manifest: Manifest) -> None:
+        """Fetch the image config (its declared size and digest checked) and check it
+        against the schema (shifter_core/imageconfig.py): refusals are final."""
+        descriptor = manifest.document.get("config")
+        size = descriptor.get("size") if isinstance(descriptor, dict) else None
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise ImageContentError(f"image {self.image} is refused: its manifest has no config"
+                                    " descriptor with a size")
+        if size > MAX_CONFIG_BYTES:
+            raise ImageContentError(f"image {self.image} is refused: its config is {size} bytes,"
+                                    f" more than the {MAX_CONFIG_BYTES} accepted")
+        body = b"".join(self.blob_chunks(descriptor.get("digest", ""), size=size,
+                                         read_up_to=MAX_CONFIG_BYTES))
+        try:
+            document = json.loads(body)
+        except ValueError:
+            raise ImageContentError(f"image {self.image} is refused: its config is not JSON") from None
+        config = imageconfig.from_image_config(document, self.image)
+        if len(config.diff_ids) != len(manifest.layers):
+            raise ImageContentError(f"image {self.image} is refused: its config lists"
+                                    f" {len(config.diff_ids)} diff_ids for {len(manifest.layers)}"
+                                    " layers")
+        manifest.config = config
 
     def manifest(self, reference: str) -> tuple[bytes, str, str]:
         """(body, media type, digest) of a manifest, verified when the digest is known."""
@@ -236,21 +252,20 @@ class RegistryClient:
         return body, media_type, digest
 
     # --- blobs ---------------------------------------------------------------
-    def blob_bytes(self, digest: str, limit: int = MAX_MANIFEST_BYTES) -> bytes:
-        """A small blob (a config) in memory, verified."""
-        return b"".join(self.blob_chunks(digest, size_limit=limit))
-
-    def blob_chunks(self, digest: str, *, size: int | None = None,
-                    size_limit: int | None = None,
+    def blob_chunks(self, digest: str, *, size: int, read_up_to: int | None = None,
                     progress: Callable[[int], None] | None = None) -> Iterator[bytes]:
-        """Stream a blob, resuming broken transfers; raise on a bad digest.
+        """Stream a blob of `size` bytes (as its manifest declares), resuming broken
+        transfers; raise on a bad digest or size.
 
         The last chunk is held back until the digest checked out, so a
-        consumer that sees the stream end normally got verified content.
+        consumer that sees the stream end normally got verified content.  Up
+        to `read_up_to` bytes are read (default `size`), so that a small blob
+        the manifest gives the wrong size is refused as such, for good.
         """
-        if not _DIGEST_RE.match(digest or ""):
-            raise RegistryError(f"image {self.image}: invalid blob digest {digest!r}")
-        limit = size if size is not None else size_limit
+        limit = max(size, read_up_to or 0)
+        if not isinstance(digest, str) or not _DIGEST_RE.match(digest):
+            raise ImageContentError(f"image {self.image} is refused: its manifest names a blob by"
+                                    f" {digest!r}, not a sha256 digest")
         hasher, received, pending, failures = hashlib.sha256(), 0, None, 0
         while True:
             headers = {"Range": f"bytes={received}-"} if received else None
@@ -264,9 +279,9 @@ class RegistryClient:
                             if not chunk:
                                 continue
                         received += len(chunk)
-                        if limit is not None and received > limit:
+                        if received > limit:
                             raise DigestMismatch(f"image {self.image}: blob {digest} is larger"
-                                                 f" than the {limit} bytes expected")
+                                                 f" than the {size} bytes its manifest declares")
                         hasher.update(chunk)
                         if progress:
                             progress(len(chunk))
@@ -282,7 +297,10 @@ class RegistryClient:
                                         f" {self.base} failed: {_reason(err)}") from None
                 time.sleep(self.backoff * 2 ** (failures - 1))
         actual = "sha256:" + hasher.hexdigest()
-        if actual != digest or (size is not None and received != size):
+        if actual == digest and received != size:
+            raise ImageContentError(f"image {self.image} is refused: blob {digest} is {received}"
+                                    f" bytes, its manifest declares {size}")
+        if actual != digest:
             raise DigestMismatch(f"image {self.image}: blob {digest} arrived with digest"
                                  f" {actual} ({received} bytes); the registry or the"
                                  " network corrupted it")

@@ -4,7 +4,8 @@ Embedded default, one command (SQLite unless DatabaseURI says otherwise):
 
     shifter-gateway --config imagemanager.json [--listen 0.0.0.0:8000]
 
-migrates the database, then serves the API with gunicorn (one process,
+migrates the database, settles the image directories against it
+(gateway/reconcile.py), then serves the API with gunicorn (one process,
 threads) and runs WorkerThreads pull workers inside the same process.
 
 Production (PostgreSQL; as many API processes and worker hosts as needed):
@@ -13,6 +14,9 @@ Production (PostgreSQL; as many API processes and worker hosts as needed):
     SHIFTER_GATEWAY_CONFIG=imagemanager.json \\
         gunicorn -w 3 -k sync -b 0.0.0.0:8000 --no-control-socket 'gateway.app:create_app()'
     shifter-gateway --config imagemanager.json worker [--system NAME] [--threads N]
+
+A worker process settles its systems' image directories when it starts, and
+on SIGTERM puts its running jobs back in the queue and exits.
 """
 from __future__ import annotations
 
@@ -29,7 +33,10 @@ from shifter_core.errors import ShifterError
 from .config import DEFAULT_PATH, GatewayConfig, load
 from .db import Database
 from .metrics import Counters
+from .reconcile import reconcile
 from .worker import Worker
+
+log = logging.getLogger(__name__)
 
 API_THREADS = 16
 GUNICORN_TIMEOUT = 120
@@ -57,6 +64,7 @@ def cli(ctx: click.Context, config_path: str, listen: str | None) -> None:
 def serve(config: GatewayConfig, listen: str | None) -> None:
     """API and WorkerThreads workers in one process (the embedded default)."""
     _migrate(config)
+    _settle(config, None)
     _EmbeddedServer(config, listen or config.listen).run()
 
 
@@ -67,7 +75,8 @@ def serve(config: GatewayConfig, listen: str | None) -> None:
 def worker(config: GatewayConfig, systems: tuple[str, ...], threads: int | None) -> None:
     """Pull workers only, for production next to gunicorn."""
     for system in systems:
-        config.platform(system)
+        config.system(system)
+    _settle(config, list(systems) or None)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
@@ -92,6 +101,17 @@ def _migrate(config: GatewayConfig, downgrade_to: str | None = None) -> None:
             db.downgrade(downgrade_to)
         else:
             db.upgrade()
+    finally:
+        db.dispose()
+
+
+def _settle(config: GatewayConfig, systems: list[str] | None) -> None:
+    """Make the image directories agree with the database before any work starts."""
+    db = Database(config.database_uri)
+    try:
+        reconcile(config, db, systems)
+    except ShifterError as error:
+        log.warning("image directories not checked against the database at start: %s", error)
     finally:
         db.dispose()
 

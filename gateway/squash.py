@@ -36,9 +36,11 @@ from typing import BinaryIO, Callable, Iterable
 
 import zstandard
 
-from shifter_core.errors import ConversionError, ImageContentError
+from shifter_core.errors import ImageContentError
 
-from .merge import DIR, FIFO, FILE, SYMLINK, Member, Node, Tree, member_from_tarinfo
+from . import layertar
+from .errors import ConversionError
+from .merge import DIR, FIFO, FILE, SYMLINK, Member, Node, Tree
 
 BLOCK_SIZE = 128 * 1024
 METADATA_SIZE = 8192
@@ -47,7 +49,6 @@ UNCOMPRESSED_METADATA = 0x8000        # in metadata block headers
 NO_FRAGMENT = 0xFFFFFFFF
 NO_TABLE = 0xFFFFFFFFFFFFFFFF
 FLAG_NO_XATTRS = 0x0200
-MAX_NAME = 256                        # bytes per name: the kernel's limit
 MAX_SYMLINK = 4095
 PACK_VERSION = 1
 PACK_WINDOW = 16                      # blocks in flight per layer being packed
@@ -186,11 +187,13 @@ def pack_layer(stream: BinaryIO, out, compressor: Compressor,
     """
     packer = _Packer(out, compressor, pool, image, block_size)
     try:
-        tar = tarfile.open(fileobj=stream, mode="r|")
-        for info in tar:
-            packer.add(member_from_tarinfo(info), tar.extractfile(info) if info.isreg() else None)
+        for member, content in layertar.members(stream):
+            packer.add(member, content)
     except tarfile.TarError as err:
         raise ImageContentError(f"image {image}: a layer is not a valid tar archive ({err})") \
+            from None
+    except layertar.Refused as err:
+        raise ImageContentError(f"image {image}: a layer entry {err}; the image is refused") \
             from None
     packer.finish()
 
@@ -359,7 +362,7 @@ class _ImageWriter:
 
     # numbering: post-order, the order inodes are written in
     def _number(self, directory: Node) -> None:
-        for _, child in _sorted_children(directory, self.tree.image):
+        for _, child in _sorted_children(directory):
             self.links[id(child)] += 1
             if child.kind == DIR:
                 self._number(child)
@@ -416,7 +419,7 @@ class _ImageWriter:
         entries = []
         subdirectories = 0
         number = self.numbers[id(directory)]
-        for name, child in _sorted_children(directory, self.tree.image):
+        for name, child in _sorted_children(directory):
             if child.kind == DIR:
                 subdirectories += 1
                 ref = self._write_directory(child, number)
@@ -498,16 +501,10 @@ class _ImageWriter:
                                          *(start + s for s in table.block_starts)))
 
 
-def _sorted_children(directory: Node, image: str) -> list[tuple[bytes, Node]]:
-    children = []
-    for name, child in directory.children.items():
-        encoded = name.encode("utf-8", "surrogateescape")
-        if len(encoded) > MAX_NAME:
-            raise ImageContentError(f"image {image}: the name {name[:40]!r}... is longer than"
-                                    f" {MAX_NAME} bytes")
-        children.append((encoded, child))
-    children.sort(key=lambda item: item[0])
-    return children
+def _sorted_children(directory: Node) -> list[tuple[bytes, Node]]:
+    """A directory's entries in squashfs order (by name bytes); the merge bounded the names."""
+    return sorted(((name.encode("utf-8", "surrogateescape"), child)
+                   for name, child in directory.children.items()), key=lambda item: item[0])
 
 
 def _listing(entries: list[tuple[bytes, int, int, int]]) -> bytes:

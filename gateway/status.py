@@ -41,7 +41,7 @@ def overview():
     now = time.time()
 
     def read(session):
-        return [_system_view(session, system, now) for system in gw.config.platforms]
+        return [_system_view(session, system, now) for system in gw.config.systems]
     return render_template("status/overview.html", systems=gw.in_session(read), now=now,
                            refresh_ms=REFRESH_SECONDS * 1000, failure_days=public.FAILURE_DAYS)
 
@@ -88,7 +88,7 @@ def _error(error: Exception):
 
 
 def _known(system: str) -> None:
-    if system not in services().config.platforms:
+    if system not in services().config.systems:
         abort(404, f"the gateway does not serve a system called {system!r}")
 
 

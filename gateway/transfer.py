@@ -1,14 +1,16 @@
 """Getting images into a system's image directory: `local` or `remote` over ssh.
 
-The pipeline publishes into `Destination.store`: for a local system that is
-the image directory itself; for a remote one a staging directory on the
-gateway (kept, so re-pulling an unchanged tag converts nothing), from which
-`install()` copies the files over ssh.  Either way the runtime only ever sees
-whole files: each is written under a temporary name on the far side and
-renamed, squashfs first and `<id>.json` last.
+The pipeline builds into `Destination.store`: for a local system that is the
+image directory itself; for a remote one a staging directory on the gateway
+(kept, so re-pulling an unchanged tag converts nothing), from which the files
+are copied over ssh.  An image arrives in two steps, so that its access can
+be decided while its files are in place but not yet published:
 
-Private images get their ACLs when they are first written (`AclStore`), so
-there is no moment at which a private image is published without them.
+* `place()` puts the squashfs there, unpublished (no `<id>.json` yet);
+* `write_metadata()` writes `<id>.meta` then `<id>.json`, which publishes it.
+
+Either way the runtime only ever sees whole files: each is written under a
+temporary name on the far side and renamed.
 """
 from __future__ import annotations
 
@@ -16,71 +18,51 @@ import os
 import shlex
 import subprocess
 
-from shifter_core.errors import ShifterError
-from shifter_core.imagestore import ImageMeta, ImageStore, check_id
+from shifter_core.errors import ImageContentError, ImageNotFound
+from shifter_core.imagestore import ImageMeta, ImageStore, check_id, id_of_file
 
-from .config import GatewayConfig, Platform, SshTarget
+from .config import GatewayConfig, SshTarget, System
+from .errors import TransferError
 
 SSH = "/usr/bin/ssh"
 SSH_TIMEOUT = 600
+EXTENSIONS = ("json", "meta", "squashfs")
 _SSH_UNREACHABLE = 255
-
-
-class TransferError(ShifterError):
-    """Copying an image to a system's image directory failed."""
-
-
-class AclStore(ImageStore):
-    """An ImageStore that stamps the requested ACLs on private images as they are published.
-
-    Whether an image is private is decided by each pull: one for which the
-    registry refused anonymous access (the pipeline reports it as
-    `login_required` once the manifest is resolved; the worker sets `private`)
-    or an import with ACLs makes it private; one that got the same digest
-    anonymously makes it public, since anyone can get it.
-    """
-
-    def __init__(self, directory: str, user_acl, group_acl, private: bool = False):
-        super().__init__(directory)
-        self.user_acl = list(user_acl)
-        self.group_acl = list(group_acl)
-        self.private = private
-
-    def apply(self, meta: ImageMeta) -> ImageMeta:
-        """Shifter's rule: ACLs count only for private images; public ones have none."""
-        meta.private = self.private
-        meta.user_acl = list(self.user_acl) if meta.private else []
-        meta.group_acl = list(self.group_acl) if meta.private else []
-        return meta
-
-    def publish(self, meta: ImageMeta, squashfs_file: str) -> None:
-        super().publish(self.apply(meta), squashfs_file)
 
 
 class LocalDestination:
     """The worker writes the system's image directory itself."""
 
     def __init__(self, image_dir: str):
-        self.image_dir = image_dir
+        self.store = ImageStore(image_dir)
 
-    def store(self, user_acl=(), group_acl=(), private: bool = False) -> AclStore:
-        os.makedirs(self.image_dir, exist_ok=True)
-        return AclStore(self.image_dir, user_acl, group_acl, private)
+    def prepare(self) -> None:
+        os.makedirs(self.store.directory, exist_ok=True)
 
-    def install(self, meta: ImageMeta) -> None:
-        """Nothing to copy; rewrite metadata if the ACLs differ from what is published."""
-        store = ImageStore(self.image_dir)
-        if store.read(meta.id) != meta:
-            store.write_metadata(meta)
+    def place(self, image_id: str, squashfs: str | None) -> None:
+        """Put a built squashfs in place (None: the store has it already)."""
+        if squashfs is not None:
+            self.store.put_squashfs(image_id, squashfs)
+
+    def write_metadata(self, meta: ImageMeta) -> None:
+        self.store.write_metadata(meta)
+
+    def read(self, image_id: str) -> ImageMeta | None:
+        """The published metadata, None if there is none (or it is unusable)."""
+        return _read(self.store, image_id)
 
     def exists(self, image_id: str) -> bool:
-        store = ImageStore(self.image_dir)
-        if not store.exists(image_id):
-            return False
-        return os.path.exists(store.image_path(image_id, store.read(image_id).format))
+        return self.store.exists(image_id) and os.path.exists(self.store.image_path(image_id))
+
+    def image_ids(self) -> set[str]:
+        return self.store.ids()
+
+    def has_files(self, image_id: str) -> bool:
+        """Whether any file of the image is there, published or not."""
+        return _has_files(self.store, image_id)
 
     def remove(self, image_id: str) -> None:
-        ImageStore(self.image_dir).remove(image_id)
+        self.store.remove(image_id)
 
 
 class RemoteDestination:
@@ -88,22 +70,28 @@ class RemoteDestination:
 
     def __init__(self, target: SshTarget, staging_dir: str):
         self.target = target
-        self.staging_dir = staging_dir
+        self.store = ImageStore(staging_dir)
         self._answering: str | None = None     # tried first next time
 
-    def store(self, user_acl=(), group_acl=(), private: bool = False) -> AclStore:
-        os.makedirs(self.staging_dir, exist_ok=True)
-        return AclStore(self.staging_dir, user_acl, group_acl, private)
+    def prepare(self) -> None:
+        os.makedirs(self.store.directory, exist_ok=True)
 
-    def install(self, meta: ImageMeta) -> None:
-        staging = ImageStore(self.staging_dir)
-        if staging.read(meta.id) != meta:
-            staging.write_metadata(meta)
-        names = [f"{meta.id}.{meta.format}", f"{meta.id}.meta", f"{meta.id}.json"]
-        if self._remote_has(names[0], meta.size):
-            names = names[1:]
-        for name in names:
-            self._put(os.path.join(self.staging_dir, name), name)
+    def place(self, image_id: str, squashfs: str | None) -> None:
+        if squashfs is not None:
+            self.store.put_squashfs(image_id, squashfs)
+        name = f"{image_id}.squashfs"
+        local = os.path.join(self.store.directory, name)
+        if not self._remote_has(name, os.stat(local).st_size):
+            self._put(local, name)
+
+    def write_metadata(self, meta: ImageMeta) -> None:
+        self.store.write_metadata(meta)
+        for name in (f"{meta.id}.meta", f"{meta.id}.json"):
+            self._put(os.path.join(self.store.directory, name), name)
+
+    def read(self, image_id: str) -> ImageMeta | None:
+        """What was last sent: the staging copy of the metadata."""
+        return _read(self.store, image_id)
 
     def exists(self, image_id: str) -> bool:
         check_id(image_id)
@@ -111,11 +99,22 @@ class RemoteDestination:
                            f" && test -f {self._remote(image_id + '.squashfs')}", check=False)
         return result.returncode == 0
 
+    def image_ids(self) -> set[str]:
+        listing = self._ssh(f"ls -1 {shlex.quote(self.target.image_dir)}").stdout.decode(errors="replace")
+        return {image_id for image_id in map(id_of_file, listing.split()) if image_id} | self.store.ids()
+
+    def has_files(self, image_id: str) -> bool:
+        """Whether any file of the image is there or in staging, published or not."""
+        check_id(image_id)
+        names = " ".join(self._remote(f"{image_id}.{ext}") for ext in EXTENSIONS)
+        there = self._ssh(f"ls {names}", check=False).stdout.strip()
+        return bool(there) or _has_files(self.store, image_id)
+
     def remove(self, image_id: str) -> None:
         check_id(image_id)
-        names = " ".join(self._remote(f"{image_id}.{ext}") for ext in ("json", "meta", "squashfs"))
+        names = " ".join(self._remote(f"{image_id}.{ext}") for ext in EXTENSIONS)
         self._ssh(f"rm -f {names}")
-        ImageStore(self.staging_dir).remove(image_id)
+        self.store.remove(image_id)
 
     # -- ssh ------------------------------------------------------------------
 
@@ -170,7 +169,22 @@ class RemoteDestination:
         return command
 
 
-def destination(config: GatewayConfig, platform: Platform) -> LocalDestination | RemoteDestination:
-    if platform.access_type == "local":
-        return LocalDestination(platform.image_dir)
-    return RemoteDestination(platform.ssh, os.path.join(config.expand_directory, "staging", platform.name))
+Destination = LocalDestination | RemoteDestination
+
+
+def destination(config: GatewayConfig, system: System) -> Destination:
+    if system.access_type == "local":
+        return LocalDestination(system.image_dir)
+    return RemoteDestination(system.ssh, os.path.join(config.expand_directory, "staging", system.name))
+
+
+def _has_files(store: ImageStore, image_id: str) -> bool:
+    return any(os.path.lexists(os.path.join(store.directory, f"{check_id(image_id)}.{ext}"))
+               for ext in EXTENSIONS)
+
+
+def _read(store: ImageStore, image_id: str) -> ImageMeta | None:
+    try:
+        return store.read(image_id)
+    except (ImageNotFound, ImageContentError):
+        return None

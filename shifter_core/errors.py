@@ -6,7 +6,8 @@ SPANK bridge and the CLIs print `str(error)` as is and turn it into a failure.
 On a node, the class also says whose fault it is.  A JobFault was caused by
 the job (its options, its image, its ACL, its image file): it fails that job
 and leaves the node in service.  Any other error is the node's (its loop
-devices, runDir, site configuration) and drains the node.
+devices, runDir, site configuration) and drains the node.  Errors only the
+image gateway meets live in gateway/errors.py.
 """
 
 
@@ -55,24 +56,8 @@ class AccessDenied(JobFault):
     """The caller is authenticated but not allowed to do this (admin, ACL, import)."""
 
 
-class RegistryError(ShifterError):
-    """A registry could not be reached, refused a request or served something invalid."""
-
-
-class RegistryAuthError(RegistryError):
-    """A registry refused the credentials given (or their absence) for an image."""
-
-
-class DigestMismatch(RegistryError):
-    """Content from a registry or the layer cache does not match its sha256 digest."""
-
-
 class ImageContentError(JobFault):
-    """An image's layers are malformed or hostile, so the image is refused."""
-
-
-class ConversionError(ShifterError):
-    """Turning an image's layers into a squashfs failed."""
+    """An image's config, layers or metadata are malformed or hostile, so the image is refused."""
 
 
 class ModuleError(JobFault, ValueError):

@@ -31,7 +31,6 @@ from .munge import Munge
 
 HEADER = seam.GATEWAY_AUTH_HEADER
 CREDENTIALS_FILE = os.path.join("~", ".udiRoot", ".cred")
-IN_PROGRESS = ("MISSING", "INIT", "PENDING", "PULLING", "EXAMINATION", "CONVERSION", "TRANSFER")
 
 _ERRORS = {400: ShifterError, 401: AuthenticationError, 403: AccessDenied, 404: ImageNotFound}
 
@@ -104,14 +103,6 @@ class GatewayClient:
 
     def queue(self) -> list[dict]:
         return self._request("GET", f"/api/queue/{self._quote(self.system)}/")["list"]
-
-    def doimport(self, image, path: str, fmt: str = "squashfs", user_acl=(), group_acl=()) -> dict:
-        body = {"filepath": path, "format": fmt}
-        if user_acl:
-            body["allowed_uids"] = ",".join(str(u) for u in user_acl)
-        if group_acl:
-            body["allowed_gids"] = ",".join(str(g) for g in group_acl)
-        return self._request("POST", self._image_path("doimport", image), body=body)
 
     # -- registry logins (Shifter's ~/.udiRoot/.cred) ------------------------------
 

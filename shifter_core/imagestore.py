@@ -9,7 +9,9 @@ One image is three files named by its manifest digest's hex part:
 `<id>.json` appearing is what publishes an image: it is renamed into place only
 after the squashfs is complete, so a reader that finds it also finds the
 image.  Ids are validated before they touch a path, so a record can never name
-a file outside the directory.
+a file outside the directory.  `<id>.json` is checked against the image schema
+(shifter_core/imageconfig.py) when it is read, and `.meta` is written only from
+values that cannot break its lines.
 """
 from __future__ import annotations
 
@@ -18,11 +20,13 @@ import json
 import os
 import re
 
-from . import files
-from .errors import ImageNotFound
+from . import files, imageconfig
+from .errors import ImageContentError, ImageNotFound
 
 _ID_RE = re.compile(r"^[0-9a-f]{64}$")
+_FILE_RE = re.compile(r"^([0-9a-f]{64})\.(squashfs|meta|json)$")
 IMAGE_MODE = 0o600
+FORMATS = ("squashfs",)
 
 
 def check_id(image_id: str) -> str:
@@ -60,31 +64,88 @@ class ImageMeta:
         return json.dumps(dataclasses.asdict(self), sort_keys=True, indent=1)
 
     @classmethod
-    def from_json(cls, text: str) -> "ImageMeta":
-        data = json.loads(text)
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+    def from_json(cls, text: str, where: str = "image metadata") -> "ImageMeta":
+        """Parse and check `<id>.json`; ImageContentError names the bad field."""
+        try:
+            data = json.loads(text)
+        except ValueError:
+            raise ImageContentError(f"{where} is not valid JSON; pull the image again") from None
+        try:
+            fields = _checked(imageconfig.json_object(data, "top level"))
+        except imageconfig.Invalid as invalid:
+            raise ImageContentError(f"{where} is unusable: its field {invalid}; pull the image"
+                                    " again") from None
+        return cls(**fields)
+
+    def may_use(self, uid: int, groups) -> bool:
+        return readable_by(self.private, self.user_acl, self.group_acl, uid, groups)
 
     def to_shifter_meta(self) -> str:
-        """Shifter's `.meta` text, readable by its C runtime.
+        """Shifter's `.meta` text, readable by its C runtime: one `KEY: value` per line.
 
         ENTRY and CMD are written as JSON arrays; Shifter's parser expects a
-        Python repr, which is identical for lists of simple strings.
+        Python repr, which is identical for lists of simple strings.  A value
+        that could end its line early is refused (ImageContentError), whatever
+        wrote it into this object.
         """
-        lines = [f"FORMAT: {self.format}"]
+        lines = [("FORMAT", self.format)]
         if self.entrypoint is not None:
-            lines.append(f"ENTRY: {json.dumps(self.entrypoint)}")
+            lines.append(("ENTRY", json.dumps(self.entrypoint)))
         if self.cmd is not None:
-            lines.append(f"CMD: {json.dumps(self.cmd)}")
+            lines.append(("CMD", json.dumps(self.cmd)))
         if self.workdir:
-            lines.append(f"WORKDIR: {self.workdir}")
+            lines.append(("WORKDIR", self.workdir))
         if self.user:
-            lines.append(f"USER: {self.user}")
-        if self.private:
-            lines.append("USERACL: " + ",".join(str(u) for u in self.user_acl))
-            lines.append("GROUPACL: " + ",".join(str(g) for g in self.group_acl))
-        lines.extend(f"ENV: {item}" for item in self.env)
-        return "\n".join(lines) + "\n"
+            lines.append(("USER", self.user))
+        if self.private or self.user_acl or self.group_acl:
+            lines.append(("USERACL", ",".join(str(int(u)) for u in self.user_acl)))
+            lines.append(("GROUPACL", ",".join(str(int(g)) for g in self.group_acl)))
+        lines.extend(("ENV", item) for item in self.env)
+        try:
+            return "".join(f"{key}: {imageconfig.meta_line(value, key)}\n" for key, value in lines)
+        except imageconfig.Invalid as invalid:
+            raise ImageContentError(f"image {self.digest}: {invalid}; its .meta is not written") from None
+
+
+def readable_by(private: bool, user_acl, group_acl, uid: int, groups) -> bool:
+    """Who may use an image: anyone if it is public and has no ACL, else only those listed.
+
+    The gateway (lookups, lists) and the prolog apply this same rule.
+    """
+    if not user_acl and not group_acl:
+        return not private
+    return uid in user_acl or any(gid in group_acl for gid in groups)
+
+
+_RULES = {
+    "digest": imageconfig.digest, "env": imageconfig.env, "entrypoint": imageconfig.argv,
+    "cmd": imageconfig.argv, "workdir": imageconfig.workdir, "user": imageconfig.user,
+    "labels": imageconfig.labels, "arch": imageconfig.platform_name, "os": imageconfig.platform_name,
+    "size": imageconfig.size, "layers": imageconfig.layers, "private": imageconfig.flag,
+    "user_acl": imageconfig.ids, "group_acl": imageconfig.ids,
+}
+_OPTIONAL = {"entrypoint", "cmd", "workdir", "user"}
+
+
+def _checked(data: dict) -> dict:
+    """ImageMeta's fields from `<id>.json`, each checked; unknown keys are ignored."""
+    fields = {}
+    for name, rule in _RULES.items():
+        if name not in data and name != "digest":
+            continue
+        value = data.get(name)
+        fields[name] = None if value is None and name in _OPTIONAL else rule(value, name)
+    fmt = data.get("format", "squashfs")
+    if fmt not in FORMATS:
+        raise imageconfig.Invalid("format", f"is {fmt!r}, not one of {', '.join(FORMATS)}")
+    fields["format"] = fmt
+    return fields
+
+
+def id_of_file(name: str) -> str | None:
+    """The image id in an image file's name (`<id>.squashfs`, `.meta`, `.json`), else None."""
+    match = _FILE_RE.match(name)
+    return match.group(1) if match else None
 
 
 class ImageStore:
@@ -102,13 +163,19 @@ class ImageStore:
     def exists(self, image_id: str) -> bool:
         return os.path.exists(self.meta_path(image_id))
 
+    def ids(self) -> set[str]:
+        """Ids of the images that have any of their files here (published or not)."""
+        return {image_id for image_id in map(id_of_file, os.listdir(self.directory)) if image_id}
+
     def read(self, image_id: str) -> ImageMeta:
-        """The image's metadata; ImageNotFound if it is not published."""
+        """The image's metadata, checked; ImageNotFound if it is not published,
+        ImageContentError if its metadata is unusable."""
         try:
-            with open(self.meta_path(image_id), encoding="utf-8") as f:
-                meta = ImageMeta.from_json(f.read())
+            with open(self.meta_path(image_id), "rb") as f:
+                text = f.read().decode("utf-8", "replace")
         except FileNotFoundError:
             raise ImageNotFound(f"image {image_id} is not in {self.directory}") from None
+        meta = ImageMeta.from_json(text, f"the metadata of image {image_id}")
         if meta.id != image_id:
             raise ImageNotFound(f"metadata of image {image_id} names another image ({meta.id})")
         return meta
@@ -119,10 +186,15 @@ class ImageStore:
         Safe to repeat: a second publish of the same digest replaces the files
         with identical content.
         """
-        os.chmod(squashfs_file, IMAGE_MODE)
-        meta.size = os.stat(squashfs_file).st_size
-        os.replace(squashfs_file, self.image_path(meta.id, meta.format))
+        meta.size = self.put_squashfs(meta.id, squashfs_file, meta.format)
         self.write_metadata(meta)
+
+    def put_squashfs(self, image_id: str, squashfs_file: str, fmt: str = "squashfs") -> int:
+        """Move a finished image file into place, unpublished until its metadata follows; its size."""
+        os.chmod(squashfs_file, IMAGE_MODE)
+        size = os.stat(squashfs_file).st_size
+        os.replace(squashfs_file, self.image_path(image_id, fmt))
+        return size
 
     def write_metadata(self, meta: ImageMeta) -> None:
         """(Re)write `<id>.meta` then `<id>.json`, each atomically.

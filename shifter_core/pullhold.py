@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import re
 
+from .imagestatus import CONVERSION, MISSING, TRANSFER
+
 PENDING_VAR = "SHIFTER_IMAGE_PENDING"
 ADMIN_PREFIX = "shifter: "
 WAITING_PREFIX = "shifter: waiting for "
@@ -81,7 +83,7 @@ def progress(record: dict, sizes: bool = True) -> str:
     if sizes and isinstance(total, int) and isinstance(done, int) and total > 0:
         text += f" {done / _MB:.1f} of {total / _MB:.1f} MB"
     message = str(record.get("status_message") or "").strip()
-    if message and message != "MISSING":
+    if message and message != MISSING:
         text += f": {message}"
     text = " ".join(text.split())
     return text if len(text) <= _MAX_PROGRESS else text[:_MAX_PROGRESS - 3] + "..."
@@ -90,4 +92,4 @@ def progress(record: dict, sizes: bool = True) -> str:
 def found_in_registry(record: dict) -> bool:
     """Has the gateway got past finding the image (its layers are counted or being converted)?"""
     total = record.get("bytes_total")
-    return (isinstance(total, int) and total > 0) or record.get("status") in ("CONVERSION", "TRANSFER")
+    return (isinstance(total, int) and total > 0) or record.get("status") in (CONVERSION, TRANSFER)

@@ -34,6 +34,7 @@ import time
 from . import imageref, pullhold
 from .errors import ImageNotFound, ShifterError
 from .gwclient import GatewayClient
+from .imagestatus import FAILURE, READY
 from .slurmctl import Slurm
 
 log = logging.getLogger("shifter.releaser")
@@ -125,9 +126,9 @@ def _pull_state(cfg, request: str) -> PullState:
     except ImageNotFound:
         pass
     record = client.pull_status(ref)
-    if record.get("status") == "READY":
+    if record.get("status") == READY:
         return PullState(image_id=record["id"])
-    if record.get("status") == "FAILURE":
+    if record.get("status") == FAILURE:
         return PullState(failure=str(record.get("status_message") or "the pull failed"))
     return PullState(progress=pullhold.progress(record, sizes=False))
 

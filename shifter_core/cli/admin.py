@@ -10,6 +10,9 @@
         which jobs ran which image, where, when, and how long each phase took
     shifter-admin udiimage DIR
         builds optUdiImage: this host's OpenSSH, runnable in any image (for --ccm)
+    shifter-admin image-orphans [--gateway-config imagemanager.json] [--system S] [--remove]
+        on the gateway host: image files the gateway's database does not know (and
+        metadata that differs from it, READY images whose files are gone); --remove settles them
 """
 from __future__ import annotations
 
@@ -125,3 +128,34 @@ def udiimage(directory: str) -> None:
     except ShifterError as error:
         raise click.ClickException(str(error)) from None
     click.echo(f"built {target}; set optUdiImage={target} in udiRoot.conf")
+
+
+@main.command("image-orphans")
+@click.option("--gateway-config", "config_path", default="/etc/shifter/imagemanager.json", show_default=True,
+              help="The gateway's imagemanager.json (its database and image directories).")
+@click.option("--system", "systems", multiple=True, help="Only this system (repeatable).")
+@click.option("--remove", is_flag=True, help="Settle what is found: remove unknown files, rewrite"
+              " metadata from the database, mark READY images without files EXPIRED.")
+def image_orphans(config_path: str, systems: tuple[str, ...], remove: bool) -> None:
+    """Image files the gateway's database does not know, and what else disagrees with it."""
+    from gateway import config as gateway_config      # the gateway host only: nodes never get here
+    from gateway.db import Database
+    from gateway.reconcile import reconcile
+
+    from ..errors import ShifterError
+
+    try:
+        config = gateway_config.load(config_path)
+        for system in systems:
+            config.system(system)
+        db = Database(config.database_uri)
+        try:
+            findings = reconcile(config, db, list(systems) or None, apply=remove)
+        finally:
+            db.dispose()
+    except ShifterError as error:
+        raise click.ClickException(str(error)) from None
+    for finding in findings:
+        click.echo(f"{finding.system}\t{finding.image_id}\t{finding.what}{'' if not remove else ' (settled)'}")
+    if not findings:
+        click.echo("the image directories agree with the database")

@@ -27,7 +27,8 @@ import click
 
 from shifter_core import config as udiroot
 from shifter_core.errors import ShifterError
-from shifter_core.gwclient import IN_PROGRESS, GatewayClient
+from shifter_core.gwclient import GatewayClient
+from shifter_core.imagestatus import IN_PROGRESS, MISSING, READY
 from shifter_core.munge import DEFAULT_SOCKET, Munge
 
 CONFIG_ENV = "SHIFTER_UDIROOT_CONF"
@@ -44,7 +45,7 @@ def make_client(config_path: str, munge_socket: str = DEFAULT_SOCKET) -> Gateway
 
 def _acl_option(flag: str, what: str):
     return click.option(flag, "acl_" + what, default=None, metavar="LIST",
-                        help=f"comma-separated {what.rstrip('s')} names or ids allowed to use a private image")
+                        help=f"comma-separated {what.rstrip('s')} names or ids allowed to use the image")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -120,7 +121,7 @@ def pull(ctx, image, acl_users, acl_groups):
             break
         time.sleep(POLL_INTERVAL)
     progress.done()
-    if record.get("status") != "READY":
+    if record.get("status") != READY:
         reason = record.get("status_message") or "no reason given"
         raise ShifterError(f"pull of {image} ended with {record.get('status')}: {reason}")
 
@@ -168,7 +169,7 @@ class _Progress:
         self.last = None
 
     def show(self, record: dict) -> None:
-        status = record.get("status", "MISSING")
+        status = record.get("status", MISSING)
         line = f"Pulling Image: {self.image}, status: {status}"
         done, total = record.get("bytes_done") or 0, record.get("bytes_total") or 0
         if total:

@@ -154,11 +154,11 @@ def _lookup_ms() -> float | None:
 
 
 def _check_acl(meta, user: etcfiles.User) -> None:
-    if not meta.private or (not meta.user_acl and not meta.group_acl):
-        return
-    if user.uid in meta.user_acl or any(gid in meta.group_acl for gid in user.groups):
-        return
-    raise AccessDenied(f"{user.name} may not use private image {meta.digest}")
+    """The gateway's rule again (ImageMeta.may_use): the submitting client is not trusted."""
+    if not meta.may_use(user.uid, user.groups):
+        kind = "private image" if meta.private else "image"
+        raise AccessDenied(f"{user.name} may not use {kind} {meta.digest}: only the users and groups"
+                           " on its ACL may")
 
 
 def _hosts() -> list[str]:

@@ -22,6 +22,7 @@ import time
 
 import pytest
 import requests
+from sqlalchemy import create_engine
 
 from ci.harness.munged import MungeDaemon
 from ci.harness.oci import Layout, busybox_image
@@ -232,6 +233,28 @@ def udiroot_conf(workdir: str, gateway_urls: list[str], system: str = SYSTEM) ->
 def postgres():
     with PostgresCluster() as cluster:
         yield cluster
+
+
+@pytest.fixture
+def deploy(tmp_path, munged, registry, postgres, request):
+    """start(workers=1, **config) starts gunicorn + a PostgreSQL database of its own + `workers`
+    worker processes, and returns the GatewayProcess and an engine on its database; all of it
+    is stopped after the test."""
+    started = []
+
+    def start(workers: int = 1, **overrides):
+        url = postgres.create_database(f"db_{request.node.name}"[:60])
+        config = gateway_config(str(tmp_path), munged, registry, DatabaseURI=url, **overrides)
+        gw = GatewayProcess(str(tmp_path), config, production=True, workers=workers)
+        started.append(gw)
+        gw.start()
+        engine = create_engine(url)
+        started.append(engine)
+        return gw, engine
+
+    yield start
+    for thing in reversed(started):
+        thing.stop() if isinstance(thing, GatewayProcess) else thing.dispose()
 
 
 def credential_as(munged, uid: int, payload: bytes = b"") -> str:

@@ -165,6 +165,19 @@ def test_bad_requests_are_400(gateway, munged):
     assert_json(raw(gateway, munged, "GET", f"/api/metrics/{SYSTEM}/?limit=-3"), 400)
 
 
+def test_huge_acl_requests_are_400_at_once(gateway, munged):
+    """Shifter's client sends ids as one string: two million of them (15 MB) or a few too many."""
+    path = f"/api/pull/{SYSTEM}/docker/x%3A1/"
+    huge = {"allowed_uids": ",".join(str(10_000 + i) for i in range(2_000_000))}
+    body = assert_json(raw(gateway, munged, "POST", path, json=huge), 400)
+    assert "at most 65536 are accepted" in body["message"]
+    many = {"allowed_uids": ",".join(str(10_000 + i) for i in range(1001))}
+    body = assert_json(raw(gateway, munged, "POST", path, json=many), 400)
+    assert body["message"] == "allowed_uids names more than 1000 ids; use groups (allowed_gids) for more users"
+    body = assert_json(raw(gateway, munged, "POST", path, json={"allowed_gids": "9" * 5000}), 400)
+    assert "give numeric ids" in body["message"]
+
+
 def test_wrong_method_is_405_json(gateway, munged):
     body = assert_json(raw(gateway, munged, "GET", f"/api/pull/{SYSTEM}/docker/x%3A1/"), 405)
     assert body["error"] == "Method Not Allowed"
@@ -221,7 +234,8 @@ def test_import(gateway, munged, root, tmp_path):
     refused = raw(gateway, munged, "POST", f"/api/doimport/{SYSTEM}/custom/mine/",
                   credential=credential_as(munged, NOBODY), json={"filepath": str(image), "format": "squashfs"})
     assert assert_json(refused, 403)["message"].endswith("(see ImportUsers in the gateway configuration)")
-    record = root.doimport("custom:mine", str(image))
+    record = assert_json(raw(gateway, munged, "POST", f"/api/doimport/{SYSTEM}/custom/mine/",
+                             json={"filepath": str(image), "format": "squashfs"}), 200)
     assert record["status"] in ("PENDING", "PULLING", "TRANSFER", "READY")
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -235,7 +249,8 @@ def test_import(gateway, munged, root, tmp_path):
 
     not_squashfs = tmp_path / "text.sqsh"
     not_squashfs.write_text("hello")
-    root.doimport("custom:bad", str(not_squashfs))
+    assert_json(raw(gateway, munged, "POST", f"/api/doimport/{SYSTEM}/custom/bad/",
+                    json={"filepath": str(not_squashfs), "format": "squashfs"}), 200)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         jobs = {j["image"]: j for j in root.queue()}

@@ -1,5 +1,6 @@
-"""Private images: registry logins passed by `shifterimg login`/`pull`, ACLs enforced on
-lookup and list, and recorded in the image's metadata for the runtime."""
+"""Image ACLs against a token-auth registry: logins passed by `shifterimg login`/`pull`, ACLs
+enforced on lookup and list and recorded for the runtime, and pulls that cannot take an image
+away from its users (gateway/auth.py: access_after_pull)."""
 from __future__ import annotations
 
 import json
@@ -8,17 +9,19 @@ from pathlib import Path
 
 import pytest
 
+from ci.harness.oci import Layout, busybox_config, busybox_image
 from ci.harness.registry import Registry
 from tests.integration.gateway_fixtures import (GatewayProcess, gateway_config, munged,  # noqa: F401
                                                 push_busybox, registry, shared_dir, shifterimg, udiroot_conf)
 
 pytestmark = pytest.mark.slow
-OWNER, FRIEND, STRANGER, PUBLIC_PULLER = 4001, 4002, 4003, 4004
+OWNER, FRIEND, STRANGER, SECOND, THIRD, PUBLIC_PULLER, OUTSIDER = 4001, 4002, 4003, 4004, 4005, 4006, 4007
+LOGINS = {"alice": "s3cret", "bob": "hunter2"}
 
 
 @pytest.fixture(scope="module")
 def private_registry(tmp_path_factory):
-    with Registry(str(tmp_path_factory.mktemp("private-registry")), auth="htpasswd") as reg:
+    with Registry(str(tmp_path_factory.mktemp("token-registry")), auth="token", users=LOGINS) as reg:
         yield reg
 
 
@@ -32,94 +35,157 @@ def gateway(tmp_path_factory, munged, registry, private_registry):
 
 
 @pytest.fixture(scope="module")
-def conf(gateway, tmp_path_factory):
+def conf(gateway):
     return udiroot_conf(shared_dir("conf"), [gateway.url])
 
 
 @pytest.fixture(scope="module")
-def homes(tmp_path_factory):
+def homes():
     base = Path(shared_dir("homes"))
     result = {}
-    for uid in (OWNER, FRIEND, STRANGER, PUBLIC_PULLER):
+    for uid in (OWNER, FRIEND, STRANGER, SECOND, THIRD, PUBLIC_PULLER, OUTSIDER):
         home = base / str(uid)
         home.mkdir()
         os.chown(home, uid, uid)
         result[uid] = str(home)
+    result[None] = str(base / "root")
+    os.mkdir(result[None], 0o700)
     return result
 
 
-@pytest.fixture(scope="module")
-def private_image(private_registry, tmp_path_factory):
-    layout = str(tmp_path_factory.mktemp("layout"))
-    from ci.harness.oci import Layout, busybox_image
-    busybox_image(Layout(layout), "1")
-    Layout(layout).push("1", f"{private_registry.host}/private/thing:1", creds=private_registry.creds)
-    return f"{private_registry.host}/private/thing:1"
+def push(reg, tmp_path, name: str) -> str:
+    """A busybox image whose config names it, so that no two tests share a digest."""
+    layout = Layout(str(tmp_path / "layout"))
+    busybox_image(layout, "1", config=busybox_config(labels={"test": name}))
+    layout.push("1", f"{reg.host}/{name}:1", creds=reg.creds)
+    return f"{reg.host}/{name}:1"
 
 
 def run(args, conf, munged, homes, uid, **kw):
     return shifterimg(args, conf, munged, user=uid, home=homes[uid], **kw)
 
 
+def login(conf, munged, homes, uid, reg, user):
+    result = run(["login", reg.host], conf, munged, homes, uid, input=f"{user}\n{LOGINS[user]}\n")
+    assert result.returncode == 0, result.stderr
+
+
+def pulled(args, conf, munged, homes, uid, gateway):
+    result = run(["pull", *args], conf, munged, homes, uid)
+    assert result.returncode == 0, result.stderr + gateway.log()
+    return result
+
+
+def record(image, conf, munged, homes, uid) -> dict | None:
+    """The lookup record `uid` gets, None when the image is hidden from them."""
+    found = run(["-v", "lookup", image], conf, munged, homes, uid)
+    if found.returncode == 1 and "not available" in found.stderr:
+        return None
+    assert found.returncode == 0, found.stderr
+    return json.loads(found.stderr.split("Message: ", 1)[1])
+
+
+def readers(image, conf, munged, homes, uids) -> set[int]:
+    return {uid for uid in uids if record(image, conf, munged, homes, uid) is not None}
+
+
+def on_disk(gateway, image_id) -> tuple[list[str], dict]:
+    images = os.path.join(gateway.workdir, "images")
+    meta = [line for line in open(os.path.join(images, f"{image_id}.meta")).read().splitlines()
+            if "ACL" in line]
+    return meta, json.load(open(os.path.join(images, f"{image_id}.json")))
+
+
+@pytest.fixture(scope="module")
+def private_image(private_registry, tmp_path_factory):
+    return push(private_registry, tmp_path_factory.mktemp("private"), "private/thing")
+
+
 def test_private_image_needs_a_login(conf, munged, homes, private_image):
     result = run(["pull", private_image], conf, munged, homes, OWNER)
     assert result.returncode == 1
-    assert "needs a user name and password" in result.stderr
+    assert "the repository may be private: give credentials" in result.stderr
 
 
 def test_login_pull_with_acl_and_enforcement(gateway, conf, munged, homes, private_image, private_registry):
-    user, password = private_registry.creds.split(":", 1)
-    login = run(["login", private_registry.host], conf, munged, homes, OWNER, input=f"{user}\n{password}\n")
-    assert login.returncode == 0, login.stderr
-    assert "Stored the login" in login.stderr
+    login(conf, munged, homes, OWNER, private_registry, "alice")
     cred_file = os.path.join(homes[OWNER], ".udiRoot", ".cred")
     assert oct(os.stat(cred_file).st_mode & 0o777) == "0o600"
-    assert password not in open(cred_file).read()           # sealed in a munge credential
+    assert LOGINS["alice"] not in open(cred_file).read()           # sealed in a munge credential
 
-    pulled = run(["pull", "--user", str(FRIEND), private_image], conf, munged, homes, OWNER)
-    assert pulled.returncode == 0, pulled.stderr + gateway.log()
-
-    owner = run(["-v", "lookup", private_image], conf, munged, homes, OWNER)
-    assert owner.returncode == 0, owner.stderr
-    image_id = owner.stdout.strip()
-    record = json.loads(owner.stderr.split("Message: ", 1)[1])
-    assert record["private"] is True and record["userACL"] == [OWNER, FRIEND]
-    assert run(["lookup", private_image], conf, munged, homes, FRIEND).stdout.strip() == image_id
-    stranger = run(["lookup", private_image], conf, munged, homes, STRANGER)
-    assert stranger.returncode == 1 and "not available" in stranger.stderr
+    pulled(["--user", str(FRIEND), private_image], conf, munged, homes, OWNER, gateway)
+    found = record(private_image, conf, munged, homes, OWNER)
+    assert found["private"] is True and found["userACL"] == [OWNER, FRIEND]
+    assert readers(private_image, conf, munged, homes, (OWNER, FRIEND, STRANGER)) == {OWNER, FRIEND}
     assert private_image not in run(["images"], conf, munged, homes, STRANGER).stdout
     assert private_image in run(["images"], conf, munged, homes, FRIEND).stdout
-
-    images = os.path.join(gateway.workdir, "images")
-    meta = open(os.path.join(images, f"{image_id}.meta")).read().splitlines()
-    assert f"USERACL: {OWNER},{FRIEND}" in meta
-    stored = json.load(open(os.path.join(images, f"{image_id}.json")))
+    meta, stored = on_disk(gateway, found["id"])
+    assert meta == [f"USERACL: {OWNER},{FRIEND}", "GROUPACL: "]
     assert stored["private"] is True and stored["user_acl"] == [OWNER, FRIEND]
 
     # a stranger cannot get it by pulling without a login either
     stolen = run(["pull", private_image], conf, munged, homes, STRANGER)
-    assert stolen.returncode == 1 and "needs a user name and password" in stolen.stderr
-    assert run(["lookup", private_image], conf, munged, homes, STRANGER).returncode == 1
+    assert stolen.returncode == 1 and "give credentials" in stolen.stderr
+    assert record(private_image, conf, munged, homes, STRANGER) is None
 
 
-def test_acl_on_a_public_image_is_discarded(gateway, conf, munged, homes, registry, tmp_path):
-    image = push_busybox(registry, str(tmp_path), "public/open")
-    pulled = run(["pull", "--user", str(FRIEND), image], conf, munged, homes, PUBLIC_PULLER)
-    assert pulled.returncode == 0, pulled.stderr
-    looked = run(["-v", "lookup", image], conf, munged, homes, STRANGER)
-    assert looked.returncode == 0
-    record = json.loads(looked.stderr.split("Message: ", 1)[1])
-    assert record["private"] is False and record["userACL"] == [] and record["groupACL"] == []
+def refused(args, conf, munged, homes, uid, why):
+    result = run(["pull", *args], conf, munged, homes, uid)
+    assert result.returncode == 1 and why in result.stderr, result.stderr
 
 
-def test_a_login_to_a_public_repository_keeps_its_image_public(gateway, conf, munged, homes, registry,
-                                                                  tmp_path):
+ONLY_ITS_USERS = "may only be pulled again by the users and groups on its ACL and by image administrators"
+
+
+def test_another_login_can_neither_take_nor_use_a_private_image(gateway, conf, munged, homes,
+                                                                private_image, private_registry):
+    login(conf, munged, homes, SECOND, private_registry, "bob")
+    refused(["--user", str(OUTSIDER), private_image], conf, munged, homes, SECOND, ONLY_ITS_USERS)
+    refused([private_image], conf, munged, homes, SECOND, ONLY_ITS_USERS)
+    assert readers(private_image, conf, munged, homes, (OWNER, FRIEND, SECOND, OUTSIDER)) == {OWNER, FRIEND}
+    found = record(private_image, conf, munged, homes, OWNER)
+    meta, stored = on_disk(gateway, found["id"])
+    assert meta[0] == f"USERACL: {OWNER},{FRIEND}" and stored["user_acl"] == found["userACL"] == [OWNER, FRIEND]
+
+
+def test_a_repull_without_acl_never_opens_a_private_image(gateway, conf, munged, homes, private_image,
+                                                          private_registry):
+    login(conf, munged, homes, THIRD, private_registry, "bob")
+    refused([private_image], conf, munged, homes, THIRD, ONLY_ITS_USERS)
+    pulled([private_image], conf, munged, homes, OWNER, gateway)
+    assert readers(private_image, conf, munged, homes, (FRIEND, STRANGER, THIRD)) == {FRIEND}
+
+
+def test_users_on_the_acl_and_admins_may_change_it(gateway, conf, munged, homes, private_image,
+                                                   private_registry):
+    pulled(["--user", str(OUTSIDER), private_image], conf, munged, homes, OWNER, gateway)
+    assert readers(private_image, conf, munged, homes, (OWNER, FRIEND, SECOND, OUTSIDER)) == {OWNER, OUTSIDER}
+    login(conf, munged, homes, None, private_registry, "alice")
+    pulled(["--user", f"{FRIEND},{SECOND}", private_image], conf, munged, homes, None, gateway)   # root: admin
+    assert readers(private_image, conf, munged, homes, (OWNER, FRIEND, SECOND, OUTSIDER)) == {FRIEND, SECOND}
+    assert record(private_image, conf, munged, homes, FRIEND)["userACL"] == [0, FRIEND, SECOND]
+
+
+def test_acl_on_a_public_image_is_kept_and_enforced(gateway, conf, munged, homes, registry, tmp_path):
+    image = push(registry, tmp_path, "public/open")
+    pulled(["--user", str(FRIEND), image], conf, munged, homes, PUBLIC_PULLER, gateway)
+    found = record(image, conf, munged, homes, FRIEND)
+    assert found["private"] is False and found["userACL"] == [FRIEND, PUBLIC_PULLER]
+    assert readers(image, conf, munged, homes, (PUBLIC_PULLER, FRIEND, STRANGER)) == {PUBLIC_PULLER, FRIEND}
+    assert on_disk(gateway, found["id"])[0] == [f"USERACL: {FRIEND},{PUBLIC_PULLER}", "GROUPACL: "]
+    refused([image], conf, munged, homes, STRANGER, ONLY_ITS_USERS)
+    # an image every user may use cannot be restricted by one of them
+    shared = push(registry, tmp_path, "public/shared")
+    pulled([shared], conf, munged, homes, PUBLIC_PULLER, gateway)
+    refused(["--user", str(FRIEND), shared], conf, munged, homes, STRANGER, "only an image administrator")
+    assert readers(shared, conf, munged, homes, (OUTSIDER, FRIEND)) == {OUTSIDER, FRIEND}
+
+
+def test_a_login_to_a_public_repository_keeps_its_image_public(gateway, conf, munged, homes,
+                                                                  private_registry, tmp_path):
     """Shifter's rule: private only when the registry refused anonymous access."""
-    image = push_busybox(registry, str(tmp_path), "public/with-login")
-    login = run(["login", registry.host], conf, munged, homes, FRIEND, input="someone\nsecret\n")
-    assert login.returncode == 0, login.stderr
-    pulled = run(["pull", "--user", str(FRIEND), image], conf, munged, homes, FRIEND)
-    assert pulled.returncode == 0, pulled.stderr + gateway.log()
-    record = json.loads(run(["-v", "lookup", image], conf, munged, homes, STRANGER)
-                        .stderr.split("Message: ", 1)[1])
-    assert record["private"] is False and record["userACL"] == []
+    image = push(private_registry, tmp_path, "public/with-login")
+    login(conf, munged, homes, FRIEND, private_registry, "alice")
+    pulled([image], conf, munged, homes, FRIEND, gateway)
+    found = record(image, conf, munged, homes, STRANGER)
+    assert found["private"] is False and found["userACL"] == []

@@ -12,37 +12,18 @@ import time
 
 import pytest
 import requests
-from sqlalchemy import create_engine, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ci.harness.oci import File, Layout, busybox_config, busybox_entries
-from gateway.models import READY, RUNNING, Image, Job
+from gateway.models import Image, Job
+from shifter_core.imagestatus import READY, RUNNING
 from shifter_core.munge import Munge
 from tests.integration import waiting
-from tests.integration.gateway_fixtures import (SYSTEM, GatewayProcess, client, gateway_config,  # noqa: F401
-                                                munged, postgres, push_busybox, registry)
+from tests.integration.gateway_fixtures import (SYSTEM, client, deploy, munged, postgres,  # noqa: F401
+                                                push_busybox, registry)
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def deploy(tmp_path, munged, registry, postgres, request):
-    """Start gunicorn + PostgreSQL + `workers` worker processes; stopped after the test."""
-    started = []
-
-    def start(workers: int = 1):
-        url = postgres.create_database(f"db_{request.node.name}"[:60])
-        config = gateway_config(str(tmp_path), munged, registry, DatabaseURI=url)
-        gw = GatewayProcess(str(tmp_path), config, production=True, workers=workers)
-        started.append(gw)
-        gw.start()
-        engine = create_engine(url)
-        started.append(engine)
-        return gw, engine
-
-    yield start
-    for thing in reversed(started):
-        thing.stop() if isinstance(thing, GatewayProcess) else thing.dispose()
 
 
 def wait_ready(gw_client, image, timeout=180):
@@ -117,6 +98,35 @@ def test_worker_killed_mid_pull_is_recovered(deploy, munged, registry, tmp_path)
         assert job.attempts == 2
     assert "stopped responding" in gw.log() or "requeued" in gw.log(), (killed_during, gw.log())
     assert_every_ready_image_has_its_files(engine, os.path.join(gw.workdir, "images"))
+
+
+def test_a_worker_stops_on_sigterm_and_puts_its_pull_back(deploy, munged, registry, tmp_path):
+    gw, engine = deploy()
+    image = big_image(registry, str(tmp_path / "layout"))
+    gw_client = client(gw, munged)
+    gw_client.pull(image)
+    deadline = time.monotonic() + 60
+    while running_job(engine, image) is None:
+        assert time.monotonic() < deadline, gw.log()
+        time.sleep(0.02)
+    worker = gw.workers[0]
+    worker.process.send_signal(signal.SIGTERM)
+    worker.process.wait(timeout=60)                      # it stops, it does not finish the pull first
+    with Session(engine) as session:
+        job = session.scalars(select(Job).where(Job.tag == image)).one()
+        assert (job.status, job.worker, job.attempts) == ("PENDING", None, 0), job.status_message
+        assert session.scalars(select(Image)).all() == []
+    assert os.listdir(os.path.join(gw.workdir, "images")) == []
+    gw.add_worker()
+    assert wait_ready(gw_client, image)["status"] == "READY"
+    with Session(engine) as session:
+        assert session.scalars(select(Job).where(Job.tag == image)).one().attempts == 1
+
+
+def running_job(engine, image):
+    with Session(engine) as session:
+        job = session.scalars(select(Job).where(Job.tag == image)).one_or_none()
+    return job if job is not None and job.status in RUNNING and job.bytes_done else None
 
 
 def test_postgres_restart(deploy, munged, registry, postgres, tmp_path):

@@ -3,7 +3,6 @@ the layer cache under reuse, damage, limits and concurrency, and running unprivi
 from __future__ import annotations
 
 import concurrent.futures
-import json
 import os
 import pathlib
 import shutil
@@ -25,7 +24,7 @@ from gateway.registry import Location
 from shifter_core.errors import ImageContentError
 from shifter_core.imageref import parse
 from shifter_core.imagestore import ImageStore
-from tests.integration.squashfs_view import read_mounted
+from tests.integration.squashfs_view import scan_directory, scan_mounted
 
 LONG_PATH = "deep/" + "d" * 60 + "/" + "f" * 60 + ".txt"
 UTF8_NAME = "données-日本語-ünïcødé.txt"
@@ -123,56 +122,13 @@ def new_store(work) -> ImageStore:
 
 # --- the merged tree equals umoci's, apart from the written policy -------------------
 
-SCAN = textwrap.dedent("""
-    import errno, hashlib, json, os, stat, sys
-    root, tree = sys.argv[1], {}
-
-    def xattrs(path):
-        try:
-            return sorted(os.listxattr(path, follow_symlinks=False))
-        except OSError as err:      # squashfs without an xattr table says "not supported"
-            if err.errno != errno.EOPNOTSUPP:
-                raise
-            return []
-
-    for top, dirs, files in os.walk(root):
-        for name in dirs + files:
-            path = os.path.join(top, name)
-            st = os.lstat(path)
-            kind = stat.S_IFMT(st.st_mode)
-            if stat.S_ISREG(st.st_mode):
-                with open(path, "rb") as f:
-                    extra = hashlib.sha256(f.read()).hexdigest()
-            elif stat.S_ISLNK(st.st_mode):
-                extra = os.readlink(path)
-            else:
-                extra = ""
-            tree[os.path.relpath(path, root)] = {
-                "kind": kind, "mode": stat.S_IMODE(st.st_mode), "mtime": int(st.st_mtime),
-                "size": st.st_size if not stat.S_ISDIR(st.st_mode) else 0,
-                "nlink": st.st_nlink if not stat.S_ISDIR(st.st_mode) else 0,
-                "extra": extra, "uid": st.st_uid, "gid": st.st_gid,
-                "rdev": st.st_rdev, "xattrs": xattrs(path),
-            }
-    json.dump(tree, sys.stdout)
-""")
-
-
-def scan_mounted_squashfs(image: str, work) -> dict:
-    return read_mounted(image, work, SCAN)
-
-
 def scan_umoci(registry, reference: str, work) -> dict:
     oci, bundle = work / "oci", work / "bundle"
     subprocess.run(["skopeo", "--insecure-policy", "copy", "--quiet", "--src-tls-verify=false",
                     f"docker://{reference.split(':', 1)[1]}", f"oci:{oci}:ref"], check=True)
     subprocess.run(["umoci", "unpack", "--image", f"{oci}:ref", str(bundle)], check=True,
                    capture_output=True)
-    script = work / "scan.py"
-    script.write_text(SCAN)
-    out = subprocess.run([sys.executable, str(script), str(bundle / "rootfs")], check=True,
-                         capture_output=True, text=True).stdout
-    return json.loads(out)
+    return scan_directory(bundle / "rootfs", work)
 
 
 @pytest.mark.root
@@ -182,7 +138,7 @@ def test_merged_tree_equals_umoci_unpack_apart_from_policy(registry, layout, tmp
     reference = push(layout, registry, "edge", edge_case_layers())
     store = new_store(tmp_path)
     meta = pull_image(parse(reference), store=store, settings=settings(registry, tmp_path))
-    ours = scan_mounted_squashfs(store.image_path(meta.id), tmp_path)
+    ours = scan_mounted(store.image_path(meta.id), tmp_path)
     unpacked = int(time.time())
     theirs = scan_umoci(registry, reference, tmp_path)
 
@@ -342,3 +298,14 @@ def test_builds_left_by_a_crashed_worker_are_cleaned(registry, layout, tmp_path)
     os.utime(other, (old, old))
     pull_image(parse(reference), store=new_store(tmp_path), settings=settings(registry, tmp_path))
     assert not stale.exists() and fresh.exists() and other.exists()
+
+
+def test_a_squashfs_left_without_metadata_is_used_not_built_again(registry, layout, tmp_path):
+    reference = push(layout, registry, "unpublished", [busybox_entries()])
+    store = new_store(tmp_path)
+    meta = pull_image(parse(reference), store=store, settings=settings(registry, tmp_path))
+    inode = os.stat(store.image_path(meta.id)).st_ino
+    for ext in ("json", "meta"):
+        os.unlink(os.path.join(store.directory, f"{meta.id}.{ext}"))
+    assert pull_image(parse(reference), store=store, settings=settings(registry, tmp_path)) == meta
+    assert store.read(meta.id) == meta and os.stat(store.image_path(meta.id)).st_ino == inode

@@ -15,10 +15,10 @@ import pytest
 
 from ci.harness.oci import File, ImageConfig, Layout, busybox_entries, busybox_image
 from ci.harness.registry import Registry
-from gateway.pipeline import PipelineSettings, pull_image
+from gateway.errors import DigestMismatch, RegistryAuthError, RegistryError
+from gateway.pipeline import PipelineSettings, fetch_image, pull_image
 from gateway.registry import Location
-from shifter_core.errors import (ConfigError, DigestMismatch, ImageNotFound, RegistryAuthError,
-                                 RegistryError)
+from shifter_core.errors import ConfigError, ImageNotFound
 from shifter_core.imageref import parse
 from shifter_core.imagestore import ImageStore
 
@@ -197,16 +197,15 @@ def test_private_repository_without_credentials(private_registry, tmp_path):
 @pytest.mark.parametrize("repository", ["private", "public"])
 def test_login_required_tells_whether_the_registry_insisted(private_registry, tmp_path,
                                                             repository):
-    seen = []
     store = ImageStore(str(tmp_path))
     location = Location(url=private_registry.url, insecure=True)
     settings = PipelineSettings(cache_dir=str(tmp_path / "c"), scratch_dir=str(tmp_path / "s"),
                                 locations={private_registry.host: location})
-    pull_image(parse(f"{private_registry.host}/{repository}/busybox:latest"), store=store,
-               settings=settings, credentials=CREDS,
-               progress=lambda status, info: seen.append(info.get("login_required")))
-    insisted = private_registry.auth == "htpasswd" or repository == "private"
-    assert [flag for flag in seen if flag is not None] == [insisted]
+    with fetch_image(parse(f"{private_registry.host}/{repository}/busybox:latest"), store=store,
+                     settings=settings, credentials=CREDS) as pulled:
+        assert pulled.login_required is (private_registry.auth == "htpasswd" or repository == "private")
+        assert pulled.squashfs is not None and not store.exists(pulled.meta.id)    # nothing published
+    assert not os.path.exists(pulled.squashfs)                                    # the build is gone
 
 
 def test_wrong_password(private_registry, tmp_path):

@@ -2,42 +2,22 @@
 from __future__ import annotations
 
 import concurrent.futures
+import hashlib
 import io
 import random
 import tarfile
-import textwrap
 
 import pytest
 
 from ci.harness.oci import Dir, Fifo, File, Hardlink, Symlink
-from gateway.merge import Tree
-from gateway.squash import BLOCK_SIZE, Compressor, Pack, pack_layer, write_image
-from tests.integration.squashfs_view import read_mounted
+from gateway.pipeline import convert
+from gateway.squash import BLOCK_SIZE, Compressor, Pack, pack_layer
+from tests.integration.squashfs_view import scan_mounted
 
 pytestmark = pytest.mark.root
 
-READ_ALL = textwrap.dedent("""
-    import hashlib, json, os, stat, sys
-    root, tree = sys.argv[1], {}
-    for top, dirs, files in os.walk(root):
-        for name in dirs + files:
-            path = os.path.join(top, name)
-            st = os.lstat(path)
-            if stat.S_ISREG(st.st_mode):
-                with open(path, "rb") as f:
-                    extra = hashlib.sha256(f.read()).hexdigest()
-            elif stat.S_ISLNK(st.st_mode):
-                extra = os.readlink(path)
-            else:
-                extra = None
-            tree[os.path.relpath(path, root)] = [stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode),
-                                                 st.st_nlink, st.st_uid, extra]
-    json.dump(tree, sys.stdout)
-""")
-
-
 def squashfs_from(tmp_path, layers, compressor="zstd", level=3) -> str:
-    comp, tree, packs = Compressor(compressor, level), Tree("kernel-test"), []
+    comp, packs = Compressor(compressor, level), []
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         for index, entries in enumerate(layers):
             raw = io.BytesIO()
@@ -47,20 +27,14 @@ def squashfs_from(tmp_path, layers, compressor="zstd", level=3) -> str:
             pack_file = open(tmp_path / f"pack{index}", "w+b")
             pack_layer(io.BytesIO(raw.getvalue()), pack_file, comp, pool)
             packs.append(Pack(pack_file, pack_file.tell()))
-            tree.apply(index, packs[-1].members(index))
     image = str(tmp_path / "image.sqfs")
-    write_image(tree, packs, image, comp)
+    convert(packs, image, comp, "kernel-test")
     for pack in packs:
         pack.file.close()
     return image
 
 
-def kernel_view(image: str, tmp_path) -> dict:
-    return read_mounted(image, tmp_path, READ_ALL)
-
-
 def sha(data: bytes) -> str:
-    import hashlib
     return hashlib.sha256(data).hexdigest()
 
 
@@ -76,14 +50,14 @@ def test_kernel_reads_every_structure_we_write(tmp_path, compressor, level):
              + [File("big", big), File("sparse", sparse), File("empty", b""),
                 File("suid", "s", mode=0o4755), Hardlink("suid-2", "suid"),
                 Symlink("link", "/big"), Fifo("fifo"), Dir("sticky", mode=0o1777)])
-    seen = kernel_view(squashfs_from(tmp_path, [layer], compressor, level), tmp_path)
+    seen = scan_mounted(squashfs_from(tmp_path, [layer], compressor, level), tmp_path)
 
     assert sum(1 for p in seen if p.startswith("big-dir/")) == 2500
-    assert seen[many[-1]][4] == sha(many[-1].encode())
-    assert all(seen[n][4] == sha(d) for n, d in files.items())
-    assert seen["big"][4] == sha(big) and seen["sparse"][4] == sha(sparse)
-    assert seen["empty"][4] == sha(b"")
-    assert seen["suid"][1] == 0o4755 and seen["suid"][2] == 2 and seen["suid-2"][2] == 2
-    assert seen["link"][4] == "/big"
-    assert seen["sticky"][1] == 0o1777
-    assert {entry[3] for entry in seen.values()} == {0}
+    assert seen[many[-1]]["extra"] == sha(many[-1].encode())
+    assert all(seen[n]["extra"] == sha(d) for n, d in files.items())
+    assert seen["big"]["extra"] == sha(big) and seen["sparse"]["extra"] == sha(sparse)
+    assert seen["empty"]["extra"] == sha(b"")
+    assert seen["suid"]["mode"] == 0o4755 and seen["suid"]["nlink"] == seen["suid-2"]["nlink"] == 2
+    assert seen["link"]["extra"] == "/big"
+    assert seen["sticky"]["mode"] == 0o1777
+    assert {entry["uid"] for entry in seen.values()} == {0}

@@ -31,7 +31,8 @@ def test_shifter_example_file_is_accepted(tmp_path):
         "Platforms": {"cluster": {"mungeSocketPath": "/var/run/munge/munge.socket.2", "accesstype": "remote",
                                   "admins": ["root"], "host": ["login1", "login2"], "usergroupService": "x",
                                   "ssh": {"username": "shifter", "key": "/etc/ssh/key", "imageDir": "/images",
-                                          "sshCmdOptions": ["-o", "StrictHostKeyChecking=no"]}}},
+                                          "sshCmdOptions": ["-o", "StrictHostKeyChecking=no"],
+                                          "scpCmdOptions": "-C"}}},
     }
     cfg = load(tmp_path, data)
     assert cfg.worker_threads == 2 and cfg.log_level == "WARNING"
@@ -41,12 +42,13 @@ def test_shifter_example_file_is_accepted(tmp_path):
     assert cfg.locations["index.docker.io"].url == "https://index.docker.io"
     assert not cfg.locations["index.docker.io"].insecure
     assert cfg.locations["local"].insecure and cfg.locations["local"].auth_method == "basic"
-    platform = cfg.platform("cluster")
-    assert platform.access_type == "remote" and platform.ssh.hosts == ("login1", "login2")
-    assert platform.ssh.ssh_options == ("-o", "StrictHostKeyChecking=no")
+    system = cfg.system("cluster")
+    assert system.access_type == "remote" and system.ssh.hosts == ("login1", "login2")
+    assert system.ssh.ssh_options == ("-o", "StrictHostKeyChecking=no")
     assert cfg.may_import("alice") and not cfg.may_import("bob")
     assert any("MongoDBURI" in w for w in cfg.warnings)
     assert any("usergroupService" in w for w in cfg.warnings)
+    assert any("scpCmdOptions" in w for w in cfg.warnings)
 
 
 def test_defaults_and_relative_paths(tmp_path):
@@ -103,7 +105,7 @@ def test_missing_and_malformed_files(tmp_path):
 
 def test_unknown_system_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="not configured"):
-        load(tmp_path, {"Platforms": PLATFORMS}).platform("other")
+        load(tmp_path, {"Platforms": PLATFORMS}).system("other")
 
 
 def test_pipeline_settings_carry_locations_and_compression(tmp_path):

@@ -14,7 +14,8 @@ from sqlalchemy import select
 
 from gateway import metrics, prometheus
 from gateway.db import Database
-from gateway.models import CONVERSION, TRANSFER, Counter, ImageUsage
+from gateway.models import Counter, ImageUsage
+from shifter_core.imagestatus import CONVERSION, TRANSFER
 from shifter_core.imagestore import ImageMeta
 from tests.unit.test_gateway_queue import catalog, clock, config, db, pull, queue  # noqa: F401
 

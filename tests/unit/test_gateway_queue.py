@@ -8,12 +8,14 @@ import pytest
 
 from gateway import config as gwconfig
 from gateway.auth import Caller, may_read
-from gateway.catalog import BadRequest, Catalog, ImageView
+from gateway.catalog import Catalog, ImageView
+from gateway.errors import BadRequest
 from gateway.db import Database
 from gateway.metrics import LookupLog
-from gateway.models import EXPIRING, FAILURE, PENDING, PULLING, READY, Image, Job
+from gateway.models import Image, Job
 from gateway.queue import JobQueue, LostJob
 from shifter_core.errors import AccessDenied, ImageNotFound
+from shifter_core.imagestatus import EXPIRING, FAILURE, PENDING, PULLING, READY
 from shifter_core.imagestore import ImageMeta
 
 DIGEST = "sha256:" + "ab" * 32
@@ -204,6 +206,21 @@ def test_failure_is_sticky_for_the_backoff_only(db, catalog, queue, clock):
         assert s.get(Job, job.pk) is None                # only the newest job of a tag is kept
 
 
+def test_a_login_retries_a_failure_only_if_the_failed_pull_had_none(db, catalog, queue, clock):
+    with_login = Caller(user="alice", uid=1000, gid=1000, groups=frozenset({1000}), system="sys",
+                        registry_logins={"default": ("alice", "pw")})
+    pull(db, catalog)
+    with db.session() as s:
+        queue.fail(s, queue.claim(s, "w1"), "w1", "give credentials", retryable=False)
+    kind, _, status = pull(db, catalog, who=with_login)               # the login may be what was missing
+    assert (kind, status) == (Job, PENDING)
+    with db.session() as s:
+        queue.fail(s, queue.claim(s, "w1"), "w1", "not on its ACL", retryable=False)
+    assert pull(db, catalog, who=with_login)[2] == FAILURE           # it had one: no loop of new pulls
+    with db.session() as s:
+        assert s.query(Job).one().credentials == {}                   # erased, its presence kept
+
+
 def test_two_tags_one_digest_share_one_image(db, catalog, queue):
     pull(db, catalog, tag="busybox:1")
     finish(db, catalog, queue)
@@ -245,8 +262,10 @@ def test_private_image_acl(db, catalog, queue):
 
 
 @pytest.mark.parametrize("private, users, groups, uid, gids, expected", [
-    (False, [1], [2], 9, {9}, True),
-    (True, [], [], 9, {9}, True),
+    (False, [], [], 9, {9}, True),
+    (False, [1], [2], 9, {9}, False),             # an ACL on a public image counts too
+    (False, [9], [], 9, {9}, True),
+    (True, [], [], 9, {9}, False),                # private without an ACL: older gateways made them
     (True, [9], [], 9, {9}, True),
     (True, [1], [], 9, {9}, False),
     (True, [], [2], 9, {9, 2}, True),

@@ -6,14 +6,15 @@ import pytest
 
 from gateway import public
 from gateway.app import create_app
-from gateway.models import CONVERSION
 from gateway.status import chart, duration, size
+from shifter_core.imagestatus import CONVERSION
 from shifter_core.imagestore import ImageMeta
 from tests.unit.test_gateway_queue import caller, catalog, clock, config, db, pull, queue  # noqa: F401
 
 PUBLIC = ImageMeta(digest="sha256:" + "11" * 32, env=["A=1"], cmd=["/bin/sh"], labels={"x": "<i>y</i>"},
                    layers=[{"digest": "sha256:" + "22" * 32, "size": 1234, "mediaType": "tar+gzip"}])
 PRIVATE = ImageMeta(digest="sha256:" + "33" * 32, private=True, user_acl=[4242], group_acl=[4343])
+RESTRICTED = ImageMeta(digest="sha256:" + "44" * 32, user_acl=[4244])           # public, with an ACL
 
 
 def publish(db, catalog, queue, tag: str, meta: ImageMeta, who="secret-user") -> None:
@@ -31,9 +32,16 @@ def app(config, db):
 
 @pytest.fixture
 def site(db, catalog, queue, clock):
-    """A public image, a private one, a public pull converting, an unresolved pull, a failed public pull."""
+    """A public image, a private one, one with an ACL, a public pull converting, an unresolved pull,
+    a failed public pull, a public pull refused by an image's ACL."""
     publish(db, catalog, queue, "public/app:1", PUBLIC)
     publish(db, catalog, queue, "private/thing:1", PRIVATE)
+    publish(db, catalog, queue, "public/restricted:1", RESTRICTED)
+    pull(db, catalog, who=caller(user="secret-user"), tag="public/restricted:2")
+    with db.session() as s:
+        refused = queue.claim(s, "w1")
+        queue.progress(s, refused, "w1", public=True, image_id=RESTRICTED.id)
+        queue.fail(s, refused, "w1", f"image {RESTRICTED.id} may only be pulled again by ...", retryable=False)
     for tag in ("public/converting:1", "unknown/yet:1", "public/broken:1"):
         pull(db, catalog, who=caller(user="secret-user"), tag=tag)
     with db.session() as s:
@@ -52,6 +60,7 @@ def test_only_public_images_pulls_and_failures_are_selected(db, site, clock):
         queue = public.queue(s, "sys")
         failures = public.failures(s, "sys", clock.now)
         assert public.image(s, "sys", PRIVATE.id, clock.now) is None
+        assert public.image(s, "sys", RESTRICTED.id, clock.now) is None
         detail = public.image(s, "sys", PUBLIC.id, clock.now)
     assert [(i.image_id, i.tags) for i in images] == [(PUBLIC.id, ["public/app:1"])]
     assert [(p.tag, p.status) for p in queue.pulls] == [("public/converting:1", CONVERSION)]
@@ -67,7 +76,8 @@ def test_the_page_shows_no_user_acl_or_private_image(app, site):
     for page in pages:
         assert page.status_code == 200
         text = page.get_data(as_text=True)
-        for secret in ("secret-user", "private/thing", PRIVATE.id, "4242", "4343", "unknown/yet"):
+        for secret in ("secret-user", "private/thing", PRIVATE.id, "4242", "4343", "unknown/yet",
+                       "public/restricted", RESTRICTED.id, "4244"):
             assert secret not in text
     assert "public/app:1" in pages[0].get_data(as_text=True)
     assert "&lt;i&gt;y&lt;/i&gt;" in pages[2].get_data(as_text=True)          # labels are text, not markup

@@ -28,6 +28,7 @@ def merged(*layers) -> dict[str, tuple]:
     tree = Tree("test")
     for index, layer in enumerate(layers):
         tree.apply(index, layer)
+    tree.drop_devices()
     return {path: (node.kind, node.source or node.target or None) for path, node in tree.walk()}
 
 
@@ -121,10 +122,31 @@ def test_devices_are_dropped_and_replace_what_was_there():
     tree = Tree("t")
     tree.apply(0, [d("dev"), f("dev/null")])
     tree.apply(1, [Member("dev/null", DEVICE), Member("dev/sda", DEVICE), Member("p", FIFO)])
+    tree.drop_devices()
     nodes = dict(tree.walk())
     assert "dev/null" not in nodes and "dev/sda" not in nodes
     assert nodes["p"].kind == FIFO
     assert tree.dropped == ["dev/null", "dev/sda"]
+
+
+def test_hardlinks_to_a_device_are_dropped_with_it():
+    assert paths([d("dev"), Member("dev/kmem", DEVICE), hard("dev/mem", "dev/kmem"), f("keep")]) == {
+        "dev", "keep"}
+
+
+def test_a_device_keeps_its_directory_through_a_whiteout_of_the_lower_one():
+    # umoci keeps "a": the layer put something in it, even if that is a device we drop
+    lower = [d("a"), f("a/old")]
+    upper = [Member("a/dev", DEVICE), f(".wh.a")]
+    assert paths(lower, upper) == paths(lower, list(reversed(upper))) == {"a"}
+
+
+def test_markers_below_a_symlink_are_refused_like_any_entry():
+    lower = [d("etc"), f("etc/passwd"), link("link", "etc")]
+    for marker in ("link/.wh.passwd", "link/.wh..wh..opq"):
+        with pytest.raises(ImageContentError, match="below link, a symlink"):
+            merged(lower, [f(marker)])
+    assert paths([f("file")], [f("file/.wh.x")]) == {"file"}     # below a file: nothing to hide
 
 
 def test_root_entry_sets_root_metadata_and_utf8_names_survive():
@@ -142,6 +164,8 @@ def test_root_entry_sets_root_metadata_and_utf8_names_survive():
     ([[f("file"), f("file/x")]], "below file, a file"),
     ([[hard("h", "../../etc/shadow")]], "leaves the image root"),
     ([[hard("h", "missing")]], "not in the image"),
+    ([[f("h"), hard("h", "/h")]], "hardlink to itself"),
+    ([[d("d"), f("d/f"), link("s", "d"), hard("h", "s/f")]], "hardlink through s, a symlink"),
     ([[d("dir"), hard("h", "dir")]], "hardlink to a directory"),
     ([[d("etc"), f("etc/.wh.")]], "malformed whiteout"),
     ([[f(".wh..wh.x")]], "malformed whiteout"),
@@ -149,6 +173,8 @@ def test_root_entry_sets_root_metadata_and_utf8_names_survive():
     ([[link("l", "a\0b")]], "NUL target"),
     ([[link("l", "")]], "empty or NUL target"),
     ([[f("/".join(["d"] * 201))]], "deeper than 200"),
+    ([[f("x" * 256)]], "longer than 255 bytes"),
+    ([[f("missing/.wh.")]], "malformed whiteout"),
 ])
 def test_hostile_entries_refuse_the_image(layers, why):
     with pytest.raises(ImageContentError, match=why) as info:
@@ -178,6 +204,7 @@ def test_any_layer_stack_gives_a_clean_tree_or_a_refusal(layers):
             tree.apply(index, layer)
     except ImageContentError:
         return
+    tree.drop_devices()
     for path, node in tree.walk():
         assert ".wh." not in path
         assert node.kind in (DIR, FILE, SYMLINK, FIFO)

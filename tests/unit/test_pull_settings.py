@@ -10,7 +10,8 @@ import zstandard
 
 from gateway.pipeline import INFLATE_LIMIT, PipelineSettings, _LayerStream, default_architecture
 from gateway.registry import Location, Platform
-from shifter_core.errors import ConfigError, DigestMismatch, RegistryError
+from gateway.errors import DigestMismatch, RegistryError
+from shifter_core.errors import ConfigError
 
 
 def settings(**kw) -> PipelineSettings:

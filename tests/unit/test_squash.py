@@ -11,9 +11,10 @@ import tarfile
 import pytest
 
 from ci.harness.oci import Dir, Entry, Fifo, File, Hardlink, Symlink
-from gateway.merge import Tree
-from gateway.squash import BLOCK_SIZE, Compressor, Pack, pack_layer, write_image
-from shifter_core.errors import ConversionError, ImageContentError
+from gateway.errors import ConversionError
+from gateway.pipeline import convert
+from gateway.squash import BLOCK_SIZE, Compressor, Pack, pack_layer
+from shifter_core.errors import ImageContentError
 
 MTIME = 1_650_000_000
 
@@ -29,17 +30,16 @@ def tar_bytes(entries: list[Entry]) -> bytes:
 def build(tmp_path, layers: list[list[Entry]], compressor: str = "zstd",
           level: int | None = 3, name: str = "image.sqfs") -> str:
     comp = Compressor(compressor, level)
-    tree, packs = Tree("test"), []
+    packs = []
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         for index, entries in enumerate(layers):
             pack_file = open(tmp_path / f"{name}.pack{index}", "w+b")
             pack_layer(io.BytesIO(tar_bytes(entries)), pack_file, comp, pool, "test")
             size = pack_file.tell()
             packs.append(Pack(pack_file, size))
-            tree.apply(index, packs[-1].members(index))
     output = str(tmp_path / name)
     try:
-        write_image(tree, packs, output, comp)
+        convert(packs, output, comp, "test")
     finally:
         for pack in packs:
             pack.file.close()
@@ -92,7 +92,7 @@ def test_every_kind_of_entry_round_trips(tmp_path):
         Symlink("dangling", "does/not/exist", mtime=MTIME),
         Fifo("run/fifo", mode=0o600, mtime=MTIME),
         File("données-日本語-ünïcødé.txt", "utf-8", mtime=MTIME),
-        File("n" * 256, "longest name", mtime=MTIME),
+        File("n" * 255, "longest name", mtime=MTIME),
     ]
     image = build(tmp_path, [entries])
     tree = read_back(image)
@@ -108,7 +108,7 @@ def test_every_kind_of_entry_round_trips(tmp_path):
     assert tree["dangling"][0::5] == ("symlink", "does/not/exist")
     assert tree["run/fifo"][:2] == ("fifo", 0o600)
     assert tree["données-日本語-ünïcødé.txt"][5] == b"utf-8"
-    assert tree["n" * 256][5] == b"longest name"
+    assert tree["n" * 255][5] == b"longest name"
     assert all(uid == 0 and gid == 0 for _, _, _, uid, gid, _ in tree.values())
     assert tree["usr"][0] == "dir" and tree["usr"][1] == 0o755     # implicit parent
 
@@ -189,9 +189,15 @@ def test_unusable_compressor_settings_are_refused(name, level):
         Compressor(name, level)
 
 
-def test_names_longer_than_squashfs_allows_are_refused(tmp_path):
-    with pytest.raises(ImageContentError, match="longer than 256 bytes"):
-        build(tmp_path, [[File("n" * 257, "x")]])
+def test_names_longer_than_unsquashfs_and_umoci_create_are_refused(tmp_path):
+    with pytest.raises(ImageContentError, match="longer than 255 bytes"):
+        build(tmp_path, [[File("n" * 256, "x")]])
+    with pytest.raises(ImageContentError, match="longer than 255 bytes"):
+        build(tmp_path, [[File("é" * 128, "x")]])         # 256 bytes of UTF-8
+    image = build(tmp_path, [[File("dir/" + "n" * 255, "longest name")]], name="ok.sqfs")
+    subprocess.run(["unsquashfs", "-q", "-d", str(tmp_path / "out"), image], check=True,
+                   capture_output=True)
+    assert (tmp_path / "out" / "dir" / ("n" * 255)).read_text() == "longest name"
 
 
 def test_truncated_layer_is_refused(tmp_path):
