@@ -106,6 +106,7 @@ class Layout:
     job_submit_lua = property(lambda self: self.etc / "job_submit.lua")
     provenance = property(lambda self: self.log / "provenance")
     record_file = property(lambda self: self.run / "harness.json")
+    shape_file = property(lambda self: self.run / "harness-shape.json")
 
     def pidfile(self, daemon: str) -> Path:
         return self.run / f"{daemon}.pid"
@@ -153,11 +154,18 @@ class Record:
     nodes: tuple[str, ...] = NODES
     gateway_metrics: bool = False       # the gateway records every lookup (GET /api/metrics)
 
+    # Kept apart from harness.json: other checkouts (worktrees on older branches) read
+    # harness.json to know whether this cluster is up, and their Record refuses unknown keys.
+    _SHAPE = ("nodes", "gateway_metrics")
+
     def save(self, layout: Layout) -> None:
         layout.run.mkdir(parents=True, exist_ok=True)
-        tmp = layout.record_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(dataclasses.asdict(self), indent=1), encoding="utf-8")
-        tmp.replace(layout.record_file)
+        raw = dataclasses.asdict(self)
+        shape = {key: raw.pop(key) for key in self._SHAPE}
+        for path, content in ((layout.shape_file, shape), (layout.record_file, raw)):
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(content, indent=1), encoding="utf-8")
+            tmp.replace(path)
 
     @classmethod
     def load(cls, layout: Layout) -> "Record | None":
@@ -165,6 +173,10 @@ class Record:
             raw = json.loads(layout.record_file.read_text(encoding="utf-8"))
         except FileNotFoundError:
             return None
+        try:
+            raw.update(json.loads(layout.shape_file.read_text(encoding="utf-8")))
+        except FileNotFoundError:
+            pass
         raw["daemons"] = {name: Daemon(**d) for name, d in raw["daemons"].items()}
         raw["nodes"] = tuple(raw.get("nodes", NODES))
         return cls(**raw)
@@ -598,6 +610,7 @@ class Cluster:
         _wait_until(lambda: not scope.remains(), 5, 0.2)
         remains = scope.remains()
         self.layout.record_file.unlink(missing_ok=True)
+        self.layout.shape_file.unlink(missing_ok=True)
         self._release_machine()
         return remains
 
