@@ -44,10 +44,14 @@ class Bench:
         self.env = cl.client_env(record, {"PATH": harness.DAEMON_PATH, "HOME": "/tmp"})
 
     def run(self, *argv: str) -> float:
+        return self.capture(*argv)[0]
+
+    def capture(self, *argv: str) -> tuple[float, str]:
+        """Run `argv` as the test user; (seconds it took, its standard output)."""
         started = time.perf_counter()
-        subprocess.run(["/usr/sbin/runuser", "-u", harness.TEST_USER, "--", *argv], env=self.env,
-                       cwd="/tmp", check=True, stdout=subprocess.DEVNULL)
-        return time.perf_counter() - started
+        result = subprocess.run(["/usr/sbin/runuser", "-u", harness.TEST_USER, "--", *argv], env=self.env,
+                                cwd="/tmp", check=True, stdout=subprocess.PIPE, text=True)
+        return time.perf_counter() - started, result.stdout
 
 
 STEP_LOOP = """for i in $(seq {warmup}); do srun -n2 true; done
