@@ -48,12 +48,9 @@ IMAGE = "docker:bench/storm:v1"
 CASES = ("bare", "ours", "ch-run")
 
 
-def publish_image(bench: Bench, record: harness.Record, tree: str) -> str:
-    """Build the image, push it to the cluster's registry, pull it through the gateway; its id."""
-    with tempfile.TemporaryDirectory(prefix="bench-storm-") as tmp:
-        layout = Layout(os.path.join(tmp, "layout"))
-        pytree.image(layout, tree, "v1")
-        layout.push("v1", f"{record.registry}/bench/storm:v1")
+def publish_image(bench: Bench, record: harness.Record, layout: Layout) -> str:
+    """Push the image to the cluster's registry, pull it through the gateway; its id."""
+    layout.push("v1", f"{record.registry}/bench/storm:v1")
     bench.run("shifterimg", "pull", IMAGE)
     return bench.capture("shifterimg", "lookup", IMAGE)[1].strip()
 
@@ -152,11 +149,13 @@ def main(argv: list[str] | None = None) -> int:
     cl = harness.Cluster(harness.Layout(harness.REPO / ".cluster"))
     site = Site(cl.layout)
     load_before = os.getloadavg()
-    with cl.alone():
+    with tempfile.TemporaryDirectory(prefix="bench-storm-") as tmp, cl.alone():
+        layout = Layout(os.path.join(tmp, "layout"))
+        pytree.image(layout, tree, "v1")            # before the cluster is up: others may use it meanwhile
         record = cl.up(started_by="bench/import_storm")
         try:
             bench = Bench(cl, record)
-            image_id = publish_image(bench, record, tree)
+            image_id = publish_image(bench, record, layout)
             site.prepare()
             fill_export(site, cl.layout, tree, image_id, args.charliecloud)
             with NetworkFS(cl.layout, record, site.exports()) as netfs:

@@ -60,14 +60,10 @@ echo "tar-ns $((e - s))"
 """
 
 
-def publish_image(bench: Bench, record: harness.Record) -> None:
+def debian_image(layout: Layout) -> None:
     """Debian bookworm minbase (bench/pull.py's base layer): GNU dd, tar and sync."""
-    with tempfile.TemporaryDirectory(prefix="bench-debian-") as tmp:
-        layout = Layout(os.path.join(tmp, "layout"))
-        layer = layout.add_layer(entries_from_directory(pull.base_tree()))
-        layout.add_image([layer], ImageConfig(cmd=["/bin/sh"]), tag="v1")
-        layout.push("v1", f"{record.registry}/bench/debian:v1")
-    bench.run("shifterimg", "pull", IMAGE)
+    layer = layout.add_layer(entries_from_directory(pull.base_tree()))
+    layout.add_image([layer], ImageConfig(cmd=["/bin/sh"]), tag="v1")
 
 
 def small_files_archive(path: str, files: int) -> None:
@@ -111,11 +107,14 @@ def main(argv: list[str] | None = None) -> int:
     targets = {"netfs": str(site.mount / "scratch"), "perNodeCache": "/cache", "local disk": f"{local}/out"}
     samples: dict[str, list[dict]] = {case: [] for case in targets}
     load_before = os.getloadavg()
-    with cl.alone():
+    with tempfile.TemporaryDirectory(prefix="bench-debian-") as tmp, cl.alone():
+        layout = Layout(os.path.join(tmp, "layout"))
+        debian_image(layout)
         record = cl.up(started_by="bench/node_cache")
         try:
             bench = Bench(cl, record)
-            publish_image(bench, record)
+            layout.push("v1", f"{record.registry}/bench/debian:v1")
+            bench.run("shifterimg", "pull", IMAGE)
             site.prepare()
             shutil.rmtree(local, ignore_errors=True)
             os.makedirs(local)
