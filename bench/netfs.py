@@ -24,7 +24,9 @@ keeps FUSE's own 1 s attribute and entry timeouts, an NFS client's attribute
 cache is longer), `sshfs_sync` (writes wait for the server, as in
 environment.md's probe: asynchronous sshfs stalls on floods of small writes),
 `allow_other,default_permissions` (every user of the node, with the kernel
-checking the file modes).  `cold()` unmounts and remounts every client and
+checking the file modes), `no_contain_symlinks` (absolute symlinks are
+returned as they are, as NFS does: sshfs's default refuses them with EPERM,
+and an image root on the file system, ch-run's, then cannot exec anything).  `cold()` unmounts and remounts every client and
 drops the page cache in between, so nothing cached survives between runs.
 
 Everything started here (socat, the sftp-servers it forked, sshfs) is stopped
@@ -46,7 +48,7 @@ SSHFS = "/usr/bin/sshfs"
 NSENTER = "/usr/bin/nsenter"
 UMOUNT = "/usr/bin/umount"
 SFTP_SERVER = "/usr/lib/openssh/sftp-server"
-MOUNT_OPTIONS = "allow_other,default_permissions,dir_cache=no,sshfs_sync"
+MOUNT_OPTIONS = "allow_other,default_permissions,no_contain_symlinks,dir_cache=no,sshfs_sync"
 _ENV = {"PATH": harness.DAEMON_PATH, "LANG": "C.UTF-8"}
 
 
