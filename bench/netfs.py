@@ -18,10 +18,10 @@ site owns (the image directory, perNodeCachePath); one served as the test
 user like the user's own network scratch: its sftp-server runs with the
 user's uid, as an NFS server acts with the caller's.
 
-sshfs options, for every mount: `dir_cache=no` (sshfs 3.7's name for the old
-`cache=no`: no attribute, name or link cache in sshfs itself; the kernel
-keeps FUSE's own 1 s attribute and entry timeouts, an NFS client's attribute
-cache is longer), `sshfs_sync` (writes wait for the server, as in
+sshfs options, for every mount: `dir_cache=no` unless asked otherwise (sshfs
+3.7's name for the old `cache=no`: no attribute, name or link cache in sshfs
+itself; the kernel keeps FUSE's own 1 s attribute and entry timeouts, an NFS
+client's attribute cache is longer), `sshfs_sync` (writes wait for the server, as in
 environment.md's probe: asynchronous sshfs stalls on floods of small writes),
 `allow_other,default_permissions` (every user of the node, with the kernel
 checking the file modes), `no_contain_symlinks` (absolute symlinks are
@@ -48,7 +48,7 @@ SSHFS = "/usr/bin/sshfs"
 NSENTER = "/usr/bin/nsenter"
 UMOUNT = "/usr/bin/umount"
 SFTP_SERVER = "/usr/lib/openssh/sftp-server"
-MOUNT_OPTIONS = "allow_other,default_permissions,no_contain_symlinks,dir_cache=no,sshfs_sync"
+MOUNT_OPTIONS = "allow_other,default_permissions,no_contain_symlinks,sshfs_sync"
 _ENV = {"PATH": harness.DAEMON_PATH, "LANG": "C.UTF-8"}
 
 
@@ -109,8 +109,8 @@ class _Client:
     log: Path
     process: subprocess.Popen | None = None
 
-    def mount(self) -> None:
-        options = f"ssh_command={self.server.connect_script},{MOUNT_OPTIONS}"
+    def mount(self, dir_cache: bool) -> None:
+        options = f"ssh_command={self.server.connect_script},{MOUNT_OPTIONS},dir_cache={'yes' if dir_cache else 'no'}"
         argv = [NSENTER, f"--mount=/proc/{self.slurmd}/ns/mnt", f"--net=/run/netns/{self.node}", "--",
                 SSHFS, "-f", f"{harness.HOST_ADDRESS}:{self.export.source}", self.export.mountpoint,
                 "-o", options]
@@ -150,9 +150,10 @@ class _Client:
 class NetworkFS:
     """The exports mounted on every node of the cluster `record` describes."""
 
-    def __init__(self, layout: harness.Layout, record: harness.Record, exports: list[Export]):
+    def __init__(self, layout: harness.Layout, record: harness.Record, exports: list[Export], *,
+                 dir_cache: bool = False):
         self.workdir = layout.root / "netfs-run"
-        self.layout, self.record, self.exports = layout, record, exports
+        self.layout, self.record, self.exports, self.dir_cache = layout, record, exports, dir_cache
         self.servers: dict[str | None, _Server] = {}
         self.clients: list[_Client] = []
 
@@ -191,7 +192,7 @@ class NetworkFS:
 
     def _mount_all(self) -> None:
         for client in self.clients:
-            client.mount()
+            client.mount(self.dir_cache)
 
     def cold(self) -> None:
         """Every client unmounted and mounted again, with the page cache dropped in between."""

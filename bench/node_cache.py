@@ -138,21 +138,21 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             site.remove()
             shutil.rmtree(local, ignore_errors=True)
-    medians = {case: {key: round(statistics.median(s[key] for s in runs), 3) for key in runs[0]}
-               for case, runs in samples.items()}
-    net = medians["netfs"]
-    ratios = {f"{case} / netfs, {what}": round(medians[case][key] / net[key], 2)
-              for case in ("perNodeCache", "local disk")
-              for what, key in (("dd bs=512", "dd_MB_per_s"), ("tar of small files", "tar_files_per_s"))}
-    report = {
-        "benchmark": "small-block writes: perNodeCache (XFS file on sshfs) vs sshfs directly",
-        "dd_blocks": args.dd_blocks, "files": args.files, "runs": args.runs, "node": NODE,
-        "medians": medians, "ratios": ratios, "target": "perNodeCache / netfs >= 10",
-        "samples": samples,
-        "load_average_before": load_before, "load_average_after": os.getloadavg(),
-    }
-    print(json.dumps({k: report[k] for k in ("medians", "ratios")}, indent=1))
-    print("written to", results.save("node_cache", report))
+        medians = {case: {key: round(statistics.median(s[key] for s in runs), 3) for key in runs[0]}
+                   for case, runs in samples.items()}
+        net = medians["netfs"]
+        ratios = {f"{case} / netfs, {what}": round(medians[case][key] / net[key], 2)
+                  for case in ("perNodeCache", "local disk")
+                  for what, key in (("dd bs=512", "dd_MB_per_s"), ("tar of small files", "tar_files_per_s"))}
+        report = {      # saved before the cluster goes down: its leak check may raise
+            "benchmark": "small-block writes: perNodeCache (XFS file on sshfs) vs sshfs directly",
+            "dd_blocks": args.dd_blocks, "files": args.files, "runs": args.runs, "node": NODE,
+            "medians": medians, "ratios": ratios, "target": "perNodeCache / netfs >= 10",
+            "samples": samples,
+            "load_average_before": load_before, "load_average_after": os.getloadavg(),
+        }
+        print(json.dumps({k: report[k] for k in ("medians", "ratios")}, indent=1))
+        print("written to", results.save("node_cache", report), flush=True)
     return 0
 
 

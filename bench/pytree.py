@@ -33,10 +33,12 @@ from ci.harness.oci import Dir, ImageConfig, Layout, entries_from_directory
 IMAGE_TREE = "/opt/storm-tree"       # where the image holds the tree (the directory put on sys.path)
 PYTHON = "/usr/bin/python3"          # the nodes' interpreter, the image's too
 FUNCTIONS_PER_EXTENSION = 60
-# What every importer runs: the tree's directory as argv[1]; prints seconds spent importing and
-# the wall clock at the end, so the benchmark can tell when the last rank finished.
+# What every importer runs, with the tree's directory as argv[1]; prints the modules imported,
+# the seconds that took, the CPU seconds of the whole process, and the wall clock at the end
+# (when the last rank finished).
 IMPORTER = ("import sys, time; t = time.perf_counter(); sys.path.insert(0, sys.argv[1]); import storm; "
-            "n = storm.load_all(); print('storm', n, time.perf_counter() - t, time.time(), flush=True)")
+            "n = storm.load_all(); print('storm', n, time.perf_counter() - t, time.process_time(), time.time(),"
+            " flush=True)")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -156,15 +156,15 @@ def main(argv: list[str] | None = None) -> int:
             prolog = prologs(cl.layout, nodes)
         finally:
             shutil.rmtree(cl.layout.root / "bench-peer", ignore_errors=True)
-    result = {
-        "benchmark": "job start with a cached image against node count",
-        "nodes_in_cluster": len(nodes), "runs": args.runs,
-        **report(jobs, prolog, lookups, counts),
-        "jobs": jobs,
-        "load_average_before": load_before, "load_average_after": os.getloadavg(),
-    }
-    print(json.dumps({k: v for k, v in result.items() if k != "jobs"}, indent=1))
-    print("written to", results.save("start_scaling", result))
+        result = {      # saved before the cluster goes down: its leak check may raise
+            "benchmark": "job start with a cached image against node count",
+            "nodes_in_cluster": len(nodes), "runs": args.runs,
+            **report(jobs, prolog, lookups, counts),
+            "jobs": jobs,
+            "load_average_before": load_before, "load_average_after": os.getloadavg(),
+        }
+        print(json.dumps({k: v for k, v in result.items() if k != "jobs"}, indent=1))
+        print("written to", results.save("start_scaling", result), flush=True)
     return 0
 
 
