@@ -52,7 +52,7 @@ CACHE_VOLUME = "/x:/cache:perNodeCache=size=1G"
 NODE = "n1"
 # $1 target directory, $2 dd blocks, $3 archive; prints nanoseconds of each part
 WRITES = """set -e
-s=$(date +%s%N); dd if=/dev/zero of="$1/dd.bin" bs=512 count="$2" conv=fsync 2>/dev/null; e=$(date +%s%N)
+s=$(date +%s%N); dd if=/dev/zero of="$1/dd.bin" bs=512 count="$2" conv=fsync status=none; e=$(date +%s%N)
 echo "dd-ns $((e - s))"
 mkdir "$1/tree"
 s=$(date +%s%N); tar -xf "$3" -C "$1/tree"; sync -f "$1/tree"; e=$(date +%s%N)
@@ -83,7 +83,7 @@ def small_files_archive(path: str, files: int) -> None:
 def one_run(bench: Bench, case: str, target: str, archive: str, args) -> dict:
     srun = ["srun", "-N1", "-w", NODE]
     if case == "perNodeCache":
-        srun += [f"--image={IMAGE}", f"--volume={CACHE_VOLUME}"]
+        srun += [f"--image={IMAGE}", "--autoshift", f"--volume={CACHE_VOLUME}"]
     wall, out = bench.capture(*srun, "/bin/sh", "-c", WRITES, "writes", target, str(args.dd_blocks), archive)
     parts = dict(line.split() for line in out.splitlines() if line.startswith(("dd-ns ", "tar-ns ")))
     dd_s, tar_s = int(parts["dd-ns"]) / 1e9, int(parts["tar-ns"]) / 1e9
