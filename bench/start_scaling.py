@@ -1,6 +1,6 @@
 """Job start that stays flat with node count, side by side, in one run.
 
-Jobs of their own, `srun -N<k> ... printenv SLURM_JOB_ID` for k = 1, 2, 3
+Jobs of their own, `srun -N<k> ... sh -c 'echo $SLURM_JOB_ID'` for k = 1, 2, 3
 (and more with --nodes), interleaved, with a cached image:
 
 - plain:  no image (what Slurm itself costs per node count);
@@ -53,11 +53,12 @@ def _ch_run_dir(cl: harness.Cluster, bench: Bench) -> str:
 
 def _argv(case: str, nodes: int, peer: str | None) -> list[str]:
     srun = ["srun", f"-N{nodes}"]
+    task = ["/bin/sh", "-c", 'echo "$SLURM_JOB_ID"']
     if case == "ours":
-        return [*srun, f"--image={IMAGE}", "--autoshift", "printenv", "SLURM_JOB_ID"]
+        return [*srun, f"--image={IMAGE}", "--autoshift", *task]
     if case == "ch-run":
-        return [*srun, shutil.which("ch-run") or "ch-run", peer, "--", "/bin/printenv", "SLURM_JOB_ID"]
-    return [*srun, "printenv", "SLURM_JOB_ID"]
+        return [*srun, shutil.which("ch-run") or "ch-run", peer, "--", *task]
+    return [*srun, *task]
 
 
 def measure(bench: Bench, counts: list[int], runs: int, peer: str | None) -> list[dict]:
