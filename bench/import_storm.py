@@ -109,8 +109,9 @@ def measure(cl, record, bench, netfs, site, args) -> dict[str, list[dict]]:
                 sample = storm(bench, command(case, site, ranks), ranks)
                 samples.setdefault(f"{case} x{ranks}", []).append(sample)
                 print(f"run {run + 1} {case:>6} x{ranks:<3} wall {sample['wall_s']:6.2f} s, last rank "
-                      f"{sample['last_rank_s']:6.2f} s, import median {statistics.median(sample['import_s']):6.2f} s"
-                      f" (CPU {statistics.median(sample['cpu_s']):5.2f} s)", flush=True)
+                      f"{sample['last_rank_s']:6.2f} s, import median "
+                      f"{statistics.median(sample['import_s']):6.2f} s (CPU "
+                      f"{statistics.median(sample['cpu_s']):5.2f} s)", flush=True)
     return samples
 
 

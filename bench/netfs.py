@@ -1,36 +1,38 @@
 """A network file system for the mini-cluster's nodes: sshfs across the bridge.
 
-The machine has no NFS client or server (environment.md §10), so the stand-in
-is SFTP: on the host, socat listens on the bridge address and starts one
-OpenSSH sftp-server per connection (no sshd, no crypto: every uncached
+The machine has no NFS client or server (environment.md section 10), so the
+stand-in is SFTP: on the host, socat listens on the bridge address and starts
+one OpenSSH sftp-server per connection (no sshd, no crypto: every uncached
 metadata operation costs one round trip); on each node, an sshfs runs inside
-the node's mount and network namespaces and mounts an exported directory, so
-each node has a client of its own, as each node of a cluster has its NFS
-client, and its requests cross the node's veth and the bridge.
+the node's mount and network namespaces, so each node has a client of its
+own, as each node of a cluster has its NFS client, and its requests cross the
+node's veth and the bridge.
 
-    with NetworkFS(record, exports) as netfs:   # mounts on every node of `record`
-        netfs.cold()                            # remount everywhere, drop the page cache
+    site = Site(layout); site.prepare()
+    with NetworkFS(layout, record, site.exports()) as netfs:   # mounted on every node
+        netfs.cold()        # remount everywhere, drop the page cache in between
 
-`exports` pairs an exported host directory with the path where the nodes
-see it (it may be the same path: the mount then hides the node's view of the
-local directory).  An export served as root behaves like a file system the
-site owns (the image directory, perNodeCachePath); one served as the test
-user like the user's own network scratch: its sftp-server runs with the
-user's uid, as an NFS server acts with the caller's.
+An Export pairs a host directory with the path where the nodes see it (the
+same path hides the node's view of the local directory).  Served as root, it
+is a file system the site owns (Site: the image directory, perNodeCachePath);
+served as the test user, the user's network scratch: that sftp-server runs
+with the user's uid, as an NFS server acts with the caller's.
 
-sshfs options, for every mount: `dir_cache=no` unless asked otherwise (sshfs
-3.7's name for the old `cache=no`: no attribute, name or link cache in sshfs
-itself; the kernel keeps FUSE's own 1 s attribute and entry timeouts, an NFS
-client's attribute cache is longer), `sshfs_sync` (writes wait for the server, as in
-environment.md's probe: asynchronous sshfs stalls on floods of small writes),
-`allow_other,default_permissions` (every user of the node, with the kernel
-checking the file modes), `no_contain_symlinks` (absolute symlinks are
-returned as they are, as NFS does: sshfs's default refuses them with EPERM,
-and an image root on the file system, ch-run's, then cannot exec anything).  `cold()` unmounts and remounts every client and
-drops the page cache in between, so nothing cached survives between runs.
+sshfs options, for every mount:
+- `dir_cache=no` unless asked otherwise: sshfs 3.7's name for the old
+  `cache=no`, no attribute, name or link cache in sshfs itself (the kernel
+  keeps FUSE's 1 s attribute and entry timeouts; an NFS client's attribute
+  cache lasts 3 to 60 s);
+- `sshfs_sync`: writes wait for the server (environment.md: asynchronous
+  sshfs stalls on floods of small writes);
+- `allow_other,default_permissions`: every user of the node, the kernel
+  checking file modes;
+- `no_contain_symlinks`: absolute symlinks come back as they are, as on NFS
+  (sshfs's default refuses them with EPERM, and nothing can be executed in
+  an image root on the file system, which is ch-run's case).
 
-Everything started here (socat, the sftp-servers it forked, sshfs) is stopped
-by pid when the `with` block ends, interrupted or not.
+Everything started here (socat, the sftp-servers it forked, every sshfs) is
+stopped by pid when the `with` block ends, interrupted or not.
 """
 from __future__ import annotations
 
@@ -39,6 +41,7 @@ import os
 import pwd
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 from ci.harness import cluster as harness
@@ -110,7 +113,8 @@ class _Client:
     process: subprocess.Popen | None = None
 
     def mount(self, dir_cache: bool) -> None:
-        options = f"ssh_command={self.server.connect_script},{MOUNT_OPTIONS},dir_cache={'yes' if dir_cache else 'no'}"
+        options = (f"ssh_command={self.server.connect_script},{MOUNT_OPTIONS},"
+                   f"dir_cache={'yes' if dir_cache else 'no'}")
         argv = [NSENTER, f"--mount=/proc/{self.slurmd}/ns/mnt", f"--net=/run/netns/{self.node}", "--",
                 SSHFS, "-f", f"{harness.HOST_ADDRESS}:{self.export.source}", self.export.mountpoint,
                 "-o", options]
@@ -161,7 +165,8 @@ class NetworkFS:
         self.workdir.mkdir(mode=0o755, exist_ok=True)
         try:
             for user in {export.user for export in self.exports}:
-                self.servers[user] = _Server(user, self.workdir, self.layout.log / f"netfs-server-{user or 'root'}.log")
+                log = self.layout.log / f"netfs-server-{user or 'root'}.log"
+                self.servers[user] = _Server(user, self.workdir, log)
             for node in self.record.nodes:
                 slurmd = self.record.daemons[f"slurmd-{node}"].pid
                 for export in self.exports:
@@ -169,7 +174,7 @@ class NetworkFS:
                                                 self.layout.log / f"netfs-{node}.log"))
             self._mount_all()
         except BaseException:
-            self.__exit__()
+            self.__exit__(*sys.exc_info())
             raise
         return self
 

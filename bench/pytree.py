@@ -140,8 +140,9 @@ def _extension_source(name: str, seed: int) -> str:
     table = ", ".join(str(rnd.randint(0, 1 << 30)) for _ in range(2048))
     out = ["#define PY_SSIZE_T_CLEAN", "#include <Python.h>", f"static const long table[] = {{{table}}};"]
     for i in range(FUNCTIONS_PER_EXTENSION):
+        offset, mask = rnd.randint(0, 2047), rnd.randint(0, 1 << 20)
         out.append(f"static PyObject *f{i}(PyObject *self, PyObject *arg) {{ long x = PyLong_AsLong(arg); "
-                   f"return PyLong_FromLong(table[(x + {rnd.randint(0, 2047)}) & 2047] ^ {rnd.randint(0, 1 << 20)}); }}")
+                   f"return PyLong_FromLong(table[(x + {offset}) & 2047] ^ {mask}); }}")
     methods = "".join(f'{{"f{i}", f{i}, METH_O, NULL}}, ' for i in range(FUNCTIONS_PER_EXTENSION))
     out += [f"static PyMethodDef methods[] = {{{methods}{{NULL, NULL, 0, NULL}}}};",
             f'static struct PyModuleDef def = {{PyModuleDef_HEAD_INIT, "{name}", NULL, -1, methods}};',
