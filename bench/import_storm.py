@@ -92,19 +92,13 @@ def storm(bench: Bench, argv: list[str], ranks: int) -> dict:
             "modules": int(lines[0][1])}
 
 
-def wait_idle(cl: harness.Cluster, record: harness.Record, timeout: float = 60) -> None:
-    """No job left and no node completing: the previous job's epilog has run everywhere."""
-    if not harness._wait_until(lambda: set(cl.node_states(record).values()) == {"idle"}, timeout, 0.2):
-        raise RuntimeError(f"nodes not idle after {timeout:.0f} s: {cl.node_states(record)}")
-
-
-def measure(cl, record, bench, netfs, site, args) -> dict[str, list[dict]]:
+def measure(record, bench, netfs, site, args) -> dict[str, list[dict]]:
     cases = [c for c in CASES if c != "ch-run" or args.charliecloud]
     samples: dict[str, list[dict]] = {}
     for run in range(args.runs):
         for ranks in args.ranks:
             for case in cases:
-                wait_idle(cl, record)
+                bench.wait_idle(record)
                 netfs.cold()
                 sample = storm(bench, command(case, site, ranks), ranks)
                 samples.setdefault(f"{case} x{ranks}", []).append(sample)
@@ -164,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
             site.prepare()
             fill_export(site, cl.layout, tree, image_id, args.charliecloud)
             with NetworkFS(cl.layout, record, site.exports(), dir_cache=args.sshfs_dir_cache) as netfs:
-                samples = measure(cl, record, bench, netfs, site, args)
+                samples = measure(record, bench, netfs, site, args)
         finally:
             site.remove()
         report = {      # saved before the cluster goes down: its leak check may raise

@@ -41,7 +41,6 @@ import tarfile
 import tempfile
 
 from bench import pull, results
-from bench.import_storm import wait_idle
 from bench.job_start import Bench
 from bench.netfs import NetworkFS, Site
 from ci.harness import cluster as harness
@@ -129,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
                             shutil.rmtree(host_side, ignore_errors=True)
                             os.mkdir(host_side)
                             os.chown(host_side, user.pw_uid, user.pw_gid)
-                        wait_idle(cl, record)
+                        bench.wait_idle(record)
                         netfs.cold()
                         sample = one_run(bench, case, target, archive, args)
                         samples[case].append(sample)
