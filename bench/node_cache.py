@@ -105,11 +105,11 @@ def main(argv: list[str] | None = None) -> int:
     local = os.path.join(user.pw_dir, "bench-node-cache")       # the node's own disk, seen by the container
     targets = {"netfs": str(site.mount / "scratch"), "perNodeCache": "/cache", "local disk": f"{local}/out"}
     samples: dict[str, list[dict]] = {case: [] for case in targets}
-    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench-debian-") as tmp, cl.alone():
         layout = Layout(os.path.join(tmp, "layout"))
         debian_image(layout)
         record = cl.up(started_by="bench/node_cache")
+        load_at_start = os.getloadavg()          # the machine's, our cluster's daemons included
         try:
             bench = Bench(cl, record)
             layout.push("v1", f"{record.registry}/bench/debian:v1")
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             "dd_blocks": args.dd_blocks, "files": args.files, "runs": args.runs, "node": NODE,
             "medians": medians, "ratios": ratios, "target": "perNodeCache / netfs >= 10",
             "samples": samples,
-            "load_average_before": load_before, "load_average_after": os.getloadavg(),
+            "load_average_at_start": load_at_start, "load_average_at_end": os.getloadavg(),
         }
         print(json.dumps({k: report[k] for k in ("medians", "ratios")}, indent=1))
         print("written to", results.save("node_cache", report), flush=True)

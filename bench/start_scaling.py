@@ -73,6 +73,7 @@ def measure(bench: Bench, record: harness.Record, counts: list[int], runs: int, 
     cases = ["plain", "ours"] + (["ch-run"] if peer else []) + ["ours, N x 1-node jobs"]
     jobs = []
     for run in range(runs + 1):                     # the first round warms up
+        first = len(jobs)
         for nodes in counts:
             for case in cases:
                 bench.wait_idle(record)             # no job waits for the last one's epilog
@@ -87,8 +88,8 @@ def measure(bench: Bench, record: harness.Record, counts: list[int], runs: int, 
                               "started": started, "ended": time.time()} for seconds, job in ran]
         if run:
             print(f"run {run}: " + ", ".join(f"{j['case']} N{j['nodes']} {j['seconds'] * 1000:.0f} ms"
-                                             for j in jobs if j["started"] >= started - 60
-                                             and not j["case"].endswith("1-node jobs")), flush=True)
+                                             for j in jobs[first:] if not j["case"].endswith("1-node jobs")),
+                  flush=True)
     return jobs
 
 
@@ -205,9 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     counts = sorted(set(args.nodes))
     nodes = harness.node_names(max(max(counts), len(harness.NODES)))
     cl = harness.Cluster(harness.Layout(harness.REPO / ".cluster"))
-    load_before = os.getloadavg()
     with cl.alone():
         record = cl.up(started_by="bench/start_scaling", nodes=nodes, gateway_metrics=True)
+        load_at_start = os.getloadavg()          # the machine's, our cluster's daemons included
         try:
             bench = Bench(cl, record)
             bench.run("shifterimg", "pull", IMAGE)
@@ -222,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
             "nodes_in_cluster": len(nodes), "runs": args.runs,
             **report(jobs, timeline, lookups, counts),
             "jobs": jobs,
-            "load_average_before": load_before, "load_average_after": os.getloadavg(),
+            "load_average_at_start": load_at_start, "load_average_at_end": os.getloadavg(),
         }
         print(json.dumps({k: v for k, v in result.items() if k != "jobs"}, indent=1))
         print("written to", results.save("start_scaling", result), flush=True)
