@@ -55,7 +55,16 @@ class Bench:
         """Run `argv` as the test user; (seconds it took, its standard output)."""
         started = time.perf_counter()
         process = self.start(*argv)
-        out = process.communicate()[0]
+        try:
+            out = process.communicate()[0]
+        except BaseException:           # interrupted: runuser passes SIGTERM on to srun
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            raise
         if process.returncode != 0:
             raise subprocess.CalledProcessError(process.returncode, argv, out)
         return time.perf_counter() - started, out
