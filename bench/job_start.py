@@ -47,10 +47,35 @@ class Bench:
         self.env = cl.client_env(record, {"PATH": harness.DAEMON_PATH, "HOME": "/tmp"})
 
     def run(self, *argv: str) -> float:
+        return self.capture(*argv)[0]
+
+    def wait_idle(self, record, timeout: float = 60) -> None:
+        """No job left and no node completing: the previous job's epilog has run everywhere."""
+        if not harness._wait_until(lambda: set(self.cl.node_states(record).values()) == {"idle"}, timeout, 0.1):
+            raise RuntimeError(f"nodes not idle after {timeout:.0f} s: {self.cl.node_states(record)}")
+
+    def capture(self, *argv: str) -> tuple[float, str]:
+        """Run `argv` as the test user; (seconds it took, its standard output)."""
         started = time.perf_counter()
-        subprocess.run(["/usr/sbin/runuser", "-u", harness.TEST_USER, "--", *argv], env=self.env,
-                       cwd="/tmp", check=True, stdout=subprocess.DEVNULL)
-        return time.perf_counter() - started
+        process = self.start(*argv)
+        try:
+            out = process.communicate()[0]
+        except BaseException:           # interrupted: runuser passes SIGTERM on to srun
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            raise
+        if process.returncode != 0:
+            raise subprocess.CalledProcessError(process.returncode, argv, out)
+        return time.perf_counter() - started, out
+
+    def start(self, *argv: str) -> subprocess.Popen:
+        """Start `argv` as the test user, its standard output piped."""
+        return subprocess.Popen(["/usr/sbin/runuser", "-u", harness.TEST_USER, "--", *argv], env=self.env,
+                                cwd="/tmp", stdout=subprocess.PIPE, text=True)
 
 
 STEP_LOOP = """for i in $(seq {warmup}); do srun -n2 true; done

@@ -22,7 +22,6 @@ the cluster down.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import os
 import statistics
@@ -75,17 +74,16 @@ def _measure(cl: harness.Cluster, args, samples: dict[str, list[float]]) -> None
         os.replace(_build_without_hooks(tmp), built)
     variants["no-hooks"] = built
     order = list(variants)
-    cl.down()
     try:
-        for block in range(args.blocks):
-            variant = order[block % len(order)]
-            record = cl.up(with_plugin=variants[variant], started_by="bench/srun_overhead")
-            samples[variant] += _time_sruns(cl, record, args.runs)
-            leftovers = cl.down()
-            if leftovers:
-                raise SystemExit("cluster down left: " + "; ".join(leftovers))
+        with cl.alone():
+            for block in range(args.blocks):
+                variant = order[block % len(order)]
+                record = cl.up(with_plugin=variants[variant], started_by="bench/srun_overhead")
+                samples[variant] += _time_sruns(cl, record, args.runs)
+                leftovers = cl.down()
+                if leftovers:
+                    raise SystemExit("cluster down left: " + "; ".join(leftovers))
     finally:
-        cl.down()
         os.unlink(built)
 
 
@@ -95,11 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--blocks", type=int, default=6, help="blocks, rotating the three variants")
     args = parser.parse_args(argv)
     cl = harness.Cluster(harness.Layout(harness.REPO / ".cluster"))
-    cl.layout.root.mkdir(parents=True, exist_ok=True)
     samples: dict[str, list[float]] = {"absent": [], "installed": [], "no-hooks": []}
-    with open(cl.layout.root / "users.lock", "a") as users:
-        fcntl.flock(users, fcntl.LOCK_EX)          # alone on the cluster
-        _measure(cl, args, samples)
+    _measure(cl, args, samples)
     medians = {k: statistics.median(v) for k, v in samples.items()}
     report = {
         "benchmark": "srun -N1 true, plugin installed but unused vs absent",

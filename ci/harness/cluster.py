@@ -44,10 +44,20 @@ from shifter_core.container import procfs
 from shifter_core.errors import ShifterError
 
 REPO = Path(__file__).resolve().parents[2]
-NODES = ("n1", "n2", "n3")
+NODES = ("n1", "n2", "n3")      # the cluster everyone uses; a benchmark may ask `up` for more
 BRIDGE = "shifter-br"
 HOST_ADDRESS = "10.213.57.1"
-NODE_ADDRESSES = {node: f"10.213.57.{11 + i}" for i, node in enumerate(NODES)}
+
+
+def node_names(count: int) -> tuple[str, ...]:
+    return tuple(f"n{i}" for i in range(1, count + 1))
+
+
+def node_addresses(nodes) -> dict[str, str]:
+    return {node: f"10.213.57.{11 + i}" for i, node in enumerate(nodes)}
+
+
+NODE_ADDRESSES = node_addresses(NODES)
 PREFIX_LENGTH = 24
 TEST_USER = "shiftertest"
 # what the registry holds after `up`; docker:busybox:latest resolves to it (default location)
@@ -97,6 +107,7 @@ class Layout:
     job_submit_lua = property(lambda self: self.etc / "job_submit.lua")
     provenance = property(lambda self: self.log / "provenance")
     record_file = property(lambda self: self.run / "harness.json")
+    shape_file = property(lambda self: self.run / "harness-shape.json")
 
     def pidfile(self, daemon: str) -> Path:
         return self.run / f"{daemon}.pid"
@@ -141,12 +152,21 @@ class Record:
     plugin: str | None = None
     registry: str | None = None
     gateway_url: str | None = None
+    nodes: tuple[str, ...] = NODES
+    gateway_metrics: bool = False       # the gateway records every lookup (GET /api/metrics)
+
+    # Kept apart from harness.json: other checkouts (worktrees on older branches) read
+    # harness.json to know whether this cluster is up, and their Record refuses unknown keys.
+    _SHAPE = ("nodes", "gateway_metrics")
 
     def save(self, layout: Layout) -> None:
         layout.run.mkdir(parents=True, exist_ok=True)
-        tmp = layout.record_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(dataclasses.asdict(self), indent=1), encoding="utf-8")
-        tmp.replace(layout.record_file)
+        raw = dataclasses.asdict(self)
+        shape = {key: raw.pop(key) for key in self._SHAPE}
+        for path, content in ((layout.shape_file, shape), (layout.record_file, raw)):
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(content, indent=1), encoding="utf-8")
+            tmp.replace(path)
 
     @classmethod
     def load(cls, layout: Layout) -> "Record | None":
@@ -154,7 +174,12 @@ class Record:
             raw = json.loads(layout.record_file.read_text(encoding="utf-8"))
         except FileNotFoundError:
             return None
+        try:
+            raw.update(json.loads(layout.shape_file.read_text(encoding="utf-8")))
+        except FileNotFoundError:
+            pass
         raw["daemons"] = {name: Daemon(**d) for name, d in raw["daemons"].items()}
+        raw["nodes"] = tuple(raw.get("nodes", NODES))
         return cls(**raw)
 
 
@@ -273,8 +298,12 @@ class Cluster:
             fcntl.flock(lock, fcntl.LOCK_EX)
             yield
 
-    def up(self, with_plugin: bool | str = True, started_by: str = BY_HAND) -> Record:
-        """Start the cluster, or return the running one; `started_by` is kept in the record."""
+    def up(self, with_plugin: bool | str = True, started_by: str = BY_HAND, *,
+           nodes: tuple[str, ...] = NODES, gateway_metrics: bool = False) -> Record:
+        """Start the cluster, or return the running one; `started_by` is kept in the record.
+
+        `nodes` and `gateway_metrics` apply to a cluster this call starts
+        (benchmarks take the cluster alone first, see `alone`)."""
         if os.geteuid() != 0:
             raise ClusterError("ci/cluster up needs root (daemons, namespaces, mounts)")
         with self._exclusive():
@@ -287,7 +316,7 @@ class Cluster:
                 _say("cleaning up what a previous, incomplete cluster left")
                 self._down(record)
                 self._claim_machine()
-            record = Record(started_by=started_by)
+            record = Record(started_by=started_by, nodes=tuple(nodes), gateway_metrics=gateway_metrics)
             try:
                 self._start(record, with_plugin)
             except BaseException:
@@ -340,13 +369,13 @@ class Cluster:
         check_test_user_can_reach_the_repository()
         # a path: that build of the plugin (bench/srun_overhead.py compares builds)
         record.plugin = with_plugin if isinstance(with_plugin, str) else find_plugin() if with_plugin else None
-        self._prepare_directories()
+        self._prepare_directories(record.nodes)
         ensure_test_user()
         munged = start_munged_if_needed()
         if munged is not None:
             record.daemons["munged"] = munged
         record.save(self.layout)
-        self._stop_network()  # what a crashed run may have left under our names
+        self._stop_network(record.nodes)  # what a crashed run may have left under our names
         self._start_network(record)
         self._start_registry(record)
         record.slurmctld_port = _free_port()
@@ -356,21 +385,21 @@ class Cluster:
         self._start_gateway(record)
         self._start_slurmctld(record)
         self._start_releaser(record)
-        for node in NODES:
+        for node in record.nodes:
             self._start_slurmd(record, node)
         self._wait_for_idle_nodes(record)
 
     def is_running(self, record: Record) -> bool:
-        wanted = {"slurmctld", "registry", "gateway", *(f"slurmd-{n}" for n in NODES)}
+        wanted = {"slurmctld", "registry", "gateway", *(f"slurmd-{n}" for n in record.nodes)}
         return wanted <= record.daemons.keys() and all(d.alive() for d in record.daemons.values())
 
-    def _prepare_directories(self) -> None:
+    def _prepare_directories(self, nodes: tuple[str, ...]) -> None:
         layout = self.layout
         # a fresh controller state, spool and log per `up`: no jobs or node states from before
         for stale in (layout.state, layout.spool, layout.log, layout.run, layout.gateway, layout.images):
             shutil.rmtree(stale, ignore_errors=True)
         for directory in (layout.etc, layout.log, layout.state, layout.run, layout.images,
-                          *(layout.spool / n for n in NODES)):
+                          *(layout.spool / n for n in nodes)):
             directory.mkdir(parents=True, exist_ok=True)
         for directory in (layout.root, layout.etc, layout.images):
             directory.chmod(0o755)
@@ -380,12 +409,13 @@ class Cluster:
         _run([IP, "link", "add", BRIDGE, "type", "bridge"])
         _run([IP, "addr", "add", f"{HOST_ADDRESS}/{PREFIX_LENGTH}", "dev", BRIDGE])
         _run([IP, "link", "set", BRIDGE, "up"])
-        for node in NODES:
+        addresses = node_addresses(record.nodes)
+        for node in record.nodes:
             host_end = f"{BRIDGE[:-2]}{node}"  # shifter-n1: 15 characters at most
             _run([IP, "netns", "add", node])
             _run([IP, "link", "add", host_end, "type", "veth", "peer", "name", "eth0", "netns", node])
             _run([IP, "link", "set", host_end, "master", BRIDGE, "up"])
-            _run([IP, "-n", node, "addr", "add", f"{NODE_ADDRESSES[node]}/{PREFIX_LENGTH}", "dev", "eth0"])
+            _run([IP, "-n", node, "addr", "add", f"{addresses[node]}/{PREFIX_LENGTH}", "dev", "eth0"])
             _run([IP, "-n", node, "link", "set", "eth0", "up"])
             _run([IP, "-n", node, "link", "set", "lo", "up"])
             record.namespaces.append(os.stat(f"/run/netns/{node}").st_ino)
@@ -401,7 +431,7 @@ class Cluster:
             slurmclient.build(layout.slurm_client, cluster_conf)
         if not udiimage.up_to_date(layout.udi_image):
             udiimage.build(layout.udi_image)
-        _write(layout.node_hosts, node_hosts())
+        _write(layout.node_hosts, node_hosts(record.nodes))
         _write(layout.udiroot_conf, udiroot_conf(layout, record))
         _write(layout.job_submit_lua, (REPO / "slurm.conf.d" / "job_submit.lua").read_text(encoding="utf-8"))
         _write(layout.gateway_conf, json.dumps(gateway_conf(layout, record), indent=1) + "\n")
@@ -490,7 +520,7 @@ class Cluster:
 
     def _wait_for_idle_nodes(self, record: Record, timeout: float = 60) -> None:
         if not _wait_until(lambda: set(self.node_states(record).values()) == {"idle"}
-                           and len(self.node_states(record)) == len(NODES), timeout, 0.3):
+                           and len(self.node_states(record)) == len(record.nodes), timeout, 0.3):
             raise ClusterError(f"nodes are not idle after {timeout:.0f} s: {self.node_states(record)}; "
                                f"see {self.layout.log}/slurmd-*.log")
 
@@ -528,6 +558,27 @@ class Cluster:
                 if remains:
                     raise ClusterError("ci/cluster down left behind: " + "; ".join(remains))
 
+    @contextlib.contextmanager
+    def alone(self):
+        """The cluster to this program only (a benchmark that restarts or changes it).
+
+            with cl.alone():
+                record = cl.up(started_by="bench/x", nodes=harness.node_names(8))
+
+        Waits until no session uses it, keeps new sessions out, takes down
+        whatever runs (also a cluster started by hand) before and after.
+        """
+        self.layout.root.mkdir(parents=True, exist_ok=True)
+        with open(self.layout.root / "users.lock", "a") as users:
+            fcntl.flock(users, fcntl.LOCK_EX)
+            self.down()
+            try:
+                yield
+            finally:
+                remains = self.down()
+            if remains:
+                raise ClusterError("ci/cluster down left behind: " + "; ".join(remains))
+
     def sessions_using_it(self) -> bool:
         """True while a session (see `session`, e.g. the pytest fixture) holds its shared lock."""
         try:
@@ -545,19 +596,20 @@ class Cluster:
         controller = record.daemons.get("slurmctld")
         if controller is not None and controller.alive():
             self._cancel_jobs(record)
-        order = [*(f"slurmd-{n}" for n in NODES), "releaser", "slurmctld", "gateway", "registry", "munged"]
+        order = [*(f"slurmd-{n}" for n in record.nodes), "releaser", "slurmctld", "gateway", "registry", "munged"]
         for name in order:
             daemon = record.daemons.get(name)
             if daemon is not None:
                 daemon.stop()
         machine = self._owns_machine()
-        if machine:                 # the bridge and n1..n3 are another checkout's otherwise
-            self._stop_network()
+        if machine:                 # the bridge and the nodes are another checkout's otherwise
+            self._stop_network(record.nodes)
         # processes an epilog just signalled may need a moment to exit
         scope = self.scope(record, machine=machine)
         _wait_until(lambda: not scope.remains(), 5, 0.2)
         remains = scope.remains()
         self.layout.record_file.unlink(missing_ok=True)
+        self.layout.shape_file.unlink(missing_ok=True)
         self._release_machine()
         return remains
 
@@ -578,12 +630,13 @@ class Cluster:
         if not _wait_until(settled, timeout, 0.5):
             _say(f"jobs or epilogs still running after {timeout:.0f} s; stopping the daemons anyway")
 
-    def _stop_network(self) -> None:
+    def _stop_network(self, nodes: tuple[str, ...]) -> None:
         present = leaks.Snapshot.take()
-        for node in NODES:
+        nodes = sorted(set(nodes) | set(NODES))
+        for node in nodes:
             if node in present.netns:
                 _run([IP, "netns", "delete", node])
-        for link in (*(f"{BRIDGE[:-2]}{n}" for n in NODES), BRIDGE):
+        for link in (*(f"{BRIDGE[:-2]}{n}" for n in nodes), BRIDGE):
             if link in present.links:
                 _run([IP, "link", "delete", link], check=False)
 
@@ -600,8 +653,8 @@ class Cluster:
             namespaces=frozenset(record.namespaces),
             uids=test_uid,
             pids=frozenset(d.pid for d in record.daemons.values()),
-            netns=frozenset(NODES) if machine else frozenset(),
-            links=frozenset({BRIDGE, *(f"{BRIDGE[:-2]}{n}" for n in NODES)}) if machine else frozenset(),
+            netns=frozenset(record.nodes) if machine else frozenset(),
+            links=frozenset({BRIDGE, *(f"{BRIDGE[:-2]}{n}" for n in record.nodes)}) if machine else frozenset(),
         )
 
     # env / status ------------------------------------------------------
@@ -680,9 +733,9 @@ def slurm_conf(layout: Layout, record: Record) -> str:
     ]
     lines += site_settings()
     lines += [f"NodeName={node} NodeAddr={address} CPUs=2 RealMemory=2000 State=UNKNOWN"
-              for node, address in NODE_ADDRESSES.items()]
+              for node, address in node_addresses(record.nodes).items()]
     lines += [
-        f"PartitionName={PARTITION} Nodes={','.join(NODES)} Default=YES MaxTime=INFINITE State=UP",
+        f"PartitionName={PARTITION} Nodes={','.join(record.nodes)} Default=YES MaxTime=INFINITE State=UP",
     ]
     return "\n".join(lines) + "\n"
 
@@ -747,6 +800,7 @@ def gateway_conf(layout: Layout, record: Record) -> dict:
         "Listen": record.gateway_url.removeprefix("http://"),
         "LogLevel": "info",
         "WorkerThreads": 1,
+        "Metrics": record.gateway_metrics,
         "PullUpdateTimeout": 10,          # tests move tags and pull them again (tests/integration/test_pinning.py)
         "DefaultImageLocation": record.registry,
         "Locations": {record.registry: {"url": f"http://{record.registry}", "insecure": True}},
@@ -759,10 +813,11 @@ def gateway_conf(layout: Layout, record: Record) -> dict:
     }
 
 
-def node_hosts() -> str:
+def node_hosts(nodes: tuple[str, ...] = NODES) -> str:
     """/etc/hosts on the nodes: the host's, plus the nodes' names (ssh n2 under --ccm)."""
     own = Path("/etc/hosts").read_text(encoding="utf-8")
-    return own.rstrip("\n") + "\n" + "".join(f"{address} {node}\n" for node, address in NODE_ADDRESSES.items())
+    return own.rstrip("\n") + "\n" + "".join(f"{address} {node}\n"
+                                              for node, address in node_addresses(nodes).items())
 
 
 def populate_container_etc(layout: Layout) -> None:
