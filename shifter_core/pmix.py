@@ -25,7 +25,7 @@ import os
 import shlex
 import stat
 
-from . import config
+from . import trust
 from .errors import ContainerError
 
 DEFAULT_SLURM_CONF = "/etc/slurm/slurm.conf"
@@ -37,7 +37,7 @@ def server_directory(job_id: int, step_id: int, node: str, uid: int) -> str | No
     """The PMIx server directory of this step on this node; None when the step has none
     (it runs another MPI plugin, or none).  ContainerError if it is not what Slurm makes."""
     slurm_conf = os.environ.get("SLURM_CONF", DEFAULT_SLURM_CONF)
-    config.require_root_owned(slurm_conf, "Slurm's configuration")
+    trust.require_root_owned(slurm_conf, "Slurm's configuration")
     spool = slurmd_spool_dir(slurm_conf, node)
     path = os.path.join(spool, f"pmix.{int(job_id)}.{int(step_id)}")
     try:
@@ -46,7 +46,7 @@ def server_directory(job_id: int, step_id: int, node: str, uid: int) -> str | No
         return None
     except OSError as error:
         raise ContainerError(f"cannot look at Slurm's PMIx directory {path}: {error.strerror}") from None
-    config.require_root_owned(spool, "SlurmdSpoolDir")
+    trust.require_root_owned(spool, "SlurmdSpoolDir")
     if not stat.S_ISDIR(st.st_mode) or st.st_uid not in (0, uid):
         raise ContainerError(f"{path} is not the directory Slurm's PMIx plugin makes for the step (a directory"
                              " of root or the job's user); the step's PMIx clients cannot be given it")

@@ -335,7 +335,7 @@ def test_pinned_options_render_the_same(values):
     keep = [ffi.new("char[]", v.encode()) if isinstance(v, str) else ffi.NULL for v in values]
     out = ffi.new("char[]", 4096)
     assert lib.seam_options_text([v is True for v in values], keep, out, 4096) == 0
-    assert _s(out) == submit.pinned_options(opts)
+    assert _s(out) == submit.pinned_options(opts, opts.volume or "")
 
 
 @given(containers(), st.floats(0, 1e5), st.integers(0, 2 ** 32 - 1), st.integers(0, 1000),
