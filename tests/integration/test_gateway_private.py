@@ -158,6 +158,7 @@ def test_a_repull_without_acl_never_opens_a_private_image(gateway, conf, munged,
 
 def test_users_on_the_acl_and_admins_may_change_it(gateway, conf, munged, homes, private_image,
                                                    private_registry):
+    login(conf, munged, homes, OWNER, private_registry, "alice")      # whatever ran before
     pulled(["--user", str(OUTSIDER), private_image], conf, munged, homes, OWNER, gateway)
     assert readers(private_image, conf, munged, homes, (OWNER, FRIEND, SECOND, OUTSIDER)) == {OWNER, OUTSIDER}
     login(conf, munged, homes, None, private_registry, "alice")
