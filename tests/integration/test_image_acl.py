@@ -9,6 +9,7 @@ import tempfile
 import pytest
 
 from ci.harness.oci import File, Layout, busybox_config, busybox_entries
+from tests.integration import waiting
 from tests.integration.runtime_fixtures import FAILING_NODE, assert_in_service
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -34,8 +35,11 @@ def test_an_acl_on_a_public_image_is_enforced_at_lookup_and_at_run(cluster):
 
     # while the job waits, an administrator gives the image to someone else
     cluster.run(["shifterimg", "pull", "--user", str(SOMEONE_ELSE), image], as_user=False, timeout=300)
-    found = acl_of(cluster, image)
-    assert found["private"] is False and found["userACL"] == [0, SOMEONE_ELSE]
+    # a gateway process keeps a found image LookupCacheSeconds (1 s here): sbatch's lookup
+    # may still be the answer for that long
+    found = waiting.until(lambda: (acl := acl_of(cluster, image))["userACL"] == [0, SOMEONE_ELSE] and acl, 30,
+                          "the lookup never showed the new ACL")
+    assert found["private"] is False
     hidden = cluster.run(["shifterimg", "lookup", image], check=False)
     assert hidden.returncode == 1 and "not available" in hidden.stderr
 
