@@ -40,10 +40,11 @@ import sys
 import tarfile
 import tempfile
 
-from bench import pull, results
+from bench import results
 from bench.job_start import Bench
 from bench.netfs import NetworkFS, Site
 from ci.harness import cluster as harness
+from ci.harness import debian
 from ci.harness.oci import ImageConfig, Layout, entries_from_directory
 
 IMAGE = "docker:bench/debian:v1"
@@ -60,8 +61,8 @@ echo "tar-ns $((e - s))"
 
 
 def debian_image(layout: Layout) -> None:
-    """Debian bookworm minbase (bench/pull.py's base layer): GNU dd, tar and sync."""
-    layer = layout.add_layer(entries_from_directory(pull.base_tree()))
+    """Debian bookworm minbase (ci/harness/debian.py): GNU dd, tar and sync."""
+    layer = layout.add_layer(entries_from_directory(debian.base_tree()))
     layout.add_image([layer], ImageConfig(cmd=["/bin/sh"]), tag="v1")
 
 

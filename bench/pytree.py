@@ -12,8 +12,8 @@ imports all of them.
     root = pytree.build()                    # cached under .cache/bench/
     layout = oci.Layout(dir); pytree.image(layout, root, "v1")
 
-The image is the Debian bookworm + python3 image of bench/pull.py with the
-tree in one more layer at IMAGE_TREE, so `python3` in the image and
+The image is Debian bookworm + python3 (ci/harness/debian.py, as bench/pull.py's) with
+the tree in one more layer at IMAGE_TREE, so `python3` in the image and
 Debian's /usr/bin/python3 on the nodes (the same 3.11) load the same files.
 """
 from __future__ import annotations
@@ -27,18 +27,21 @@ import subprocess
 import sys
 import sysconfig
 
-from bench import pull
+from ci.harness import debian
 from ci.harness.oci import Dir, ImageConfig, Layout, entries_from_directory
 
+CACHE = os.path.join(os.path.dirname(debian.CACHE), "bench")     # the checkout's .cache/bench
 IMAGE_TREE = "/opt/storm-tree"       # where the image holds the tree (the directory put on sys.path)
 PYTHON = "/usr/bin/python3"          # the nodes' interpreter, the image's too
 FUNCTIONS_PER_EXTENSION = 60
 # What every importer runs, with the tree's directory as argv[1]; prints the modules imported,
-# the seconds that took, the CPU seconds of the whole process, and the wall clock at the end
-# (when the last rank finished).
-IMPORTER = ("import sys, time; t = time.perf_counter(); sys.path.insert(0, sys.argv[1]); import storm; "
-            "n = storm.load_all(); print('storm', n, time.perf_counter() - t, time.process_time(), time.time(),"
-            " flush=True)")
+# the seconds that took, the CPU seconds of the whole process, the wall clock at the end (when the
+# last rank finished), and, of the import's seconds, those spent on a CPU and those spent waiting
+# for one (the kernel's /proc/<pid>/schedstat); the rest of them the importer slept (I/O).
+IMPORTER = ("import sys, time; sched = lambda: [int(x) / 1e9 for x in open('/proc/self/schedstat').read().split()[:2]]; "
+            "cpu0, wait0 = sched(); t = time.perf_counter(); sys.path.insert(0, sys.argv[1]); import storm; "
+            "n = storm.load_all(); took = time.perf_counter() - t; cpu1, wait1 = sched(); "
+            "print('storm', n, took, time.process_time(), time.time(), cpu1 - cpu0, wait1 - wait0, flush=True)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,7 +61,7 @@ class Shape:
 
 def build(shape: Shape = Shape()) -> str:
     """The tree's directory (holds `storm/`), generated once per shape."""
-    root = os.path.join(pull.CACHE, shape.name)
+    root = os.path.join(CACHE, shape.name)
     marker = root + ".complete"
     if os.path.exists(marker):
         return root
@@ -89,10 +92,10 @@ def build(shape: Shape = Shape()) -> str:
 
 
 def image(layout: Layout, tree: str, tag: str) -> None:
-    """bench/pull.py's python3 image plus the tree at IMAGE_TREE, tagged `tag` in `layout`."""
-    base = pull.base_tree()
+    """Debian with python3 (bench/pull.py's image) plus the tree at IMAGE_TREE, tagged `tag` in `layout`."""
+    base = debian.base_tree()
     layers = [layout.add_layer(entries_from_directory(base)),
-              layout.add_layer(entries_from_directory(pull.python_upper(base), overlay_upper=True))]
+              layout.add_layer(entries_from_directory(debian.apt_layer(base, ("python3",)), overlay_upper=True))]
     prefix = IMAGE_TREE.lstrip("/")
     top = [Dir("opt"), Dir(prefix)]
     top += [dataclasses.replace(entry, name=f"{prefix}/{entry.name}") for entry in entries_from_directory(tree)]
