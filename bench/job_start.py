@@ -95,7 +95,7 @@ def _median_ms(values: list[float]) -> float:
     return round(statistics.median(values) * 1000, 2)
 
 
-def _prolog_times(layout: harness.Layout, since: int) -> dict[str, list[float]]:
+def prolog_times(layout: harness.Layout, since: int) -> dict[str, list[float]]:
     """Per node and job: the prologs the node server ran, those that started Python (the
     first on each node), and the container build in either."""
     times = {"prolog_ms": [], "prolog_starting_python_ms": [], "container_ms": []}
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(2):
             step_plain += _step_times(bench, args.runs // 2)
             step_shifted += _step_times(bench, args.runs // 2, f"--image={IMAGE}", "--autoshift")
-        prolog = _prolog_times(cl.layout, first_job)
+        prolog = prolog_times(cl.layout, first_job)
     plain, shifted = times[0], times[1]
     report = {
         "benchmark": "job start with a cached image (3-node mini-cluster)",

@@ -34,14 +34,27 @@ CACHE = os.path.join(os.path.dirname(debian.CACHE), "bench")     # the checkout'
 IMAGE_TREE = "/opt/storm-tree"       # where the image holds the tree (the directory put on sys.path)
 PYTHON = "/usr/bin/python3"          # the nodes' interpreter, the image's too
 FUNCTIONS_PER_EXTENSION = 60
-# What every importer runs, with the tree's directory as argv[1]; prints the modules imported,
-# the seconds that took, the CPU seconds of the whole process, the wall clock at the end (when the
-# last rank finished), and, of the import's seconds, those spent on a CPU and those spent waiting
-# for one (the kernel's /proc/<pid>/schedstat); the rest of them the importer slept (I/O).
-IMPORTER = ("import sys, time; sched = lambda: [int(x) / 1e9 for x in open('/proc/self/schedstat').read().split()[:2]]; "
-            "cpu0, wait0 = sched(); t = time.perf_counter(); sys.path.insert(0, sys.argv[1]); import storm; "
-            "n = storm.load_all(); took = time.perf_counter() - t; cpu1, wait1 = sched(); "
-            "print('storm', n, took, time.process_time(), time.time(), cpu1 - cpu0, wait1 - wait0, flush=True)")
+# What every importer runs, with the tree's directory as argv[1].  It prints the modules
+# imported; the seconds from the task's fork (slurmstepd's; for ours the container is entered
+# after it) to the import's start: the interpreter's start; the import's seconds, and of them
+# those on a CPU and those waiting for one, as the kernel counts them (the rest it slept: I/O);
+# the CPU seconds of the whole process; and the wall clock at the end (when the last rank finished).
+IMPORTER = """\
+import os, sys, time
+def sched():
+    return [int(x) / 1e9 for x in open('/proc/self/schedstat').read().split()[:2]]
+stat = open('/proc/self/stat').read()
+forked = int(stat[stat.rindex(')') + 2:].split()[19]) / os.sysconf('SC_CLK_TCK')
+cpu0, wait0 = sched()
+t0 = time.perf_counter()
+started = time.clock_gettime(time.CLOCK_BOOTTIME) - forked
+sys.path.insert(0, sys.argv[1])
+import storm
+n = storm.load_all()
+took = time.perf_counter() - t0
+cpu1, wait1 = sched()
+print('storm', n, started, took, cpu1 - cpu0, wait1 - wait0, time.process_time(), time.time(), flush=True)
+"""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -121,12 +121,13 @@ PROLOGGED = re.compile(STAMP + ".*" + PROLOG_LINE.pattern, re.M)
 
 
 def timelines(layout: harness.Layout, nodes: tuple[str, ...]) -> dict[int, dict]:
-    """Job id -> when slurmctld allocated it, when each node's prolog ended (and how long it
-    took, as it logs itself), when the first task was launched; seconds since the epoch."""
+    """Job id -> when slurmctld allocated it, when each node's prolog ended (how long it took,
+    as it logs itself, and whether the node server ran it or it started Python), when the first
+    task was launched; seconds since the epoch."""
     found: dict[int, dict] = {}
 
     def job(number: str) -> dict:
-        return found.setdefault(int(number), {"prolog_ms": [], "prolog_end": [], "launch": []})
+        return found.setdefault(int(number), {"prolog_ms": [], "prolog_end": [], "served": [], "launch": []})
 
     for match in ALLOCATED.finditer((layout.log / "slurmctld.log").read_text(errors="replace")):
         job(match.group(2))["allocated"] = _epoch(match.group(1))
@@ -135,6 +136,7 @@ def timelines(layout: harness.Layout, nodes: tuple[str, ...]) -> dict[int, dict]
         for match in PROLOGGED.finditer(text):
             job(match.group(2))["prolog_end"].append(_epoch(match.group(1)))
             job(match.group(2))["prolog_ms"].append(float(match.group(4)))
+            job(match.group(2))["served"].append(match.group(5) == "in the node server")
         for match in LAUNCHED.finditer(text):
             job(match.group(2))["launch"].append(_epoch(match.group(1)))
     return found
@@ -177,6 +179,12 @@ def report(jobs: list[dict], timeline: dict[int, dict], lookups: dict[int, list[
         return lambda job, t: value(t) if job["case"].startswith("ours") else None
 
     wall = by_case(lambda job, t: job["seconds"] * 1000)
+    served: dict = {}                   # the others started Python: a node's first prolog
+    for job in jobs:
+        if job["case"].startswith("ours"):
+            count = served.setdefault(job["case"], {}).setdefault(job["nodes"], [0, 0])
+            count[0] += sum(timeline[job["job"]]["served"])
+            count[1] += len(timeline[job["job"]]["served"])
     return {
         "median_ms": wall,
         "ratios": {f"{case}: N{n} / N1": round(wall[case][n] / wall[case][1], 3)
@@ -188,6 +196,7 @@ def report(jobs: list[dict], timeline: dict[int, dict], lookups: dict[int, list[
         "slowest node's prolog, median ms": by_case(shifter(lambda t: max(t["prolog_ms"]))),
         "last prolog's end to first task launch, median ms": by_case(
             shifter(lambda t: 1000 * (min(t["launch"]) - max(t["prolog_end"])))),
+        "prologs the node server ran / all prologs": served,
         "ours: gateway lookups per job": {n: sorted(set(v)) for n, v in lookups.items()},
     }
 
