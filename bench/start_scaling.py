@@ -225,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
             jobs = measure(bench, record, counts, args.runs, peer)
             lookups = lookups_per_job(record, jobs)
             timeline = timelines(cl.layout, nodes)
+            for job in jobs:                        # kept with the results: the logs go with the next `up`
+                job["timeline"] = timeline.get(job["job"])
         finally:
             shutil.rmtree(cl.layout.root / "bench-peer", ignore_errors=True)
         result = {      # saved before the cluster goes down: its leak check may raise
