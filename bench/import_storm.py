@@ -19,7 +19,7 @@ and each rank's own import time, split into the time on a CPU, waiting for a
 CPU and asleep (I/O), as the kernel counts them; medians over --runs, and the
 ratios to bare (target: ours <= 0.25 x bare).
 
-    python -m bench.import_storm [--runs 3] [--ranks 8 32] [--no-charliecloud]
+    python -m bench.import_storm [--runs 3] [--ranks 3 8 32] [--no-charliecloud]
 
 Needs root.  Takes the mini-cluster to itself (see Cluster.alone), restarts
 it, and leaves it down; stops every sshfs, socat and sftp-server it started,
@@ -83,15 +83,16 @@ def command(case: str, site: Site, ranks: int) -> list[str]:
 
 def storm(bench: Bench, argv: list[str], ranks: int) -> dict:
     """One cold run: srun's wall time, when the last rank finished, and each rank's interpreter
-    start, import (on a CPU, waiting for one) and CPU time."""
+    start, import (on a CPU, waiting for one; user and system time) and CPU time."""
     started = time.time()
     wall, out = bench.capture(*argv)
     lines = [line.split() for line in out.splitlines() if line.startswith("storm ")]
     if len(lines) != ranks:
         raise RuntimeError(f"{len(lines)} of {ranks} ranks reported: {out[-500:]}")
-    columns = ("interpreter_start_s", "import_s", "import_on_cpu_s", "import_cpu_wait_s", "cpu_s")
+    columns = ("interpreter_start_s", "import_s", "import_on_cpu_s", "import_cpu_wait_s", "import_user_s",
+               "import_system_s", "cpu_s")
     sample = {name: [float(f[2 + i]) for f in lines] for i, name in enumerate(columns)}
-    return {"wall_s": wall, "last_rank_s": max(float(f[7]) for f in lines) - started, **sample,
+    return {"wall_s": wall, "last_rank_s": max(float(f[9]) for f in lines) - started, **sample,
             "modules": int(lines[0][1])}
 
 
@@ -142,6 +143,8 @@ def _where_the_time_goes(runs: list[dict]) -> dict:
     ranks = [(total, cpu, wait) for r in runs
              for total, cpu, wait in zip(r["import_s"], r["import_on_cpu_s"], r["import_cpu_wait_s"])]
     return {"rank_import_on_cpu_s": round(statistics.median(cpu for _, cpu, _ in ranks), 3),
+            "rank_import_user_s": round(statistics.median(u for r in runs for u in r["import_user_s"]), 3),
+            "rank_import_system_s": round(statistics.median(s for r in runs for s in r["import_system_s"]), 3),
             "rank_import_cpu_wait_s": round(statistics.median(wait for _, _, wait in ranks), 3),
             "rank_import_asleep_s": round(statistics.median(total - cpu - wait for total, cpu, wait in ranks), 3)}
 
@@ -149,7 +152,8 @@ def _where_the_time_goes(runs: list[dict]) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3, help="cold runs of each case")
-    parser.add_argument("--ranks", type=int, nargs="+", default=[8, 32], help="concurrent importers")
+    parser.add_argument("--ranks", type=int, nargs="+", default=[3, 8, 32],
+                        help="concurrent importers (3: one per node)")
     parser.add_argument("--no-charliecloud", dest="charliecloud", action="store_false")
     parser.add_argument("--packages", type=int, default=pytree.Shape.packages)
     parser.add_argument("--modules", type=int, default=pytree.Shape.modules, help="per package")

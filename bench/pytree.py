@@ -37,7 +37,8 @@ FUNCTIONS_PER_EXTENSION = 60
 # What every importer runs, with the tree's directory as argv[1].  It prints the modules
 # imported; the seconds from the task's fork (slurmstepd's; for ours the container is entered
 # after it) to the import's start: the interpreter's start; the import's seconds, and of them
-# those on a CPU and those waiting for one, as the kernel counts them (the rest it slept: I/O);
+# those on a CPU and those waiting for one, as the kernel counts them (the rest it slept: I/O),
+# and the CPU seconds in user space (Python's work) and in the kernel (file systems, page faults);
 # the CPU seconds of the whole process; and the wall clock at the end (when the last rank finished).
 IMPORTER = """\
 import os, sys, time
@@ -46,6 +47,7 @@ def sched():
 stat = open('/proc/self/stat').read()
 forked = int(stat[stat.rindex(')') + 2:].split()[19]) / os.sysconf('SC_CLK_TCK')
 cpu0, wait0 = sched()
+times0 = os.times()
 t0 = time.perf_counter()
 started = time.clock_gettime(time.CLOCK_BOOTTIME) - forked
 sys.path.insert(0, sys.argv[1])
@@ -53,7 +55,9 @@ import storm
 n = storm.load_all()
 took = time.perf_counter() - t0
 cpu1, wait1 = sched()
-print('storm', n, started, took, cpu1 - cpu0, wait1 - wait0, time.process_time(), time.time(), flush=True)
+times1 = os.times()
+print('storm', n, started, took, cpu1 - cpu0, wait1 - wait0, times1.user - times0.user,
+      times1.system - times0.system, time.process_time(), time.time(), flush=True)
 """
 
 
