@@ -15,9 +15,10 @@ The network file system is sshfs over the cluster's bridge (bench/netfs.py).
 Before every run the nodes are idle, every sshfs is remounted and the page
 cache dropped.  Reports the wall time of each srun (allocation, for ours the
 image pin and the prolog's loop mount included), when the last rank finished,
-and each rank's own import time, split into the time on a CPU, waiting for a
-CPU and asleep (I/O), as the kernel counts them; medians over --runs, and the
-ratios to bare (target: ours <= 0.25 x bare).
+and per rank the interpreter's start and the import, split into the time on a
+CPU (user and kernel), waiting for a CPU and asleep (I/O), as the kernel counts
+them; our prolog from the nodes' logs; medians over --runs, and the ratios to
+bare (target: ours <= 0.25 x bare).
 
     python -m bench.import_storm [--runs 3] [--ranks 3 8 32] [--no-charliecloud]
 
@@ -137,9 +138,9 @@ def summarize(samples: dict[str, list[dict]], args) -> dict:
 
 
 def _where_the_time_goes(runs: list[dict]) -> dict:
-    """A rank's import, split by the kernel's accounting: on a CPU, waiting for one (the nodes
-    share the machine's CPUs), and asleep (waiting for I/O: the network file system, the loop
-    device); medians over ranks and runs."""
+    """A rank's import, split by the kernel's accounting: on a CPU (in user space, in the
+    kernel), waiting for one (the nodes share the machine's CPUs), and asleep (waiting for I/O:
+    the network file system, the loop device); medians over ranks and runs."""
     ranks = [(total, cpu, wait) for r in runs
              for total, cpu, wait in zip(r["import_s"], r["import_on_cpu_s"], r["import_cpu_wait_s"])]
     return {"rank_import_on_cpu_s": round(statistics.median(cpu for _, cpu, _ in ranks), 3),

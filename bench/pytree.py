@@ -49,14 +49,14 @@ forked = int(stat[stat.rindex(')') + 2:].split()[19]) / os.sysconf('SC_CLK_TCK')
 cpu0, wait0 = sched()
 times0 = os.times()
 t0 = time.perf_counter()
-started = time.clock_gettime(time.CLOCK_BOOTTIME) - forked
+interpreter_start = time.clock_gettime(time.CLOCK_BOOTTIME) - forked
 sys.path.insert(0, sys.argv[1])
 import storm
 n = storm.load_all()
 took = time.perf_counter() - t0
 cpu1, wait1 = sched()
 times1 = os.times()
-print('storm', n, started, took, cpu1 - cpu0, wait1 - wait0, times1.user - times0.user,
+print('storm', n, interpreter_start, took, cpu1 - cpu0, wait1 - wait0, times1.user - times0.user,
       times1.system - times0.system, time.process_time(), time.time(), flush=True)
 """
 
