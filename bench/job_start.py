@@ -8,7 +8,9 @@ Reports, side by side:
   target <= 15 ms), medians over many jobs, from the lines the prolog logs;
 - `srun --image --autoshift -n2 true` against `srun -n2 true` (target
   <= 1.15): as steps of an allocation (salloc, with and without the image:
-  the container exists, only entering it counts), and as jobs of their own
+  the container exists, only entering it counts; target <= 1.05), as steps
+  with an image of their own in an allocation without one (each step builds
+  and removes its container: docs/steps.md; target <= 1.5), and as jobs of their own
   (each srun allocates, so the submit-time pin, the prolog and the epilog
   count too), ratios of the medians;
 - when Charliecloud is installed, `srun -n2 ch-run <dir> -- true` with the
@@ -78,15 +80,15 @@ class Bench:
                                 cwd="/tmp", stdout=subprocess.PIPE, text=True)
 
 
-STEP_LOOP = """for i in $(seq {warmup}); do srun -n2 true; done
-for i in $(seq {runs}); do s=$(date +%s%N); srun -n2 true; e=$(date +%s%N); echo "step-ns $((e - s))"; done
+STEP_LOOP = """for i in $(seq {warmup}); do srun {step} -n2 true; done
+for i in $(seq {runs}); do s=$(date +%s%N); srun {step} -n2 true; e=$(date +%s%N); echo "step-ns $((e - s))"; done
 """
 
 
-def _step_times(bench: "Bench", runs: int, *options: str) -> list[float]:
-    """Seconds per `srun -n2 true` step inside one allocation of one node."""
+def _step_times(bench: "Bench", runs: int, *options: str, step: str = "") -> list[float]:
+    """Seconds per `srun <step> -n2 true` step inside one allocation of one node."""
     argv = ["/usr/sbin/runuser", "-u", harness.TEST_USER, "--", "salloc", "-N1", "-n2", *options,
-            "sh", "-c", STEP_LOOP.format(warmup=3, runs=runs)]
+            "sh", "-c", STEP_LOOP.format(warmup=3, runs=runs, step=step)]
     out = subprocess.run(argv, env=bench.env, cwd="/tmp", check=True, capture_output=True, text=True).stdout
     return [int(line.split()[1]) / 1e9 for line in out.splitlines() if line.startswith("step-ns ")]
 
@@ -158,10 +160,11 @@ def main(argv: list[str] | None = None) -> int:
             for _ in range(args.runs):
                 for case, samples in zip(cases, times):
                     samples.append(bench.run(*case))
-        step_plain, step_shifted = [], []
+        step_plain, step_shifted, step_own = [], [], []
         for _ in range(2):
             step_plain += _step_times(bench, args.runs // 2)
             step_shifted += _step_times(bench, args.runs // 2, f"--image={IMAGE}", "--autoshift")
+            step_own += _step_times(bench, args.runs // 2, step=f"--image={IMAGE} --autoshift")
         prolog = prolog_times(cl.layout, first_job)
     plain, shifted = times[0], times[1]
     report = {
@@ -178,6 +181,10 @@ def main(argv: list[str] | None = None) -> int:
         "steps: srun --image --autoshift -n2 true median_ms": _median_ms(step_shifted),
         "steps: ratio_autoshift_over_plain": round(statistics.median(step_shifted)
                                                    / statistics.median(step_plain), 4),
+        "target_steps_ratio": "<= 1.05",
+        "steps with their own image (allocation without one) median_ms": _median_ms(step_own),
+        "steps: ratio_own_image_over_plain": round(statistics.median(step_own) / statistics.median(step_plain), 4),
+        "target_own_image_ratio": "<= 1.5",
         "jobs: srun -n2 true median_ms": _median_ms(plain),
         "jobs: srun --image --autoshift -n2 true median_ms": _median_ms(shifted),
         "jobs: ratio_autoshift_over_plain": round(statistics.median(shifted) / statistics.median(plain), 4),

@@ -57,6 +57,8 @@ IMAGE_TYPE_VAR = "SHIFTER_IMAGETYPE"            # "id",
 DIGEST_VAR = "SHIFTER_IMAGE_DIGEST"             # and sha256:<id>
 LOOKUP_VAR = "SHIFTER_LOOKUP_MS"                # how long the pin's lookup took, for the prolog's records
 AUTOSHIFT_VAR = "SHIFTER_AUTOSHIFT"             # "1": steps of an srun without the plugin enter too
+MODULE_VAR = "SHIFTER_MODULE"                   # the job's (or step's) modules, comma-separated
+OWN_VIEW_VAR = "SHIFTER_OWN_VIEW"               # "1": this step may need a container of its own
 JOB_ID_VAR = "SLURM_JOB_ID"
 VOLUME_VAR = "SHIFTER_VOLUME"                   # the job's volumes, rendered (volumes.render)
 VOLUME_OPTION_VAR = "_SLURM_SPANK_OPTION_shifter_volume"   # Slurm's name for --volume in a job's environment
@@ -95,6 +97,7 @@ CONFIG_BLANKS = " \t\r\v\f"                   # what a line's ends and a key's s
 
 # -- the container record (container/record.py writes it, both languages read it) --------
 STATE_PREFIX, STATE_SUFFIX = "job", ".state"    # <runDir>/job<id>.<node>.state
+STEP_INFIX = "step"                             # a step's own: <runDir>/job<id>.step<step>.<node>.state
 RECORD_FORMAT = "shifter-container 1"
 RECORD_MAX = 1 << 20
 # (key, kind): the kinds' grammar is in record.py and spank/seam.c, tested to agree.
@@ -110,6 +113,8 @@ RECORD_KEYS = (
     ("python", "bool"),         # its tasks need the Python path (CCM, module user hooks)
     ("workdir", "escaped"),
     ("provenance", "path"),
+    ("step", "uint"),           # a step's own container (absent: the job's)
+    ("volumes", "escaped"),     # the user's volumes, as volumes.render writes them
     ("timing", "timing"),       # repeated: name, milliseconds
     ("env", "env"),             # repeated: operation name=value
     ("failed", "escaped"),      # the prolog failed because of the job, and why
@@ -370,6 +375,7 @@ def c_header() -> str:
         f"#define SEAM_MUNGE_OPT_SOCKET {MUNGE_OPT_SOCKET}",
         f"#define SEAM_GATEWAY_AUTH_HEADER {_c_string(GATEWAY_AUTH_HEADER)}",
         f"#define SEAM_AUTOSHIFT_VAR {_c_string(AUTOSHIFT_VAR)}",
+        f"#define SEAM_OWN_VIEW_VAR {_c_string(OWN_VIEW_VAR)}",
         f"#define SEAM_JOB_ID_VAR {_c_string(JOB_ID_VAR)}",
         f"#define SEAM_VOLUME_OPTION_VAR {_c_string(VOLUME_OPTION_VAR)}",
         f"#define SEAM_BATCH_STEP {BATCH_STEP:#x}U",
@@ -379,6 +385,7 @@ def c_header() -> str:
         f"#define SEAM_CONFIG_BLANKS {_c_string(CONFIG_BLANKS)}",
         f"#define SEAM_STATE_PREFIX {_c_string(STATE_PREFIX)}",
         f"#define SEAM_STATE_SUFFIX {_c_string(STATE_SUFFIX)}",
+        f"#define SEAM_STEP_INFIX {_c_string(STEP_INFIX)}",
         f"#define SEAM_RECORD_FORMAT {_c_string(RECORD_FORMAT)}",
         f"#define SEAM_RECORD_MAX {RECORD_MAX}",
         f"enum seam_kind {_enum('SEAM_KIND_', RECORD_KINDS, 'SEAM_KIND_COUNT')};",

@@ -24,6 +24,7 @@
  * file decides nothing the prolog did not write down.
  */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -131,6 +132,33 @@ enum seam_status fastpath_load(spank_t sp, const char *config)
         return SEAM_INVALID;
     }
     return status;
+}
+
+int fastpath_has_step_containers(spank_t sp, const char *config)
+{
+    char dir[PATH_MAX], node[256], prefix[64], suffix[300];
+    uint32_t job;
+    struct dirent *entry;
+    int found = 0;
+    DIR *d;
+
+    if (run_dir(config, dir, sizeof dir) < 0 || node_name(node, sizeof node) < 0
+        || spank_get_item(sp, S_JOB_ID, &job) != ESPANK_SUCCESS || (d = opendir(dir)) == NULL)
+        return 0;
+    snprintf(prefix, sizeof prefix, SEAM_STATE_PREFIX "%u." SEAM_STEP_INFIX, job);
+    snprintf(suffix, sizeof suffix, ".%s" SEAM_STATE_SUFFIX, node);
+    while (!found && (entry = readdir(d)) != NULL) {
+        size_t len = strlen(entry->d_name), n = strlen(suffix);
+        found = strncmp(entry->d_name, prefix, strlen(prefix)) == 0 && len > n
+            && strcmp(entry->d_name + len - n, suffix) == 0;
+    }
+    closedir(d);
+    return found;
+}
+
+int fastpath_holds(const char *digest)
+{
+    return strcmp(digest, rec.digest) == 0;
 }
 
 int fastpath_fail(spank_t sp)
@@ -253,8 +281,8 @@ int fastpath_enter(spank_t sp)
 
     if (spank_getenv(sp, SEAM_DIGEST_VAR, wanted, sizeof wanted) == ESPANK_SUCCESS
         && wanted[0] && strcmp(wanted, rec.digest) != 0) {
-        slurm_error("shifter: this step asks for image %s, but job %llu's container holds %s;"
-                    " one job runs one image", wanted, rec.job, rec.digest);
+        slurm_error("shifter: this step asks for image %s, but the container it would enter (job %llu's)"
+                    " holds %s", wanted, rec.job, rec.digest);
         return -1;
     }
     clock_gettime(CLOCK_MONOTONIC, &t0);

@@ -32,6 +32,13 @@ FASTPATH_API int fastpath_serve(spank_t sp, const char *config, const char *call
 /* A task: join the container the record names, as enter.py does. */
 FASTPATH_API int fastpath_enter(spank_t sp);
 
+/* Has the job a step's own container on this node (container/holder.py)?  Its
+ * epilog then runs even without a shifter option, to end it. */
+FASTPATH_API int fastpath_has_step_containers(spank_t sp, const char *config);
+
+/* Does the loaded record's container hold this digest? */
+FASTPATH_API int fastpath_holds(const char *digest);
+
 /* A task of a job whose prolog failed here: log the reason (once per node), fail. */
 FASTPATH_API int fastpath_fail(spank_t sp);
 

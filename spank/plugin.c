@@ -333,6 +333,20 @@ static int step_uses_pmix(spank_t sp)
         && strncmp(type, "pmix", 4) == 0;
 }
 
+/* A step whose srun pinned a view (image, volumes, modules) other than the
+ * job's may need a container of its own (shifter_core/spank/step.py decides):
+ * srun says so, or the digest it pinned is not the job container's. */
+static int step_may_need_own_view(spank_t sp)
+{
+    char value[128];
+    spank_err_t got;
+
+    if (spank_getenv(sp, SEAM_OWN_VIEW_VAR, value, sizeof value) == ESPANK_SUCCESS && strcmp(value, "1") == 0)
+        return 1;
+    got = spank_getenv(sp, SEAM_DIGEST_VAR, value, sizeof value);
+    return got == ESPANK_NOSPACE || (got == ESPANK_SUCCESS && value[0] && !fastpath_holds(value));
+}
+
 /* Can this step do without Python?  srun: when the job pinned these very
  * options already; srun, sbatch, salloc of a new job: when a submit plan for
  * these options lets the C pin it.  slurmstepd: when the tasks run on the host
@@ -365,7 +379,8 @@ static int fast_path(spank_t sp, int ac, char **av)
             return MODE_FAST;
         if (spank_get_item(sp, S_JOB_STEPID, &step) != ESPANK_SUCCESS || step == SEAM_BATCH_STEP)
             return MODE_PYTHON;     /* the batch step binds its spool directory: enter.py */
-        return record == SEAM_READY && !step_uses_pmix(sp) ? MODE_FAST_ENTER : MODE_PYTHON;
+        return record == SEAM_READY && !step_uses_pmix(sp) && !step_may_need_own_view(sp)
+            ? MODE_FAST_ENTER : MODE_PYTHON;
     default:
         return MODE_PYTHON;
     }
@@ -437,7 +452,8 @@ static int job_script(const char *callback, spank_t sp, int ac, char **av)
     int rc;
 
     load_job_options(sp);
-    if (!any_option_set())
+    if (!any_option_set() && !(strcmp(callback, "job_epilog") == 0
+                               && fastpath_has_step_containers(sp, config ? config : SEAM_DEFAULT_CONFIG)))
         return 0;
     rc = fastpath_serve(sp, config ? config : SEAM_DEFAULT_CONFIG, callback, ac, av, opt_set, opt_value, started);
     return rc == FASTPATH_NOT_SERVED ? dispatch(callback, sp, ac, av) : rc;

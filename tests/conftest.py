@@ -28,8 +28,14 @@ import uuid
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from ci.harness import cluster as harness
+
+# Property tests check answers, never speed: a machine busy with the mini-cluster
+# must not fail one for being slow (hypothesis's default deadline is 200 ms).
+settings.register_profile("shifter", deadline=None)
+settings.load_profile("shifter")
 
 FINISHED_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
                    "PREEMPTED", "BOOT_FAIL", "DEADLINE"}

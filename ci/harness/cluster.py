@@ -71,6 +71,10 @@ IP = "/usr/sbin/ip"
 BY_HAND = "ci/cluster"  # Record.started_by of a cluster someone started at a shell
 # The bridge, its addresses and the node names are fixed, so one checkout's
 # cluster at a time per machine: this file names the checkout whose cluster is up.
+# Each node's TmpFS (slurm.conf expands %n), under the /tmp every node and container
+# shares: Slurm's PMIx plugin makes each step's client directory there, with a name
+# that is the same on every node of the step.
+NODE_TMP = Path("/tmp/shifter-mini-cluster-tmp")
 MACHINE_CLAIM = Path("/run/shifter-mini-cluster")
 MACHINE_CLAIMER = Path("/run/shifter-mini-cluster.by")     # "<pid> <start time>" of the claiming process
 CLAIM_WAIT = float(os.environ.get("SHIFTER_CLUSTER_WAIT", "10800"))   # seconds
@@ -403,6 +407,10 @@ class Cluster:
             directory.mkdir(parents=True, exist_ok=True)
         for directory in (layout.root, layout.etc, layout.images):
             directory.chmod(0o755)
+        shutil.rmtree(NODE_TMP, ignore_errors=True)
+        for node in nodes:
+            (NODE_TMP / node).mkdir(parents=True)
+            (NODE_TMP / node).chmod(0o1777)
 
     def _start_network(self, record: Record) -> None:
         """A bridge on the host and one veth into each node's netns; no route out, no forwarding."""
@@ -604,6 +612,7 @@ class Cluster:
         machine = self._owns_machine()
         if machine:                 # the bridge and the nodes are another checkout's otherwise
             self._stop_network(record.nodes)
+            shutil.rmtree(NODE_TMP, ignore_errors=True)
         # processes an epilog just signalled may need a moment to exit
         scope = self.scope(record, machine=machine)
         _wait_until(lambda: not scope.remains(), 5, 0.2)
@@ -713,6 +722,7 @@ def slurm_conf(layout: Layout, record: Record) -> str:
         "CredType=cred/munge",
         f"StateSaveLocation={layout.state}",
         f"SlurmdSpoolDir={layout.spool}/%n",
+        f"TmpFS={NODE_TMP}/%n",
         f"SlurmctldPidFile={layout.pidfile('slurmctld')}",
         f"SlurmdPidFile={layout.run}/slurmd-%n.pid",
         f"SlurmctldLogFile={layout.log}/slurmctld.log",

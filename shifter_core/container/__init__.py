@@ -41,6 +41,7 @@ class ContainerSpec:
     hosts: tuple[str, ...] = ()      # /var/hostsfile, one line per task
     request: str = ""                # the descriptor the user asked for
     extensions: tuple = ()           # e.g. ccm.Sshd: see the package docstring
+    step_id: int | None = None       # a step's own container (holder.py); None: the job's
 
 
 def record_failure(cfg, job_id: int, node: str, reason: str) -> None:

@@ -13,6 +13,13 @@ The holder builds the container (build.py), writes the record (record.py),
 tells the prolog how it went over a pipe, then becomes `sleep infinity`
 named `shifter-holder:<job>:<node>` so that the epilog finds it even without
 its record.
+
+A step with a view of its own (another image, other volumes or modules) gets
+a container of its own the same way, built by its slurmstepd: its holder is
+`shifter-holder:<job>.<step>:<node>`, ended by that slurmstepd when the step
+ends; should the slurmstepd die first, the job's epilog ends whatever step
+containers of the job are left (the plugin runs it for any job that has one:
+spank/fastpath.c: fastpath_has_step_containers).
 """
 from __future__ import annotations
 
@@ -23,7 +30,7 @@ import signal
 import stat
 import time
 
-from .. import environ, provenance, syscalls, trust
+from .. import environ, provenance, seam, syscalls, trust, volumes
 from ..errors import ContainerError, JobFault, ShifterError
 from . import build, procfs
 from .record import JobContainer, SetupFailed, state_path
@@ -40,15 +47,15 @@ def ensure_run_dir(run_dir: str) -> None:
         raise ContainerError(f"runDir {run_dir} must be a root-owned directory of mode 0700")
 
 
-def find(cfg, job_id: int, node: str) -> JobContainer:
-    """The live container of a job on this node, for a task to enter; SetupFailed if
-    the prolog recorded that the job's container could not be built here."""
+def find(cfg, job_id: int, node: str, step_id: int | None = None) -> JobContainer:
+    """The live container of a job (or of one of its steps) on this node, for a task to
+    enter; SetupFailed if the prolog recorded that the job's container could not be built here."""
     try:
-        container = JobContainer.load(state_path(cfg.run_dir, job_id, node))
+        container = JobContainer.load(state_path(cfg.run_dir, job_id, node, step_id))
     except FileNotFoundError:
         raise ContainerError(
             f"job {job_id} has no container on {node}: its prolog did not set one up") from None
-    if (container.job_id, container.node) != (job_id, node):     # as the C fast path checks
+    if (container.job_id, container.node, container.step_id) != (job_id, node, step_id):
         raise ContainerError(f"the container record of job {job_id} on {node} names job"
                              f" {container.job_id} on {container.node}")
     if not container.alive():
@@ -65,7 +72,7 @@ def create(cfg, spec) -> JobContainer:
     the node did.
     """
     ensure_run_dir(cfg.run_dir)
-    path = state_path(cfg.run_dir, spec.job_id, spec.node)
+    path = state_path(cfg.run_dir, spec.job_id, spec.node, spec.step_id)
     try:
         existing = JobContainer.load(path)
         if existing.alive():
@@ -146,7 +153,7 @@ def _holder_main(cfg, spec, path: str, reply_fd: int) -> None:
     os.closerange(3, 65536)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     try:
-        os.execv("/bin/sleep", [f"{HOLDER_NAME}:{spec.job_id}:{spec.node}", "infinity"])
+        os.execv("/bin/sleep", [holder_name(spec.job_id, spec.node, spec.step_id), "infinity"])
     except OSError:
         while True:
             signal.pause()
@@ -165,6 +172,7 @@ def _record(cfg, spec, timings: dict[str, float]) -> JobContainer:
             shifter={"SHIFTER_IMAGE": spec.image.id, "SHIFTER_IMAGE_DIGEST": spec.image.digest},
             **environ.site_settings(cfg)),
         python=bool(spec.extensions) or any(m.per_task for m in spec.modules),
+        step_id=spec.step_id, volumes=volumes.render(spec.volumes),
         provenance_log=(os.path.join(cfg.provenance_dir, spec.node + provenance.SUFFIX)
                         if cfg.provenance_dir else None),
     )
@@ -181,34 +189,60 @@ def _to_devnull() -> None:
 
 # ---- epilog -----------------------------------------------------------------
 
-def destroy(cfg, job_id: int, node: str) -> bool:
-    """End everything in the job's container and release it; True if one existed.
+def holder_name(job_id: int, node: str, step_id: int | None = None) -> str:
+    step = "" if step_id is None else f".{int(step_id)}"
+    return f"{HOLDER_NAME}:{int(job_id)}{step}:{node}"
+
+
+def destroy(cfg, job_id: int, node: str, step_id: int | None = None) -> bool:
+    """End everything in the container of the job (or of one of its steps) and release
+    it; True if one existed.  The job's includes what its steps' left.
 
     Idempotent and independent of the prolog's success: it finds holders by
     their state file and, should that be missing, by their process name.  A
     recorded failure is forgotten too.
     """
-    path = state_path(cfg.run_dir, job_id, node)
+    paths = [state_path(cfg.run_dir, job_id, node, step_id)]
+    names = {holder_name(job_id, node, step_id)}
+    if step_id is None:
+        steps = _step_records(cfg.run_dir, job_id, node)
+        paths += [path for path, _ in steps]
+        names |= {holder_name(job_id, node, step) for _, step in steps}
     holders = set()
-    try:
-        container = JobContainer.load(path)
-        if container.alive():
-            holders.add((container.holder_pid, container.mntns))
-    except (FileNotFoundError, ValueError, TypeError, SetupFailed):
-        pass
-    name = f"{HOLDER_NAME}:{job_id}:{node}"
+    for path in paths:
+        try:
+            container = JobContainer.load(path)
+            if container.alive():
+                holders.add((container.holder_pid, container.mntns))
+        except (FileNotFoundError, ValueError, TypeError, SetupFailed):
+            pass
+    step_prefix = f"{HOLDER_NAME}:{int(job_id)}."
     for pid in procfs.pids():
-        if procfs.command_name(pid) == name:
+        name = procfs.command_name(pid)
+        if name in names or (step_id is None and name and name.startswith(step_prefix)
+                             and name.endswith(f":{node}")):
             holders.add((pid, procfs.mount_namespace(pid)))
     for holder_pid, mntns in holders:
         if mntns is not None:
             _kill_namespace(mntns, spare=holder_pid)
         _kill(holder_pid)
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
+    for path in paths:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
     return bool(holders)
+
+
+def _step_records(run_dir: str, job_id: int, node: str) -> list[tuple[str, int]]:
+    """The records of the job's step containers on this node, with their steps."""
+    prefix, suffix = f"{seam.STATE_PREFIX}{int(job_id)}.{seam.STEP_INFIX}", f".{node}{seam.STATE_SUFFIX}"
+    try:
+        names = os.listdir(run_dir)
+    except FileNotFoundError:
+        return []
+    steps = [name[len(prefix):-len(suffix)] for name in names if name.startswith(prefix) and name.endswith(suffix)]
+    return [(state_path(run_dir, job_id, node, int(step)), int(step)) for step in steps if step.isdigit()]
 
 
 def _kill_namespace(mntns: int, spare: int, timeout: float = 10.0) -> None:

@@ -56,6 +56,15 @@ class JobContainer:
     env_ops: list[tuple[str, str, str]]   # environ.operations, for every task
     python: bool = False             # its tasks need the Python path (CCM, module user hooks)
     provenance_log: str | None = None
+    step_id: int | None = None       # a step's own container; None: the job's
+    volumes: str = ""                # the user's volumes (volumes.render)
+
+    def serves(self, digest: str | None, volumes: str | None, modules: str | None) -> bool:
+        """Does this container hold the view a step asks for?  A value the step does not
+        give (None, or no digest yet: a job held for its pull) is the job's."""
+        return ((not digest or digest == self.digest)
+                and (volumes is None or volumes == self.volumes)
+                and (modules is None or modules == ",".join(self.modules)))
 
     def alive(self) -> bool:
         """Is the holder still the process that created this namespace?"""
@@ -79,6 +88,10 @@ class JobContainer:
             lines.append(f"workdir {seam.escape(self.workdir)}")
         if self.provenance_log:
             lines.append(f"provenance {self.provenance_log}")
+        if self.step_id is not None:
+            lines.append(f"step {self.step_id}")
+        if self.volumes:
+            lines.append(f"volumes {seam.escape(self.volumes)}")
         lines += [f"timing {name} {value:.3f}" for name, value in self.timings.items()]
         lines += [f"env {op} {seam.escape(name)}={seam.escape(value)}" for op, name, value in self.env_ops]
         _write(path, lines)
@@ -98,7 +111,8 @@ class JobContainer:
 def parse(data: bytes) -> JobContainer:
     """A record's bytes as the C fast path reads them; SetupFailed for a failure record,
     ValueError for anything that is not a record."""
-    fields: dict = {"modules": [], "timings": {}, "env_ops": [], "workdir": None, "provenance_log": None}
+    fields: dict = {"modules": [], "timings": {}, "env_ops": [], "workdir": None, "provenance_log": None,
+                    "step_id": None, "volumes": ""}
     reason = None
     seen = set()
     for key, raw in seam.read_lines(data, seam.RECORD_FORMAT, seam.RECORD_MAX):
@@ -132,11 +146,13 @@ def save_failure(path: str, job_id: int, node: str, reason: str) -> None:
     _write(path, [f"job {int(job_id)}", f"node {node}", f"failed {seam.escape(reason)}"])
 
 
-def state_path(run_dir: str, job_id: int, node: str) -> str:
-    """Per job *and node*: emulated nodes may share one filesystem."""
+def state_path(run_dir: str, job_id: int, node: str, step_id: int | None = None) -> str:
+    """Per job *and node* (emulated nodes may share one filesystem); a step's own
+    container's has the step in between (node names hold no dot)."""
     if not node or "/" in node or node.startswith("."):
         raise ContainerError(f"invalid node name {node!r}")
-    return os.path.join(run_dir, f"{seam.STATE_PREFIX}{int(job_id)}.{node}{seam.STATE_SUFFIX}")
+    step = "" if step_id is None else f"{seam.STEP_INFIX}{int(step_id)}."
+    return os.path.join(run_dir, f"{seam.STATE_PREFIX}{int(job_id)}.{step}{node}{seam.STATE_SUFFIX}")
 
 
 def _write(path: str, lines: list[str]) -> None:
@@ -148,4 +164,5 @@ def _write(path: str, lines: list[str]) -> None:
 
 _FIELDS = {"job": "job_id", "node": "node", "holder": ("holder_pid", "holder_start", "mntns"), "root": "root",
            "image": "image_id", "digest": "digest", "user": ("uid", "gid"), "modules": "modules",
-           "python": "python", "workdir": "workdir", "provenance": "provenance_log"}
+           "python": "python", "workdir": "workdir", "provenance": "provenance_log", "step": "step_id",
+           "volumes": "volumes"}

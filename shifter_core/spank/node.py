@@ -47,19 +47,19 @@ def job_prolog(spank, opts) -> None:
 
 
 def _set_up(spank, opts, cfg, node: str) -> None:
-    user = etcfiles.User.lookup(spank.uid)
-    meta, image_file, pinned = _image(opts, cfg, user)
     extensions = ()
     if opts.ccm:
         from .. import ccm   # its imports cost tens of ms: only for CCM jobs
 
         ccm.require_enabled(settings.parse_args(spank.args))
-        extensions = (ccm.Sshd(ccm.open_secret(os.environ.get(f"SPANK_{ccm.SECRET_VARIABLE}", ""), user.uid)),)
-    spec = container.ContainerSpec(
-        job_id=spank.job_id, node=node, image=meta, image_file=image_file, user=user,
-        volumes=cfg.user_volumes(opts.volume or ""),
-        modules=cfg.select_modules(opts.module), hosts=tuple(_hosts()),
-        request=os.environ.get("SPANK_SHIFTER_IMAGEREQUEST", opts.image), extensions=extensions)
+        extensions = (ccm.Sshd(ccm.open_secret(os.environ.get(f"SPANK_{ccm.SECRET_VARIABLE}", ""), spank.uid)),)
+    spec, pinned = container_spec(
+        cfg, job_id=spank.job_id, node=node, uid=spank.uid,
+        request=os.environ.get(f"SPANK_{seam.REQUEST_VAR}", opts.image), image=opts.image,
+        digest=os.environ.get(f"SPANK_{seam.DIGEST_VAR}", ""),
+        pending=os.environ.get(f"SPANK_{pullhold.PENDING_VAR}"),
+        volume=opts.volume or "", module=opts.module, extensions=extensions)
+    user = spec.user
     log = provenance.Log.open(cfg.provenance_dir, spec.node)   # unwritable: refused before any mount
     try:
         job = container.create(cfg, spec)
@@ -111,36 +111,48 @@ def job_epilog(spank, opts) -> None:
         ccm.forget(cfg, spank.job_id, node_name())
 
 
-def _image(opts, cfg, user: etcfiles.User) -> tuple[ImageMeta, str, str]:
-    """The job's image: its metadata, its file (or tree), and when it was pinned."""
-    ref = imageref.parse(opts.image, cfg.default_image_type)
+def container_spec(cfg, *, job_id: int, node: str, uid: int, request: str, image: str, digest: str,
+                   pending: str | None, volume: str, module: str | None, step_id: int | None = None,
+                   extensions: tuple = ()) -> tuple[container.ContainerSpec, str]:
+    """What the container of a job (or of a step with a view of its own) holds, from what
+    was pinned at submit, checked again here: the submitting client is not trusted.
+    Also says when the image was pinned: "submit" or "pull"."""
+    user = etcfiles.User.lookup(uid)
+    meta, image_file, pinned = _image(cfg, user, image, digest, pending)
+    spec = container.ContainerSpec(
+        job_id=job_id, node=node, image=meta, image_file=image_file, user=user,
+        volumes=cfg.user_volumes(volume), modules=cfg.select_modules(module), hosts=tuple(_hosts()),
+        request=request, extensions=extensions, step_id=step_id)
+    return spec, pinned
+
+
+def _image(cfg, user: etcfiles.User, image: str, digest: str, pending: str | None) -> tuple[ImageMeta, str, str]:
+    """The image: its metadata, its file (or tree), and when it was pinned."""
+    ref = imageref.parse(image, cfg.default_image_type)
     if ref.type == imageref.LOCAL:
         if not cfg.allow_local_chroot:
             raise JobFault(f"{ref}: local images are not enabled on this cluster (allowLocalChroot)")
         return ImageMeta(digest=ref.digest, format=imageref.LOCAL), ref.repository, "submit"
-    image_id, pinned = _pinned_id(opts, cfg)
+    image_id, pinned = _pinned_id(ref, digest, pending)
     store = ImageStore(cfg.image_path)
     meta = store.read(image_id)
     _check_acl(meta, user)
     return meta, store.image_path(meta.id, meta.format), pinned
 
 
-def _pinned_id(opts, cfg) -> tuple[str, str]:
-    """The id of the image the job runs, and when it was pinned: "submit" or "pull"."""
-    digest = os.environ.get("SPANK_SHIFTER_IMAGE_DIGEST", "")
-    if digest.startswith("sha256:"):
+def _pinned_id(ref: imageref.ImageRef, digest: str, pending: str | None) -> tuple[str, str]:
+    """The id of the image to run, and when it was pinned: "submit" or "pull"."""
+    if digest.startswith(seam.DIGEST_PREFIX):
         return digest.split(":", 1)[1], "submit"
-    pending = os.environ.get(f"SPANK_{pullhold.PENDING_VAR}")
     if pending:
         pinned = pullhold.pinned_digest(os.environ.get("SLURM_JOB_COMMENT"))
         if pinned is None:
             raise JobFault(f"the job started before its image {pending} was pulled and pinned; is"
                                  " slurm.conf.d/job_submit.lua installed in slurmctld's configuration?")
         return pinned.split(":", 1)[1], "pull"
-    ref = imageref.parse(opts.image, cfg.default_image_type)
     if ref.type == "id":
         return ref.image_id, "submit"
-    raise JobFault(f"the job's image {opts.image} was not pinned to a digest at submit;"
+    raise JobFault(f"the image {ref} was not pinned to a digest at submit;"
                          " is the shifter plugin configured on the submit host?")
 
 

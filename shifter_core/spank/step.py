@@ -13,6 +13,12 @@ before the exec, with the variables Slurm set for this very task (its rank,
 PMIx's): the place for the modules' launcher variables (shifter_core/launcher.py)
 and user hooks, which Shifter runs as the user inside the container before the
 command.
+
+A step whose view (image, volumes, modules, as its srun pinned them) is not the
+job's container's, or whose job has none, gets a container of its own:
+init_post_opt builds it in slurmstepd before any task exists, the tasks enter
+it, and exit tears it down when the step ends (container/holder.py).  The plugin's
+C sends such steps here (spank/plugin.c: fast_path); this module decides again.
 """
 from __future__ import annotations
 
@@ -20,22 +26,71 @@ import os
 import time
 
 from .. import container, enter, environ, launcher, pmix, provenance, seam
-from ..errors import ContainerError
+from ..errors import ContainerError, JobFault, ShifterError, one_line
 from . import settings
-from .node import node_name
+from .bridge import log_error
+from .node import container_spec, node_name
 
 _entered: container.JobContainer | None = None   # this task's container, once it is inside
+_own: container.JobContainer | None = None       # the step's own container, built here
+_own_failure: str | None = None                  # why it could not be built
+
+
+def init_post_opt(spank, opts) -> None:
+    """Build the step's own container when its view is not its job's container's.
+    A failure fails the step's tasks (task_init_privileged), with the reason."""
+    global _own, _own_failure
+    if not opts.autoshift or opts.ccm or spank.step_id == seam.BATCH_STEP:
+        return
+    cfg = settings.site_config(spank)
+    node = node_name()
+    try:
+        job = container.find(cfg, spank.job_id, node)
+    except container.SetupFailed:
+        return                                  # the job failed here: so do its steps
+    except ContainerError:
+        job = None                              # none, or gone: the step needs its own
+    except Exception:                           # noqa: BLE001 - an unreadable record: the tasks'
+        return                                  # own find fails them with the reason (a failure
+                                                # here would not fail srun)
+    digest, volume, module = (spank.getenv(name) for name in (seam.DIGEST_VAR, seam.VOLUME_VAR, seam.MODULE_VAR))
+    if job is not None and job.serves(digest, volume, module):
+        return
+    image = spank.getenv(seam.REQUEST_VAR) or opts.image
+    try:
+        if not image:
+            raise JobFault("this step asks for a container but names no image (--image)")
+        spec, _ = container_spec(
+            cfg, job_id=spank.job_id, node=node, uid=spank.uid, request=image, image=image,
+            digest=digest or "", pending=None, volume=volume or "", module=module, step_id=spank.step_id)
+        _own = container.create(cfg, spec)
+    except ShifterError as error:
+        _own_failure = one_line(str(error))
+        log_error(f"shifter: step {spank.job_id}.{spank.step_id} fails on {node}: {_own_failure}")
+    except Exception as error:      # noqa: BLE001 - a bug a step triggers fails that step only
+        import traceback
+        for line in traceback.format_exc().splitlines():
+            log_error(f"shifter: {line}")
+        _own_failure = f"internal error of shifter (please report it): {error!r}"
+
+
+def exit(spank, opts) -> None:      # noqa: A001 - the SPANK callback's name
+    """The step ended: its own container goes (slurmstepd, once, after every task)."""
+    if _own is not None:
+        container.destroy(settings.site_config(spank), _own.job_id, _own.node, _own.step_id)
 
 
 def task_init_privileged(spank, opts) -> None:
     if not (opts.autoshift or opts.ccm):       # CCM jobs run in their containers
         return
+    if _own_failure is not None:
+        raise JobFault(f"step {spank.job_id}.{spank.step_id} cannot run on {node_name()}: {_own_failure}")
     cfg = settings.site_config(spank)
-    job = container.find(cfg, spank.job_id, node_name())
+    job = _own or container.find(cfg, spank.job_id, node_name())
     wanted = spank.getenv(seam.DIGEST_VAR)
     if wanted and wanted != job.digest:
-        raise ContainerError(f"this step asks for image {wanted}, but job {job.job_id}'s container"
-                             f" holds {job.digest}; one job runs one image")
+        raise ContainerError(f"this step asks for image {wanted}, but the container it would enter"
+                             f" holds {job.digest}")
     env = _task_environment(spank, job)
     argv = spank.argv
     batch_script = argv[0] if spank.step_id == seam.BATCH_STEP and argv else None

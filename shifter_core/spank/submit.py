@@ -46,8 +46,7 @@ def init_post_opt(spank, opts) -> None:
     if opts.volume and not mounts:
         raise VolumeError(f"--volume={opts.volume!r} names no volume: give SOURCE:TARGET[:FLAGS]")
     new_job = spank.context == "allocator" or not os.environ.get(seam.JOB_ID_VAR)
-    if opts.volume and not new_job:
-        _refuse_other_volumes(mounts)
+    held = None if new_job else _view(os.environ)
     export = _inherited_pin(str(ref), new_job)
     client = None
     if export is None and ref.type == imageref.LOCAL:
@@ -62,7 +61,13 @@ def init_post_opt(spank, opts) -> None:
         export[seam.LOOKUP_VAR] = f"{(time.monotonic() - started) * 1000:.1f}"
     export.setdefault(pullhold.PENDING_VAR, "")
     export[seam.VOLUME_VAR] = volumes.render(mounts)
-    export["SHIFTER_MODULE"] = ",".join(m.name for m in modules)
+    export[seam.MODULE_VAR] = ",".join(m.name for m in modules)
+    if new_job:
+        export[seam.OWN_VIEW_VAR] = "0"
+    elif held is None or held != _view(export):
+        # the job's container (if any) is not what this step asks for: the step may
+        # get its own (shifter_core/spank/step.py decides on each node)
+        export[seam.OWN_VIEW_VAR] = "1"
     # CCM jobs run in their containers, as in Shifter
     export[seam.AUTOSHIFT_VAR] = "1" if opts.autoshift or opts.ccm else "0"
     export["SHIFTER_CCM"] = "1" if opts.ccm else "0"
@@ -80,7 +85,7 @@ def init_post_opt(spank, opts) -> None:
     if opts.ccm:
         # for the prolog only: not in the job's environment
         spank.job_control_setenv(ccm.SECRET_VARIABLE, ccm.new_secret())
-    elif client is not None and export.get(seam.DIGEST_VAR) and (opts.volume or "") == export[seam.VOLUME_VAR]:
+    elif new_job and client is not None and export.get(seam.DIGEST_VAR) and (opts.volume or "") == export[seam.VOLUME_VAR]:
         # the next new job with these options is pinned in C (spank/fastpath.c);
         # not when the volumes depend on where the command runs (relative sources)
         submitplan.save(cfg, pinned_options(opts, opts.volume or ""), client.lookup_path(ref),
@@ -119,16 +124,11 @@ def _submit_directory(cfg, modules) -> str:
     raise ValueError(f"{here} is not on a file system the container shows (the site binds {shown})")
 
 
-def _refuse_other_volumes(mounts) -> None:
-    """A step inside a job runs in the job's container, whose volumes its prolog mounted:
-    a step that asks for other volumes is refused rather than run without them."""
-    if not os.environ.get(seam.REQUEST_VAR) or seam.VOLUME_VAR not in os.environ:
-        return      # the job has no container
-    wanted, held = volumes.render(mounts), os.environ[seam.VOLUME_VAR]
-    if wanted != held:
-        raise VolumeError(f"this step's --volume {wanted} differs from job {os.environ[seam.JOB_ID_VAR]}'s"
-                          f" ({held or 'none'}): a step runs in its job's container, whose volumes are set"
-                          " when the job starts; give every volume to sbatch or salloc")
+def _view(env) -> tuple[str, str, str] | None:
+    """What a container shows, as a job's (or step's) environment pins it; None: no image."""
+    if not env.get(seam.REQUEST_VAR):
+        return None
+    return env.get(seam.DIGEST_VAR, ""), env.get(seam.VOLUME_VAR, ""), env.get(seam.MODULE_VAR, "")
 
 
 def _inherited_pin(request: str, new_job: bool) -> dict[str, str] | None:

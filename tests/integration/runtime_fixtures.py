@@ -156,11 +156,11 @@ def assert_in_service(cluster, node: str, timeout: float = 30) -> None:
 
 
 def assert_no_container_left(cluster, job_id: int) -> None:
-    """Job `job_id` has no holder left, no process outside the containers of
+    """Job `job_id` has no holder left (nor one of its steps), no process outside the containers of
     other live jobs sees a container mount, and no cache file or loop device remains."""
     holders = {pid: _cmdline(pid) for pid in os.listdir("/proc")
                if pid.isdigit() and _cmdline(pid).startswith("shifter-holder:")}
-    assert not [c for c in holders.values() if c.startswith(f"shifter-holder:{job_id}:")]
+    assert not [c for c in holders.values() if c.startswith((f"shifter-holder:{job_id}:", f"shifter-holder:{job_id}."))]
     others = {os.stat(f"/proc/{pid}/ns/mnt").st_ino for pid in holders if os.path.exists(f"/proc/{pid}")}
     udi = str(cluster.layout.run / "udiMount")
     for pid in os.listdir("/proc"):

@@ -16,7 +16,7 @@ def _record(**overrides) -> JobContainer:
 
 
 def test_round_trip(tmp_path):
-    record = _record(workdir="/work dir")
+    record = _record(workdir="/work dir", step_id=3, volumes="/home/me/in:/in:ro;/x y:/x")
     path = str(tmp_path / "r")
     record.save(path)
     assert JobContainer.load(path) == record
@@ -31,5 +31,18 @@ def test_any_values_survive(tmp_path_factory, ops, workdir):
     assert JobContainer.load(path) == record
 
 
-def test_state_file_is_per_job_and_node():
+def test_state_file_is_per_job_and_node_and_a_steps_is_its_own():
     assert state_path("/run/shifter", 42, "n3") == "/run/shifter/job42.n3.state"
+    assert state_path("/run/shifter", 42, "n3", 3) == "/run/shifter/job42.step3.n3.state"
+
+
+def test_a_step_shares_the_jobs_container_only_for_the_same_view():
+    job = _record(volumes="/a:/b")
+    digest = job.digest
+    assert job.serves(digest, "/a:/b", "mpich,gpu")
+    assert job.serves(None, None, None)                  # a step that pins nothing: the job's
+    assert job.serves("", "/a:/b", "mpich,gpu")          # a job held for its pull: no digest yet
+    assert not job.serves("sha256:" + "cd" * 32, "/a:/b", "mpich,gpu")
+    assert not job.serves(digest, "/a:/b;/c:/d", "mpich,gpu")
+    assert not job.serves(digest, "", "mpich,gpu")
+    assert not job.serves(digest, "/a:/b", "mpich")

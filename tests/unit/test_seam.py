@@ -83,7 +83,8 @@ def containers(draw) -> record.JobContainer:
         modules=draw(st.lists(names, max_size=3)),
         timings=draw(st.dictionaries(names, st.floats(0, 1e6, allow_nan=False), max_size=3)),
         env_ops=draw(env_ops), python=draw(st.booleans()),
-        provenance_log=draw(st.one_of(st.none(), st.just("/var/log/shifter/n1.jsonl"))))
+        provenance_log=draw(st.one_of(st.none(), st.just("/var/log/shifter/n1.jsonl"))),
+        step_id=draw(st.one_of(st.none(), uints)), volumes=draw(st.one_of(tricky, texts)))
 
 
 def _saved(job: record.JobContainer, tmp_path_factory) -> bytes:

@@ -1,11 +1,10 @@
 """The submit side's pure logic: the container path of the submit directory
-(relative --volume sources) and the refusal of a step's own volumes."""
+(relative --volume sources) and the view a step shares with its job or not."""
 import os
 
 import pytest
 
 from shifter_core import config, volumes
-from shifter_core.errors import VolumeError
 from shifter_core.spank import submit
 from tests.unit.test_config import MINIMAL as SITE
 
@@ -47,19 +46,9 @@ def test_module_binds_show_the_submit_directory_too(tmp_path, monkeypatch):
     assert submit._submit_directory(cfg, cfg.select_modules("sw")) == "/sw"
 
 
-def test_a_steps_own_volumes_are_refused_only_inside_a_job_with_a_container(monkeypatch):
-    mine = volumes.parse("/a:/b;/c:/d", volumes.USER)
-    for name in ("SHIFTER_IMAGEREQUEST", "SHIFTER_VOLUME"):
-        monkeypatch.delenv(name, raising=False)
-    submit._refuse_other_volumes(mine)                  # a job without a container
-    monkeypatch.setenv("SLURM_JOB_ID", "42")
-    monkeypatch.setenv("SHIFTER_IMAGEREQUEST", "docker:ubuntu:22.04")
-    monkeypatch.setenv("SHIFTER_VOLUME", "/a:/b;/c:/d")
-    submit._refuse_other_volumes(mine)
-    monkeypatch.setenv("SHIFTER_VOLUME", "/a:/b")
-    with pytest.raises(VolumeError, match=r"^this step's --volume /a:/b;/c:/d differs from job 42's \(/a:/b\): "
-                                          "a step runs in its job's container"):
-        submit._refuse_other_volumes(mine)
-    monkeypatch.setenv("SHIFTER_VOLUME", "")
-    with pytest.raises(VolumeError, match=r"differs from job 42's \(none\)"):
-        submit._refuse_other_volumes(mine)
+def test_the_view_a_job_pins_is_its_image_volumes_and_modules():
+    assert submit._view({}) is None                     # no image: no container to share
+    env = {"SHIFTER_IMAGEREQUEST": "docker:ubuntu:22.04", "SHIFTER_IMAGE_DIGEST": "sha256:" + "a" * 64,
+           "SHIFTER_VOLUME": "/a:/b", "SHIFTER_MODULE": "mpich"}
+    assert submit._view(env) == ("sha256:" + "a" * 64, "/a:/b", "mpich")
+    assert submit._view({"SHIFTER_IMAGEREQUEST": "docker:x:1"}) == ("", "", "")   # held for its pull
