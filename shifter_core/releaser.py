@@ -29,7 +29,6 @@ import logging
 import os
 import pwd
 import threading
-import time
 
 from . import imageref, pullhold
 from .errors import ImageNotFound, ShifterError
