@@ -78,10 +78,11 @@ def change_directory(workdir: str | None, submit_dir: str | None, image_workdir:
     """
     if workdir is not None:
         try:
+            if not workdir.startswith("/"):
+                raise OSError(errno.EINVAL, "not an absolute path")
             os.chdir(workdir)
         except OSError as error:
-            raise TaskOptionError(f"--workdir={workdir}: {os.strerror(error.errno or errno.EIO)}"
-                                  " in the container") from None
+            raise TaskOptionError(f"--workdir={workdir}: {error.strerror} in the container") from None
         return
     try:
         if submit_dir and os.getcwd() == submit_dir:
