@@ -23,7 +23,6 @@ ENTRYPOINT followed by the command, after all of Slurm's steps.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import os
 
 from . import seam
@@ -46,7 +45,7 @@ def with_defaults(opts, environment):
 def check(opts) -> None:
     """Refuse what no task could honour, at submit rather than in every task."""
     if opts.workdir is not None and not opts.workdir.startswith("/"):
-        raise TaskOptionError(f"--workdir={opts.workdir}: give an absolute path inside the container")
+        raise TaskOptionError(f"--workdir={opts.workdir}: {seam.WORKDIR_RELATIVE}")
     env_names(opts.env)
 
 
@@ -77,9 +76,9 @@ def change_directory(workdir: str | None, submit_dir: str | None, image_workdir:
     to the image's WORKDIR, else to /.
     """
     if workdir is not None:
+        if not workdir.startswith("/"):
+            raise TaskOptionError(f"--workdir={workdir}: {seam.WORKDIR_RELATIVE}")
         try:
-            if not workdir.startswith("/"):
-                raise OSError(errno.EINVAL, "not an absolute path")
             os.chdir(workdir)
         except OSError as error:
             raise TaskOptionError(f"--workdir={workdir}: {error.strerror} in the container") from None

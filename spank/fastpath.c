@@ -339,10 +339,12 @@ int fastpath_task_init(const char *workdir)
     char here[PATH_MAX];
 
     if (workdir) {
-        if (workdir[0] == '/' && chdir(workdir) == 0)
+        if (workdir[0] != '/')
+            slurm_error("shifter: --workdir=%s: " SEAM_WORKDIR_RELATIVE, workdir);
+        else if (chdir(workdir) == 0)
             return 0;
-        slurm_error("shifter: --workdir=%s: %s in the container", workdir,
-                    workdir[0] == '/' ? strerror(errno) : "not an absolute path");
+        else
+            slurm_error("shifter: --workdir=%s: %s in the container", workdir, strerror(errno));
         return -1;
     }
     if (submit_dir[0] && getcwd(here, sizeof here) && strcmp(here, submit_dir) == 0)

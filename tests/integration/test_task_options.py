@@ -50,9 +50,12 @@ def test_workdir_is_entered_or_the_task_fails(cluster, app_image):
     assert "--workdir=/no/such/dir: No such file or directory in the container" in missing.stderr
 
 
-def test_workdir_is_refused_at_submit_when_it_cannot_apply(cluster, app_image):
-    relative = cluster.srun("-N1", f"--image={app_image}", "--autoshift", "--workdir=app", "true", check=False)
-    assert relative.returncode != 0 and "give an absolute path inside the container" in relative.stderr
+def test_a_workdir_that_cannot_apply_is_refused(cluster, app_image):
+    """At submit when the plugin's Python pins the job, else (pinned in C) by every task."""
+    relative = cluster.srun("-N1", f"--image={app_image}", "--autoshift", "--workdir=app", "echo", "ran",
+                            check=False)
+    assert relative.returncode != 0 and "ran" not in relative.stdout
+    assert "--workdir=app: give an absolute path inside the container" in relative.stderr
     alone = cluster.srun("-N1", "--workdir=/opt", "true", check=False)
     assert alone.returncode != 0 and "--workdir needs --image" in alone.stderr
     assert "--chdir" in alone.stderr

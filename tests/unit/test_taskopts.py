@@ -73,5 +73,7 @@ def test_the_working_directory_rule(tmp_path):
         assert os.getcwd() == str(job_dir)
         with pytest.raises(TaskOptionError, match="--workdir=/no/such: No such file or directory in the container"):
             taskopts.change_directory("/no/such", None, None)
+        with pytest.raises(TaskOptionError, match="--workdir=job: give an absolute path"):
+            taskopts.change_directory("job", None, None)
     finally:
         os.chdir(here)
