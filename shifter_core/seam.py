@@ -43,6 +43,7 @@ TASK_OPTIONS = OPTION_NAMES[len(PINNED_OPTIONS):]
 # step runs in a container and the option was not given (docs/task-options.md).
 TASK_OPTION_DEFAULTS = tuple((name, f"SHIFTER_{name.upper()}") for name in TASK_OPTIONS)
 WORKDIR_RELATIVE = "give an absolute path inside the container"    # why a --workdir is refused
+SLURM_CHDIR_FALLBACK = "/tmp"                   # where slurmstepd puts a task whose directory is missing
 FLAGS = tuple(name for name, arginfo, _ in OPTIONS if arginfo is None)
 
 # The plugin's own arguments (plugstack.conf): name -> whether the value is an absolute path.
@@ -372,6 +373,7 @@ def c_header() -> str:
         f"enum seam_option {_enum('SEAM_OPT_', OPTION_NAMES, 'SEAM_OPTION_COUNT')};",
         f"#define SEAM_PINNED_OPTION_COUNT {len(PINNED_OPTIONS)}",
         f"#define SEAM_WORKDIR_RELATIVE {_c_string(WORKDIR_RELATIVE)}",
+        f"#define SEAM_SLURM_CHDIR_FALLBACK {_c_string(SLURM_CHDIR_FALLBACK)}",
         "#define SEAM_TASK_OPTION_DEFAULTS { "
         + ", ".join(f"{{ SEAM_OPT_{name.upper()}, {_c_string(var)} }}" for name, var in TASK_OPTION_DEFAULTS)
         + " }",

@@ -71,9 +71,11 @@ def change_directory(workdir: str | None, submit_dir: str | None, image_workdir:
     """Move this task (the user's, chrooted) to its working directory.
 
     An explicit `workdir` must be entered, or the task fails.  Otherwise the
-    task stays where Slurm put it if that is the job's directory
-    (`submit_dir`, the host path where slurmstepd started it), else it goes
-    to the image's WORKDIR, else to /.
+    task stays where Slurm put it, unless Slurm could not enter the job's
+    directory in the container: it is then in /tmp while the host had that
+    directory (`submit_dir`, where slurmstepd started the task on the host;
+    /tmp too if the host lacked it), and it goes to the image's WORKDIR,
+    else to /.
     """
     if workdir is not None:
         if not workdir.startswith("/"):
@@ -84,10 +86,10 @@ def change_directory(workdir: str | None, submit_dir: str | None, image_workdir:
             raise TaskOptionError(f"--workdir={workdir}: {error.strerror} in the container") from None
         return
     try:
-        if submit_dir and os.getcwd() == submit_dir:
+        if os.getcwd() != seam.SLURM_CHDIR_FALLBACK or submit_dir in (None, seam.SLURM_CHDIR_FALLBACK):
             return
     except OSError:
-        pass
+        return
     for directory in (image_workdir, "/"):
         if directory:
             try:

@@ -347,8 +347,9 @@ int fastpath_task_init(const char *workdir)
             slurm_error("shifter: --workdir=%s: %s in the container", workdir, strerror(errno));
         return -1;
     }
-    if (submit_dir[0] && getcwd(here, sizeof here) && strcmp(here, submit_dir) == 0)
-        return 0;
+    if (!getcwd(here, sizeof here) || strcmp(here, SEAM_SLURM_CHDIR_FALLBACK) != 0
+        || !submit_dir[0] || strcmp(submit_dir, SEAM_SLURM_CHDIR_FALLBACK) == 0)
+        return 0;       /* Slurm entered the job's directory in the container */
     for (size_t i = 0; i < sizeof fallback / sizeof *fallback; i++)
         if (fallback[i][0] && chdir(fallback[i]) == 0)
             return 0;

@@ -93,10 +93,12 @@ def test_defaults_come_from_the_environment_and_options_win(cluster, app_image):
 
 
 def test_a_batch_script_and_its_steps_follow_the_same_rules(cluster, app_image, readable_tmp):
+    """In an --autoshift batch script srun is the container's, without the plugin's
+    options: the variables say what they would."""
     job = cluster.sbatch('#!/bin/sh\necho "batch in $(pwd) $LANG"\nsrun -N1 pwd\n'
-                         'srun -N1 --workdir=/tmp pwd\n',
+                         'cd /usr/bin && srun -N1 pwd\nSHIFTER_WORKDIR=/tmp srun -N1 pwd\n',
                          "-N1", f"--chdir={readable_tmp}", f"--image={app_image}", "--autoshift", "--env=LANG",
                          env={"LANG": "host"})
     assert cluster.wait(job) == "COMPLETED", cluster.output(job)
     out = [line for line in cluster.output(job).splitlines() if "couldn't chdir" not in line]
-    assert out == ["batch in /opt/app host", "/opt/app", "/tmp"], cluster.output(job)
+    assert out == ["batch in /opt/app host", "/opt/app", "/usr/bin", "/tmp"], cluster.output(job)

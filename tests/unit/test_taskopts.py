@@ -3,7 +3,7 @@ import os
 import subprocess
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given, settings, strategies as st
 
 from shifter_core import taskopts
 from shifter_core.errors import TaskOptionError
@@ -39,6 +39,7 @@ words = st.lists(st.text(st.characters(blacklist_categories=("Cs",), blacklist_c
                  max_size=4)
 
 
+@settings(deadline=None, max_examples=30)     # each example runs two programs
 @given(words, words)
 def test_the_launcher_runs_the_entrypoint_with_the_command(entry_args, command_args):
     """printf '%s\\0' as the entrypoint shows exactly the argv it got."""
@@ -63,7 +64,11 @@ def test_the_working_directory_rule(tmp_path):
         os.chdir(job_dir)
         taskopts.change_directory(None, str(job_dir), str(image_workdir))       # Slurm got there: stay
         assert os.getcwd() == str(job_dir)
+        taskopts.change_directory(None, "/tmp", str(image_workdir))    # the host lacked it, the container not
+        assert os.getcwd() == str(job_dir)
         os.chdir("/tmp")                                                        # Slurm's fallback
+        taskopts.change_directory(None, "/tmp", str(image_workdir))    # from /tmp, or lacking everywhere
+        assert os.getcwd() == "/tmp"
         taskopts.change_directory(None, str(job_dir), str(image_workdir))
         assert os.getcwd() == str(image_workdir)
         os.chdir("/tmp")
