@@ -24,8 +24,20 @@ from shifter_core import seam  # noqa: E402
 PLUGIN = "shifter_core.shifter_spank"
 
 
+LAUNCHER = "shifter_core/libexec/shifter-entrypoint"
+
+
 class BuildExt(build_ext):
-    """The SPANK plugin is a plain shared object, named without Python's ABI tag."""
+    """The SPANK plugin is a plain shared object, named without Python's ABI tag;
+    the --entrypoint launcher (spank/entrypoint.c) a static program next to it."""
+
+    def run(self):
+        super().run()
+        target = LAUNCHER if self.inplace else os.path.join(self.build_lib, LAUNCHER)
+        objects = self.compiler.compile(["spank/entrypoint.c", "spank/seam.c"], output_dir=self.build_temp,
+                                        include_dirs=["spank", seam.write_header()], extra_postargs=["-Wall"])
+        self.compiler.link_executable(objects, os.path.basename(target), output_dir=os.path.dirname(target),
+                                      extra_postargs=["-static"])
 
     def get_ext_filename(self, fullname):
         # distutils asks with the full dotted name or with its last part only

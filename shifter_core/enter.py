@@ -26,7 +26,7 @@ _STEP_RULES = syscalls.RESOLVE_NO_XDEV | syscalls.RESOLVE_NO_SYMLINKS | syscalls
 
 
 def enter(job: JobContainer, *, batch_script: str | None = None, stage: str | None = None,
-          pmix_dir: str | None = None) -> None:
+          pmix_dir: str | None = None, launcher: str | None = None) -> None:
     """Join the container of `job` and make it this process's root.
 
     `batch_script` is the host path of the batch step's script: its
@@ -35,7 +35,8 @@ def enter(job: JobContainer, *, batch_script: str | None = None, stage: str | No
     step's PMIx server directory (shifter_core/pmix.py), bound writable at the
     same path, where the PMIx variables of the task name it.  `stage` is
     udiRoot.conf's loopMount, where the container keeps a writable view of its
-    own layer.
+    own layer.  `launcher` is the --entrypoint launcher (shifter_core/taskopts.py),
+    whose directory is bound read-only at the same path.
     """
     fd = job.namespace_fd()
     try:
@@ -47,6 +48,9 @@ def enter(job: JobContainer, *, batch_script: str | None = None, stage: str | No
                            readonly=True)
     if pmix_dir:
         _bind_at_same_path(job.root, stage or "", pmix_dir, "the step's PMIx directory", readonly=False)
+    if launcher:
+        _bind_at_same_path(job.root, stage or "", os.path.dirname(launcher), "the entrypoint launcher's directory",
+                           readonly=True)
     os.chroot(job.root)
     os.chdir("/")
     marker.check(job.job_id, job.digest)

@@ -1,7 +1,8 @@
 """The environment of a task inside the container.
 
 Order, as in Shifter: the task's own environment, then the image's ENV
-(replacing), then for each active module its siteEnv, siteEnvAppend,
+(replacing, except for the variables named by --env, whose task value wins
+when the task has one), then for each active module its siteEnv, siteEnvAppend,
 siteEnvPrepend and siteEnvUnset, then the global ones in the same order, then
 the SHIFTER_* variables.  Append and prepend join with ':' and simply set the
 variable when it is unset or empty.
@@ -62,7 +63,7 @@ def operations(image_env: Iterable[str], *, levels: Iterable[Mapping] = (),
     """The (operation, name, value) list that turns a task's environment into
     the container's: `levels` are module settings (dicts of siteEnv keywords,
     see `site_settings`), applied before the global `site` settings."""
-    ops = [("set", k, v) for k, v in parse_image_env(image_env).items()]
+    ops = [("image", k, v) for k, v in parse_image_env(image_env).items()]
     for level in levels:
         ops.extend(_level(**level))
     ops.extend(_level(**site))
@@ -70,11 +71,15 @@ def operations(image_env: Iterable[str], *, levels: Iterable[Mapping] = (),
     return ops
 
 
-def apply(env: Mapping[str, str], ops: Iterable[tuple[str, str, str]]) -> dict[str, str]:
-    """`env` after `ops`."""
+def apply(env: Mapping[str, str], ops: Iterable[tuple[str, str, str]], keep: Iterable[str] = ()) -> dict[str, str]:
+    """`env` after `ops`; the variables named in `keep` (--env) that `env` has keep
+    their value over the image's."""
     result = dict(env)
+    keep = frozenset(keep)
     for op, name, value in ops:
-        if op == "set":
+        if op == "image" and name in keep and name in result:
+            continue
+        if op in ("set", "image"):
             result[name] = value
         elif op == "unset":
             result.pop(name, None)

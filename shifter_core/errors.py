@@ -66,3 +66,8 @@ class ModuleError(JobFault, ValueError):
 
 class CcmError(JobFault):
     """--ccm cannot be honoured: disabled by the site, or no sshd for the job on a node."""
+
+
+class TaskOptionError(JobFault, ValueError):
+    """--workdir, --entrypoint or --env cannot be honoured: a directory the container
+    lacks, an image without ENTRYPOINT, a malformed name."""

@@ -29,8 +29,21 @@ OPTIONS = (
     ("module", "name[,name...]", "Site modules to enable in the container ('none' for none)"),
     ("ccm", None, "Cluster compatibility mode: an sshd in the container on every node, ssh between them"),
     ("autoshift", None, "Run the batch script and the tasks of every step inside the image"),
+    # what the tasks do inside the container: not part of the pin (PINNED_OPTIONS)
+    ("workdir", "/path",
+     "Start in this directory of the container (default: the submit directory if the container has it,"
+     " else the image's WORKDIR, else /)"),
+    ("entrypoint", None, "Run the image's ENTRYPOINT in front of the command"),
+    ("env", "NAME[,NAME...]", "Keep the host's value of these variables over the image's ENV"),
 )
 OPTION_NAMES = tuple(name for name, _, _ in OPTIONS)
+PINNED_OPTIONS = OPTION_NAMES[:5]                # what the pin and the job's container depend on
+TASK_OPTIONS = OPTION_NAMES[len(PINNED_OPTIONS):]
+# A task option's default from the job's environment (a user's profile), when the
+# step runs in a container and the option was not given (docs/task-options.md).
+TASK_OPTION_DEFAULTS = tuple((name, f"SHIFTER_{name.upper()}") for name in TASK_OPTIONS)
+WORKDIR_RELATIVE = "give an absolute path inside the container"    # why a --workdir is refused
+SLURM_CHDIR_FALLBACK = "/tmp"                   # where slurmstepd puts a task whose directory is missing
 FLAGS = tuple(name for name, arginfo, _ in OPTIONS if arginfo is None)
 
 # The plugin's own arguments (plugstack.conf): name -> whether the value is an absolute path.
@@ -56,6 +69,8 @@ IMAGE_VAR = "SHIFTER_IMAGE"                     # its id,
 IMAGE_TYPE_VAR = "SHIFTER_IMAGETYPE"            # "id",
 DIGEST_VAR = "SHIFTER_IMAGE_DIGEST"             # and sha256:<id>
 LOOKUP_VAR = "SHIFTER_LOOKUP_MS"                # how long the pin's lookup took, for the prolog's records
+ENTRYPOINT_VAR = "SHIFTER_RUN_ENTRYPOINT"        # for spank/entrypoint.c: the image's ENTRYPOINT,
+ARGV0_VAR = "SHIFTER_RUN_ARGV0"                 # its words escaped, one a line, and the command's argv[0]
 AUTOSHIFT_VAR = "SHIFTER_AUTOSHIFT"             # "1": steps of an srun without the plugin enter too
 MODULE_VAR = "SHIFTER_MODULE"                   # the job's (or step's) modules, comma-separated
 OWN_VIEW_VAR = "SHIFTER_OWN_VIEW"               # "1": this step may need a container of its own
@@ -135,7 +150,9 @@ IMAGE_ID_LENGTH = 64
 _ESCAPE = {raw: escaped for raw, escaped in ESCAPES}
 _UNESCAPE = {escaped[1]: raw for raw, escaped in ESCAPES}
 
-ENV_OPERATIONS = ("set", "append", "prepend", "unset")
+# "image" sets a variable of the image's ENV: the task's own value wins for the names of --env
+ENV_OPERATIONS = ("set", "append", "prepend", "unset", "image")
+ENV_NAMES_SEPARATOR = ","                       # --env=NAME[,NAME...]
 ENV_JOIN = ":"                                  # append and prepend join with it
 ENV_VALUE_MAX = 1 << 17
 
@@ -354,6 +371,12 @@ def c_header() -> str:
         "/* X(ENUM, name, arginfo, usage, has_arg) */",
         f"#define SEAM_OPTIONS(X) \\\n{options}",
         f"enum seam_option {_enum('SEAM_OPT_', OPTION_NAMES, 'SEAM_OPTION_COUNT')};",
+        f"#define SEAM_PINNED_OPTION_COUNT {len(PINNED_OPTIONS)}",
+        f"#define SEAM_WORKDIR_RELATIVE {_c_string(WORKDIR_RELATIVE)}",
+        f"#define SEAM_SLURM_CHDIR_FALLBACK {_c_string(SLURM_CHDIR_FALLBACK)}",
+        "#define SEAM_TASK_OPTION_DEFAULTS { "
+        + ", ".join(f"{{ SEAM_OPT_{name.upper()}, {_c_string(var)} }}" for name, var in TASK_OPTION_DEFAULTS)
+        + " }",
         f"#define SEAM_PLUGIN_ARGUMENTS {{ {arguments}, {{ NULL, 0 }} }}",
         f"#define SEAM_PLUGIN_ARGUMENTS_KNOWN {_c_string(known)}",
         f"#define SEAM_PINNED_OPTIONS_VAR {_c_string(PINNED_OPTIONS_VAR)}",
@@ -376,6 +399,8 @@ def c_header() -> str:
         f"#define SEAM_GATEWAY_AUTH_HEADER {_c_string(GATEWAY_AUTH_HEADER)}",
         f"#define SEAM_AUTOSHIFT_VAR {_c_string(AUTOSHIFT_VAR)}",
         f"#define SEAM_OWN_VIEW_VAR {_c_string(OWN_VIEW_VAR)}",
+        f"#define SEAM_ENTRYPOINT_VAR {_c_string(ENTRYPOINT_VAR)}",
+        f"#define SEAM_ARGV0_VAR {_c_string(ARGV0_VAR)}",
         f"#define SEAM_JOB_ID_VAR {_c_string(JOB_ID_VAR)}",
         f"#define SEAM_VOLUME_OPTION_VAR {_c_string(VOLUME_OPTION_VAR)}",
         f"#define SEAM_BATCH_STEP {BATCH_STEP:#x}U",
@@ -405,6 +430,7 @@ def c_header() -> str:
         f"enum seam_env_op {_enum('SEAM_ENV_', ENV_OPERATIONS, 'SEAM_ENV_OP_COUNT')};",
         f"#define SEAM_ENV_OPERATIONS {{ {', '.join(map(_c_string, ENV_OPERATIONS))} }}",
         f"#define SEAM_ENV_JOIN {_c_string(ENV_JOIN)}",
+        f"#define SEAM_ENV_NAMES_SEPARATOR {_c_string(ENV_NAMES_SEPARATOR)}",
         f"#define SEAM_ENV_VALUE_MAX {ENV_VALUE_MAX}",
         f"#define SEAM_MARKER {_c_string(MARKER.lstrip('/'))}",
         f"#define SEAM_MARKER_FORMAT {_c_string(MARKER_FORMAT)}",

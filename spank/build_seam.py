@@ -25,6 +25,7 @@ struct seam_record {
     char root[];
     char digest[];
     char provenance[];
+    char workdir[];
     int python;
     const char *failed;
     const char *env;
@@ -41,7 +42,8 @@ struct seam_env {
 
 enum seam_status seam_parse_record(char *text, size_t len, struct seam_record *rec);
 const char *seam_env_next(const char *cursor, int *op, const char **name, const char **value);
-int seam_apply_env(const struct seam_record *rec, const struct seam_env *env);
+int seam_apply_env(const struct seam_record *rec, const struct seam_env *env, const char *keep);
+int seam_unescape(char *text);
 int seam_run_dir(char *text, size_t len, char *out, size_t size);
 int seam_marker_matches(const char *text, size_t len, unsigned long long job, const char *digest,
                         char *found, size_t size);

@@ -271,7 +271,10 @@ static int fail(const char *what)
     return -1;
 }
 
-int fastpath_enter(spank_t sp)
+/* Where slurmstepd started the task on the host: the job's directory (fastpath_task_init). */
+static char submit_dir[PATH_MAX];
+
+int fastpath_enter(spank_t sp, const char *keep_env)
 {
     struct seam_env env = { sp, env_get, env_set, env_unset };
     char wanted[128], last_cap[16], found[256];
@@ -296,6 +299,8 @@ int fastpath_enter(spank_t sp)
         if (log < 0 || fstat(log, &st) != 0 || !seam_root_only(st.st_uid, st.st_mode))
             return fail("cannot open the provenance log");
     }
+    if (getcwd(submit_dir, sizeof submit_dir) == NULL)
+        submit_dir[0] = '\0';
     errno = 0;
     if ((ns = open_namespace()) < 0)
         return fail("the container is gone");
@@ -315,13 +320,39 @@ int fastpath_enter(spank_t sp)
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
         return fail("cannot set no_new_privs");
     errno = 0;
-    if (seam_apply_env(&rec, &env) != 0)
+    if (seam_apply_env(&rec, &env, keep_env) != 0)
         return fail("cannot set the task's environment");
     clock_gettime(CLOCK_MONOTONIC, &t1);
     if (log >= 0) {
         provenance_enter(sp, log, (t1.tv_sec - t0.tv_sec) * 1e3 + (t1.tv_nsec - t0.tv_nsec) / 1e6);
         close(log);
     }
+    return 0;
+}
+
+/* The working directory, as taskopts.change_directory: as the user, after
+ * Slurm's own chdir to the job's directory (slurmstepd does it after
+ * task_init_privileged, going to /tmp when the container lacks it). */
+int fastpath_task_init(const char *workdir)
+{
+    const char *fallback[] = { rec.workdir, "/" };
+    char here[PATH_MAX];
+
+    if (workdir) {
+        if (workdir[0] != '/')
+            slurm_error("shifter: --workdir=%s: " SEAM_WORKDIR_RELATIVE, workdir);
+        else if (chdir(workdir) == 0)
+            return 0;
+        else
+            slurm_error("shifter: --workdir=%s: %s in the container", workdir, strerror(errno));
+        return -1;
+    }
+    if (!getcwd(here, sizeof here) || strcmp(here, SEAM_SLURM_CHDIR_FALLBACK) != 0
+        || !submit_dir[0] || strcmp(submit_dir, SEAM_SLURM_CHDIR_FALLBACK) == 0)
+        return 0;       /* Slurm entered the job's directory in the container */
+    for (size_t i = 0; i < sizeof fallback / sizeof *fallback; i++)
+        if (fallback[i][0] && chdir(fallback[i]) == 0)
+            return 0;
     return 0;
 }
 

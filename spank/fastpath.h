@@ -29,8 +29,13 @@ FASTPATH_API int fastpath_serve(spank_t sp, const char *config, const char *call
                                 const int set[SEAM_OPTION_COUNT], char *const value[SEAM_OPTION_COUNT],
                                 long long started_ns);
 
-/* A task: join the container the record names, as enter.py does. */
-FASTPATH_API int fastpath_enter(spank_t sp);
+/* A task: join the container the record names, as enter.py does; the task's own
+ * value of the comma-separated variables in `keep_env` (--env, or NULL) wins. */
+FASTPATH_API int fastpath_enter(spank_t sp, const char *keep_env);
+
+/* The task, as the user just before exec: into --workdir (`workdir`, NULL if not
+ * given) or by the default rule (taskopts.change_directory); 0 or -1. */
+FASTPATH_API int fastpath_task_init(const char *workdir);
 
 /* Has the job a step's own container on this node (container/holder.py)?  Its
  * epilog then runs even without a shifter option, to end it. */

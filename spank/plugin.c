@@ -110,6 +110,22 @@ static int step_inherits_container(spank_t sp)
         && strcmp(buf, "1") == 0;
 }
 
+/* A task option the step was not given takes its default from the job's
+ * environment (SHIFTER_WORKDIR, SHIFTER_ENTRYPOINT, SHIFTER_ENV: a user's
+ * profile); a flag's "0" or "" leaves it off.  Only for steps in a container. */
+static void task_option_defaults(spank_t sp)
+{
+    static const struct { int option; const char *var; } defaults[] = SEAM_TASK_OPTION_DEFAULTS;
+    char value[4096];
+
+    for (size_t i = 0; i < sizeof defaults / sizeof *defaults; i++) {
+        int o = defaults[i].option;
+        if (!opt_set[o] && spank_getenv(sp, defaults[i].var, value, sizeof value) == ESPANK_SUCCESS
+            && value[0] && (options[o].has_arg || strcmp(value, "0") != 0))
+            store_option(o, value, 1);
+    }
+}
+
 /* ---- Python ----------------------------------------------------------- */
 
 static enum { PY_NOT_STARTED, PY_STARTED, PY_FAILED } py_state = PY_NOT_STARTED;
@@ -379,7 +395,9 @@ static int fast_path(spank_t sp, int ac, char **av)
             return MODE_FAST;
         if (spank_get_item(sp, S_JOB_STEPID, &step) != ESPANK_SUCCESS || step == SEAM_BATCH_STEP)
             return MODE_PYTHON;     /* the batch step binds its spool directory: enter.py */
+        /* --entrypoint binds its launcher into the container: enter.py */
         return record == SEAM_READY && !step_uses_pmix(sp) && !step_may_need_own_view(sp)
+            && !opt_set[SEAM_OPT_ENTRYPOINT]
             ? MODE_FAST_ENTER : MODE_PYTHON;
     default:
         return MODE_PYTHON;
@@ -414,6 +432,8 @@ int slurm_spank_init_post_opt(spank_t sp, int ac, char **av)
             return 0;
         opt_set[SEAM_OPT_AUTOSHIFT] = 1;
     }
+    if (spank_context() == S_CTX_REMOTE)
+        task_option_defaults(sp);
     mode = fast_path(sp, ac, av);
     return mode == MODE_PYTHON ? dispatch("init_post_opt", sp, ac, av) : 0;
 }
@@ -423,7 +443,7 @@ int slurm_spank_task_init_privileged(spank_t sp, int ac, char **av)
     if (mode == MODE_FAILED)
         return fastpath_fail(sp);
     if (mode == MODE_FAST_ENTER)
-        return fastpath_enter(sp);
+        return fastpath_enter(sp, opt_value[SEAM_OPT_ENV]);
     return mode == MODE_PYTHON ? dispatch("task_init_privileged", sp, ac, av) : 0;
 }
 
@@ -435,9 +455,16 @@ int slurm_spank_task_init_privileged(spank_t sp, int ac, char **av)
 
 FORWARD_IN_PYTHON_MODE(local_user_init)
 FORWARD_IN_PYTHON_MODE(user_init)
-FORWARD_IN_PYTHON_MODE(task_init)
 FORWARD_IN_PYTHON_MODE(task_exit)
 FORWARD_IN_PYTHON_MODE(exit)
+
+/* The last callback before exec, as the user: the working directory (--workdir). */
+int slurm_spank_task_init(spank_t sp, int ac, char **av)
+{
+    if (mode == MODE_FAST_ENTER)
+        return fastpath_task_init(opt_value[SEAM_OPT_WORKDIR]);
+    return mode == MODE_PYTHON ? dispatch("task_init", sp, ac, av) : 0;
+}
 
 /* Built with -DSHIFTER_NO_JOB_SCRIPT only by bench/srun_overhead.py: without
  * these two symbols slurmd starts no prolog/epilog process for any job, which

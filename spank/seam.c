@@ -147,6 +147,11 @@ static char *unescape(char *dst, const char *src, size_t n)
     return dst + 1;
 }
 
+int seam_unescape(char *text)
+{
+    return unescape(text, text, strlen(text)) ? 0 : -1;
+}
+
 static int escaped(const char *s)
 {
     for (; *s; s++)
@@ -217,6 +222,8 @@ static int value_valid(enum seam_kind kind, const char *value, struct seam_recor
     case SEAM_KIND_ESCAPED:
         if (key == SEAM_KEY_FAILED)
             rec->failed = value;
+        if (key == SEAM_KEY_WORKDIR && strlen(value) < sizeof rec->workdir)
+            unescape(rec->workdir, value, strlen(value));   /* NULL (bad escape) is refused below */
         return escaped(value);
     case SEAM_KIND_TIMING: {
         size_t n = strspn(value, SEAM_NAME_CHARS);
@@ -308,7 +315,18 @@ const char *seam_env_next(const char *cursor, int *op, const char **name, const 
 
 /* ---- the task's environment (environ.apply) ------------------------------ */
 
-int seam_apply_env(const struct seam_record *rec, const struct seam_env *env)
+/* Is `name` one of the comma-separated `names` (--env)?  NULL lists none. */
+static int listed(const char *names, const char *name)
+{
+    size_t n = strlen(name);
+
+    for (const char *s = names; s && *s; s += strcspn(s, SEAM_ENV_NAMES_SEPARATOR), s += *s != '\0')
+        if (strncmp(s, name, n) == 0 && (s[n] == '\0' || strchr(SEAM_ENV_NAMES_SEPARATOR, s[n])))
+            return 1;
+    return 0;
+}
+
+int seam_apply_env(const struct seam_record *rec, const struct seam_env *env, const char *keep)
 {
     char *current = malloc(SEAM_ENV_VALUE_MAX);
     const char *cursor = rec->env;
@@ -321,7 +339,10 @@ int seam_apply_env(const struct seam_record *rec, const struct seam_env *env)
         int op, got;
 
         cursor = seam_env_next(cursor, &op, &name, &value);
-        if (op == SEAM_ENV_SET) {
+        if (op == SEAM_ENV_IMAGE && listed(keep, name)
+            && (got = env->get(env->ctx, name, current, SEAM_ENV_VALUE_MAX)) != 1) {
+            rc = got < 0 ? -1 : 0;              /* the task's own value stays */
+        } else if (op == SEAM_ENV_SET || op == SEAM_ENV_IMAGE) {
             rc = env->set(env->ctx, name, value);
         } else if (op == SEAM_ENV_UNSET) {
             rc = env->unset(env->ctx, name);
@@ -917,7 +938,7 @@ int seam_options_text(const int set[SEAM_OPTION_COUNT], char *const value[SEAM_O
     };
     size_t used = 0;
 
-    for (int i = 0; i < SEAM_OPTION_COUNT; i++) {
+    for (int i = 0; i < SEAM_PINNED_OPTION_COUNT; i++) {
         const char *text = has_arg[i] ? (value[i] ? value[i] : "") : set[i] ? "1" : "0";
         int n = snprintf(out + used, size - used, "%s%s", i ? SEAM_PINNED_SEPARATOR : "", text);
         if (n < 0 || (size_t) n >= size - used)

@@ -21,6 +21,7 @@ struct seam_record {
     char root[SEAM_PATH_MAX + 1];
     char digest[SEAM_DIGEST_SIZE];
     char provenance[SEAM_PATH_MAX + 1];     /* "" when the record names none */
+    char workdir[SEAM_PATH_MAX + 1];        /* the image's WORKDIR; "" when none (or longer) */
     int python;
     const char *failed;     /* why the prolog failed, or NULL; points into the parsed text */
     const char *env;        /* env_count operations: op byte, name NUL, value NUL; in the text */
@@ -48,8 +49,13 @@ struct seam_env {
     int (*unset)(void *ctx, const char *name);                      /* 0 or -1 */
 };
 
-/* Apply the record's environment operations, as environ.apply does; 0 or -1. */
-int seam_apply_env(const struct seam_record *rec, const struct seam_env *env);
+/* Apply the record's environment operations, as environ.apply does, the task's own
+ * value of the comma-separated names in `keep` (--env, or NULL) winning over the
+ * image's; 0 or -1. */
+int seam_apply_env(const struct seam_record *rec, const struct seam_env *env, const char *keep);
+
+/* A value seam.escape wrote, unescaped in place (seam.unescape); 0, or -1 for a bad escape. */
+int seam_unescape(char *text);
 
 /* udiRoot.conf's runDir as config.parse reads it (text modified in place); 0 or -1. */
 int seam_run_dir(char *text, size_t len, char *out, size_t size);
@@ -62,7 +68,8 @@ int seam_marker_matches(const char *text, size_t len, unsigned long long job, co
 /* The start time in /proc/<pid>/stat's text (procfs.parse_start_time); 0 or -1. */
 int seam_start_time(const char *text, unsigned long long *start);
 
-/* The options as submit.pinned_options renders them; 0, or -1 if they do not fit. */
+/* The options the pin depends on (seam.PINNED_OPTIONS) as submit.pinned_options
+ * renders them; 0, or -1 if they do not fit. */
 int seam_options_text(const int set[SEAM_OPTION_COUNT], char *const value[SEAM_OPTION_COUNT],
                       char *out, size_t size);
 

@@ -28,6 +28,7 @@ from .. import seam
 _ffi = None
 _lib = None
 _sink = None        # where log lines go instead of Slurm's log (the node server's reply)
+_kept = []          # C strings a task's exec still needs (replace_argv0)
 
 CONTEXTS = {"S_CTX_LOCAL": "local", "S_CTX_REMOTE": "remote", "S_CTX_ALLOCATOR": "allocator",
             "S_CTX_JOB_SCRIPT": "job_script", "S_CTX_SLURMD": "slurmd"}
@@ -47,6 +48,9 @@ class Options:
     module: str | None = None
     ccm: bool = False
     autoshift: bool = False
+    workdir: str | None = None
+    entrypoint: bool = False
+    env: str | None = None
 
 
 class Spank:
@@ -100,6 +104,16 @@ class Spank:
         argv = _ffi.new("char ***")
         self._check(_lib.spank_get_item(self._h, _lib.S_JOB_ARGV, argc, argv), "S_JOB_ARGV")
         return [_ffi.string(argv[0][i]).decode() for i in range(argc[0])]
+
+    def replace_argv0(self, path: str) -> None:
+        """Make the task exec `path` with its arguments (SPANK can replace argv's words,
+        not add any); the new word is kept alive until the exec."""
+        argc = _ffi.new("int *")
+        argv = _ffi.new("char ***")
+        self._check(_lib.spank_get_item(self._h, _lib.S_JOB_ARGV, argc, argv), "S_JOB_ARGV")
+        word = _ffi.new("char[]", path.encode())
+        _kept.append(word)
+        argv[0][0] = word
 
     @property
     def env(self) -> dict[str, str]:

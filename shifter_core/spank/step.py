@@ -10,9 +10,9 @@ provenance log, opened before the chroot hides the node's files.
 
 task_init then runs in the same process, already chrooted, as the user, just
 before the exec, with the variables Slurm set for this very task (its rank,
-PMIx's): the place for the modules' launcher variables (shifter_core/launcher.py)
-and user hooks, which Shifter runs as the user inside the container before the
-command.
+PMIx's): the place for the working directory (shifter_core/taskopts.py), the
+modules' launcher variables (shifter_core/launcher.py) and user hooks, which
+Shifter runs as the user inside the container before the command.
 
 A step whose view (image, volumes, modules, as its srun pinned them) is not the
 job's container's, or whose job has none, gets a container of its own:
@@ -25,8 +25,9 @@ from __future__ import annotations
 import os
 import time
 
-from .. import container, enter, environ, launcher, pmix, provenance, seam
+from .. import container, enter, environ, launcher, pmix, provenance, seam, taskopts
 from ..errors import ContainerError, JobFault, ShifterError, one_line
+from ..imagestore import ImageStore
 from . import settings
 from .bridge import log_error
 from .node import container_spec, node_name
@@ -34,6 +35,7 @@ from .node import container_spec, node_name
 _entered: container.JobContainer | None = None   # this task's container, once it is inside
 _own: container.JobContainer | None = None       # the step's own container, built here
 _own_failure: str | None = None                  # why it could not be built
+_submit_dir: str | None = None                   # where slurmstepd started this task on the host
 
 
 def init_post_opt(spank, opts) -> None:
@@ -91,16 +93,25 @@ def task_init_privileged(spank, opts) -> None:
     if wanted and wanted != job.digest:
         raise ContainerError(f"this step asks for image {wanted}, but the container it would enter"
                              f" holds {job.digest}")
-    env = _task_environment(spank, job)
+    env = _task_environment(spank, job, taskopts.env_names(opts.env))
     argv = spank.argv
     batch_script = argv[0] if spank.step_id == seam.BATCH_STEP and argv else None
+    if opts.entrypoint:
+        entrypoint = ImageStore(cfg.image_path).read(job.image_id).entrypoint
+        env.update(taskopts.launcher_environment(entrypoint, argv[0], job.digest))
     pmix_dir = None
     if (spank.getenv("SLURM_MPI_TYPE") or "").startswith("pmix"):
         pmix_dir = pmix.server_directory(job.job_id, spank.step_id, job.node, job.uid)
     log = provenance.Log.open(cfg.provenance_dir, job.node)
+    global _submit_dir
+    try:
+        _submit_dir = os.getcwd()
+    except OSError:
+        _submit_dir = None
     try:
         started = time.monotonic()
-        enter.enter(job, stage=cfg.loop_mount, batch_script=batch_script, pmix_dir=pmix_dir)
+        enter.enter(job, stage=cfg.loop_mount, batch_script=batch_script, pmix_dir=pmix_dir,
+                    launcher=taskopts.LAUNCHER if opts.entrypoint else None)
         if log is not None:
             log.write(seam.ENTER_EVENT, job.job_id,
                       step="batch" if spank.step_id == seam.BATCH_STEP else spank.step_id,
@@ -113,6 +124,8 @@ def task_init_privileged(spank, opts) -> None:
     _entered = job
     for name, value in env.items():
         spank.setenv(name, value)
+    if opts.entrypoint:
+        spank.replace_argv0(taskopts.LAUNCHER)
 
 
 def task_init(spank, opts) -> None:
@@ -125,6 +138,7 @@ def task_init(spank, opts) -> None:
     """
     if _entered is None:
         return
+    taskopts.change_directory(opts.workdir, _submit_dir, _entered.workdir)
     cfg = settings.site_config(spank)
     modules = [cfg.modules[name] for name in _entered.modules if name in cfg.modules]
     if any(module.launcher_env for module in modules) and spank.step_id != seam.BATCH_STEP:
@@ -153,11 +167,12 @@ def _run_as_task(argv: list[str], env: dict[str, str]) -> int:
     return os.waitstatus_to_exitcode(status)
 
 
-def _task_environment(spank, job: container.JobContainer) -> dict[str, str]:
+def _task_environment(spank, job: container.JobContainer, keep: tuple[str, ...]) -> dict[str, str]:
     """The variables to set in the task: the prolog's operations (see environ)
-    applied to this task's environment."""
+    applied to this task's environment, whose variables named in `keep` (--env)
+    keep their value over the image's."""
     current = spank.env
-    final = environ.apply(current, job.env_ops)
+    final = environ.apply(current, job.env_ops, keep)
     for name in set(current) - set(final):
         spank.unsetenv(name)
     return {k: v for k, v in final.items() if current.get(k) != v}

@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import time
 
-from .. import imageref, pullhold, seam, volumes
+from .. import imageref, pullhold, seam, taskopts, volumes
 from ..errors import ImageNotFound, ImageRefError, ShifterError, VolumeError
 from . import settings, submitplan
 from .bridge import log_info
@@ -38,8 +38,10 @@ def init_post_opt(spank, opts) -> None:
                              # only jobs that need them pay
         ccm.require_enabled(settings.parse_args(spank.args))
     if not opts.image:
-        given = [f"--{n}" for n in ("volume", "module", "autoshift", "ccm") if getattr(opts, n)]
-        raise ShifterError(f"{', '.join(given)} needs --image")
+        given = [f"--{n}" for n in ("volume", "module", "autoshift", "ccm", *seam.TASK_OPTIONS) if getattr(opts, n)]
+        hint = " (the batch script's directory on the host is Slurm's --chdir)" if opts.workdir else ""
+        raise ShifterError(f"{', '.join(given)} needs --image{hint}")
+    taskopts.check(taskopts.with_defaults(opts, os.environ))
     ref = imageref.parse(opts.image, cfg.default_image_type)
     modules = cfg.select_modules(opts.module)
     mounts = cfg.user_volumes(opts.volume or "", base=lambda: _submit_directory(cfg, modules))
@@ -93,13 +95,13 @@ def init_post_opt(spank, opts) -> None:
 
 
 def pinned_options(opts, volume: str) -> str:
-    """The options in the form spank/seam.c: seam_options_text builds, with `volume`
+    """The options the pin depends on (seam.PINNED_OPTIONS) in the form spank/seam.c: seam_options_text builds, with `volume`
     as the job passes it on (seam.VOLUME_OPTION_VAR): an srun inside the job
     inherits that text."""
     return seam.PINNED_SEPARATOR.join(
         str(int(getattr(opts, name))) if name in seam.FLAGS
         else volume if name == "volume" else getattr(opts, name) or ""
-        for name in seam.OPTION_NAMES)
+        for name in seam.PINNED_OPTIONS)
 
 
 def _submit_directory(cfg, modules) -> str:

@@ -114,14 +114,15 @@ def loop_backing_files() -> dict[str, str]:
 FAILING_NODE = "n3"      # jobs whose prolog is meant to fail run here, and the node is resumed
 
 
-def push_image(cluster, name: str, extra_entries: list) -> str:
-    """Push a busybox image with `extra_entries` to the cluster's registry, pull it
-    through the gateway, and return its descriptor (docker:<name>:latest)."""
+def push_image(cluster, name: str, extra_entries: list, **config) -> str:
+    """Push a busybox image with `extra_entries` (and `config`: oci.ImageConfig's fields)
+    to the cluster's registry, pull it through the gateway, and return its descriptor
+    (docker:<name>:latest)."""
     from ci.harness import oci
     with tempfile.TemporaryDirectory(prefix="oci-") as tmp:
         layout = oci.Layout(tmp)
         layer = layout.add_layer(oci.busybox_entries() + list(extra_entries))
-        layout.add_image([layer], oci.busybox_config(), tag="build")
+        layout.add_image([layer], oci.busybox_config(**config), tag="build")
         layout.push("build", f"{cluster.registry}/{name}:latest")
     descriptor = f"docker:{name}:latest"
     cluster.run(["shifterimg", "pull", descriptor], timeout=300)

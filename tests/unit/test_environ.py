@@ -34,9 +34,20 @@ def test_unset_of_missing_variable_is_harmless():
 def test_operations_are_what_compose_applies():
     ops = environ.operations(["PATH=/usr/bin", "X=1"], levels=[{"site_env_prepend": {"PATH": "/m"}}],
                              site_env_unset=["X"], shifter={"SHIFTER_IMAGE": "abc"})
-    assert ops == [("set", "PATH", "/usr/bin"), ("set", "X", "1"), ("prepend", "PATH", "/m"),
+    assert ops == [("image", "PATH", "/usr/bin"), ("image", "X", "1"), ("prepend", "PATH", "/m"),
                    ("unset", "X", ""), ("set", "SHIFTER_IMAGE", "abc")]
     assert environ.apply({"PATH": "/host"}, ops) == {"PATH": "/m:/usr/bin", "SHIFTER_IMAGE": "abc"}
+
+
+def test_env_keeps_the_hosts_value_over_the_images_only():
+    """--env=PATH,LANG,TERM: the task's PATH and LANG stay (the site's prepend still
+    applies), TERM, which the task lacks, comes from the image, and siteEnv still wins."""
+    ops = environ.operations(["PATH=/usr/bin", "LANG=C", "TERM=xterm", "HOME=/root"],
+                             site_env={"LANG": "en_US.UTF-8"}, site_env_prepend={"PATH": "/site"})
+    task = {"PATH": "/host", "LANG": "C.UTF-8", "HOME": "/home/u"}
+    assert environ.apply(task, ops, keep=("PATH", "LANG", "TERM")) == {
+        "PATH": "/site:/host", "LANG": "en_US.UTF-8", "TERM": "xterm", "HOME": "/root"}
+    assert environ.apply(task, ops)["PATH"] == "/site:/usr/bin"
 
 
 def test_an_exported_bash_function_goes_in_both_spellings():

@@ -2,8 +2,9 @@
 
 Each test hands one input to the C function of spank/seam.c (through the
 cffi module shifter_core._seam) and to its Python twin, and requires the same
-answer: container records (valid, failed and malformed ones, escapes, all four
-environment operations), the environment a task ends up with, udiRoot.conf's
+answer: container records (valid, failed and malformed ones, escapes, all five
+environment operations, the image's WORKDIR), the environment a task ends up with
+(with and without --env), udiRoot.conf's
 runDir, the container's marker, /proc/<pid>/stat, the pinned options, the
 provenance line of a task, and root's trust rule.
 """
@@ -46,7 +47,7 @@ def c_parse(data: bytes):
         cursor = lib.seam_env_next(cursor, op, name, value)
         ops.append((seam.ENV_OPERATIONS[op[0]], _s(name[0]), _s(value[0])))
     return ("container", rec.job, _s(rec.node), (rec.holder_pid, rec.holder_start, rec.mntns), _s(rec.root),
-            _s(rec.digest), _s(rec.provenance) or None, bool(rec.python), ops,
+            _s(rec.digest), _s(rec.provenance) or None, _s(rec.workdir) or None, bool(rec.python), ops,
             "python" if status == lib.SEAM_PYTHON else "ready")
 
 
@@ -59,7 +60,7 @@ def py_parse(data: bytes):
     except ValueError:
         return "invalid"
     return ("container", job.job_id, job.node, (job.holder_pid, job.holder_start, job.mntns), job.root,
-            job.digest, job.provenance_log, job.python, job.env_ops, "python" if job.python else "ready")
+            job.digest, job.provenance_log, job.workdir or None, job.python, job.env_ops, "python" if job.python else "ready")
 
 
 no_nul = st.characters(blacklist_categories=("Cs",), blacklist_characters="\0")
@@ -122,7 +123,7 @@ VALID = {
     "workdir": ["/w", "", "a\\nb", "a\\\\b", "\\\\\\n"],
     "provenance": ["/var/log/x.jsonl"],
     "timing": ["mount 1.5", "mount 1", "total 0.000"],
-    "env": ["set PATH=/bin", "append PATH=/x", "prepend P=a:b", "unset X=", "set A\\n=b\\\\c", "prepend A==",
+    "env": ["set PATH=/bin", "image PATH=/usr/bin", "append PATH=/x", "prepend P=a:b", "unset X=", "set A\\n=b\\\\c", "prepend A==",
             "set A=\\n", "append B=", "set é=ü"],
     "failed": ["it broke", "", "line\\nbreak"],
 }
@@ -213,24 +214,37 @@ def seam_test_unset(ctx, name):
     return 0
 
 
-def c_apply(task_env: dict, data: bytes) -> dict:
+def c_apply(task_env: dict, data: bytes, keep: tuple[str, ...] = ()) -> dict:
     env = dict(task_env)
     handle = ffi.new_handle(env)
     buf = ffi.new("char[]", data)
     rec = ffi.new("struct seam_record *")
     assert lib.seam_parse_record(buf, len(data), rec) in (lib.SEAM_READY, lib.SEAM_PYTHON)
     callbacks = ffi.new("struct seam_env *", [handle, lib.seam_test_get, lib.seam_test_set, lib.seam_test_unset])
-    assert lib.seam_apply_env(rec, callbacks) == 0
+    keep_text = ffi.new("char[]", seam.ENV_NAMES_SEPARATOR.join(keep).encode()) if keep else ffi.NULL
+    assert lib.seam_apply_env(rec, callbacks, keep_text) == 0
     return env
 
 
-@given(containers(), st.dictionaries(env_names, st.one_of(st.just(""), tricky, texts), max_size=5))
-def test_a_task_gets_the_same_environment(tmp_path_factory, job, task_env):
-    """All four operations, on variables the task has (empty or not) and has not."""
+@given(containers(), st.dictionaries(env_names, st.one_of(st.just(""), tricky, texts), max_size=5),
+       st.lists(st.integers(0, 5), max_size=3))
+def test_a_task_gets_the_same_environment(tmp_path_factory, job, task_env, kept):
+    """All five operations, on variables the task has (empty or not) and has not, some
+    of them named by --env (the task's value of those wins over the image's)."""
     for i, (_, name, _) in enumerate(job.env_ops[:4]):
         task_env.setdefault(name, "" if i % 2 else "old")
+    keep = tuple(dict.fromkeys(job.env_ops[i][1] for i in kept if i < len(job.env_ops)
+                               and seam.ENV_NAMES_SEPARATOR not in job.env_ops[i][1]))
     data = _saved(job, tmp_path_factory)
-    assert c_apply(task_env, data) == environ.apply(task_env, job.env_ops)
+    assert c_apply(task_env, data, keep) == environ.apply(task_env, job.env_ops, keep)
+
+
+@given(st.lists(st.one_of(tricky, texts), max_size=4))
+def test_values_unescape_the_same(words):
+    for word in words:
+        buf = ffi.new("char[]", seam.escape(word).encode())
+        assert lib.seam_unescape(buf) == 0
+        assert _s(buf) == seam.unescape(seam.escape(word)) == word
 
 
 # -- udiRoot.conf's runDir -------------------------------------------------------
