@@ -46,3 +46,14 @@ def test_a_step_shares_the_jobs_container_only_for_the_same_view():
     assert not job.serves(digest, "/a:/b;/c:/d", "mpich,gpu")
     assert not job.serves(digest, "", "mpich,gpu")
     assert not job.serves(digest, "/a:/b", "mpich")
+
+
+def test_the_jobs_epilog_finds_its_steps_containers_and_no_one_elses(tmp_path):
+    from shifter_core.container import holder
+    for name in ("job7.step3.n1.state", "job7.step12.n1.state", "job7.n1.state", "job7.step3.n2.state",
+                 "job70.step1.n1.state", "job7.stepx.n1.state"):
+        (tmp_path / name).write_text("")
+    found = sorted(holder._step_records(str(tmp_path), 7, "n1"), key=lambda item: item[1])
+    assert found == [(str(tmp_path / "job7.step3.n1.state"), 3), (str(tmp_path / "job7.step12.n1.state"), 12)]
+    assert holder.holder_name(7, "n1") == "shifter-holder:7:n1"
+    assert holder.holder_name(7, "n1", 3) == "shifter-holder:7.3:n1"
