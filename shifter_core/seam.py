@@ -167,8 +167,14 @@ SERVER_PREFIX, SERVER_SUFFIX = "nodeserver.", ".sock"   # <runDir>/nodeserver.<n
 REQUEST_FORMAT = "shifter-request 1"
 REQUEST_MAX = 1 << 23
 # (key, kind): arg, option and env lines repeat; option is `name` or `name=value`
+# The callbacks it runs: the job's prolog and epilog, and for a step whose view is not
+# its job container's (spank/step.py), the building and the removal of its own.
+SERVER_CALLBACKS = ("job_prolog", "job_epilog", "step_prolog", "step_epilog")
+# The variables of a step's environment its slurmstepd sends with step_prolog and step_epilog.
+STEP_SERVER_VARS = (REQUEST_VAR, DIGEST_VAR, VOLUME_VAR, MODULE_VAR, "SLURM_NODELIST", "SLURM_JOB_CPUS_PER_NODE")
+# step: only in a step's callbacks
 REQUEST_KEYS = (("callback", "escaped"), ("job", "uint"), ("uid", "uint"), ("started", "uint"),
-                ("arg", "escaped"), ("option", "escaped"), ("env", "escaped"))
+                ("step", "uint"), ("arg", "escaped"), ("option", "escaped"), ("env", "escaped"))
 REPLY_LEVELS = ("error", "info", "debug")      # log lines, as slurm_error, slurm_info, slurm_debug
 REPLY_END = "rc"                                # the last line: rc SERVED_OK|SERVED_FAILED|NOT_SERVED
 SERVED_OK, SERVED_FAILED, NOT_SERVED = 0, 1, 2  # NOT_SERVED: the plugin runs the callback itself
@@ -399,6 +405,8 @@ def c_header() -> str:
         f"#define SEAM_GATEWAY_AUTH_HEADER {_c_string(GATEWAY_AUTH_HEADER)}",
         f"#define SEAM_AUTOSHIFT_VAR {_c_string(AUTOSHIFT_VAR)}",
         f"#define SEAM_OWN_VIEW_VAR {_c_string(OWN_VIEW_VAR)}",
+        f"#define SEAM_VOLUME_VAR {_c_string(VOLUME_VAR)}",
+        f"#define SEAM_MODULE_VAR {_c_string(MODULE_VAR)}",
         f"#define SEAM_ENTRYPOINT_VAR {_c_string(ENTRYPOINT_VAR)}",
         f"#define SEAM_ARGV0_VAR {_c_string(ARGV0_VAR)}",
         f"#define SEAM_JOB_ID_VAR {_c_string(JOB_ID_VAR)}",
@@ -441,6 +449,8 @@ def c_header() -> str:
         f"#define SEAM_SERVER_SUFFIX {_c_string(SERVER_SUFFIX)}",
         f"#define SEAM_REQUEST_FORMAT {_c_string(REQUEST_FORMAT)}",
         f"#define SEAM_REQUEST_MAX {REQUEST_MAX}",
+        *(f"#define SEAM_CALLBACK_{name.upper()} {_c_string(name)}" for name in SERVER_CALLBACKS),
+        f"#define SEAM_STEP_SERVER_VARS {{ {', '.join(map(_c_string, STEP_SERVER_VARS))} }}",
         *(f"#define SEAM_REQUEST_{key.upper()} {_c_string(key)}" for key, _ in REQUEST_KEYS),
         f"enum seam_reply {_enum('SEAM_REPLY_', REPLY_LEVELS + (REPLY_END,), 'SEAM_REPLY_COUNT')};",
         f"#define SEAM_REPLY_KEYS {{ {', '.join(map(_c_string, REPLY_LEVELS + (REPLY_END,)))} }}",

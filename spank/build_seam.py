@@ -20,6 +20,8 @@ enum seam_status { SEAM_INVALID, SEAM_READY, SEAM_PYTHON, SEAM_FAILED, ... };
 
 struct seam_record {
     unsigned long long job;
+    int has_step;
+    unsigned long long step;
     char node[];
     unsigned long long holder_pid, holder_start, mntns;
     char root[];
@@ -56,6 +58,7 @@ int seam_root_only(unsigned int uid, unsigned int mode);
 struct seam_request {
     const char *callback;
     unsigned long long job, uid, started_ns;
+    long long step;
     int argc;
     char **argv;
     const int *set;

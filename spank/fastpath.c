@@ -112,21 +112,26 @@ static int node_name(char *out, size_t size)
     return snprintf(out, size, "%s", u.nodename) < (int) size ? 0 : -1;
 }
 
-enum seam_status fastpath_load(spank_t sp, const char *config)
+enum seam_status fastpath_load(spank_t sp, const char *config, long long step)
 {
-    char dir[PATH_MAX], node[256], path[PATH_MAX];
+    char dir[PATH_MAX], node[256], path[PATH_MAX], infix[32] = "";
     enum seam_status status;
     uint32_t job;
     size_t len;
 
+    free(rec_text);
+    rec_text = NULL;
+    if (step >= 0)
+        snprintf(infix, sizeof infix, SEAM_STEP_INFIX "%lld.", step);
     if (run_dir(config, dir, sizeof dir) < 0 || node_name(node, sizeof node) < 0
         || spank_get_item(sp, S_JOB_ID, &job) != ESPANK_SUCCESS
-        || snprintf(path, sizeof path, "%s/" SEAM_STATE_PREFIX "%u.%s" SEAM_STATE_SUFFIX, dir, job, node)
+        || snprintf(path, sizeof path, "%s/" SEAM_STATE_PREFIX "%u.%s%s" SEAM_STATE_SUFFIX, dir, job, infix, node)
            >= (int) sizeof path
         || (rec_text = read_small_file(AT_FDCWD, path, NULL, SEAM_RECORD_MAX, 1, &len)) == NULL)
         return SEAM_INVALID;
     status = seam_parse_record(rec_text, len, &rec);
-    if (status == SEAM_INVALID || rec.job != (unsigned long long) job || strcmp(rec.node, node) != 0) {
+    if (status == SEAM_INVALID || rec.job != (unsigned long long) job || strcmp(rec.node, node) != 0
+        || rec.has_step != (step >= 0) || (step >= 0 && rec.step != (unsigned long long) step)) {
         free(rec_text);
         rec_text = NULL;
         return SEAM_INVALID;
@@ -161,12 +166,19 @@ int fastpath_holds(const char *digest)
     return strcmp(digest, rec.digest) == 0;
 }
 
+/* Why the node server could not build the step's own container: the line its tasks show. */
+static char step_failure[1024];
+
 int fastpath_fail(spank_t sp)
 {
     int task = 0;
 
     spank_get_item(sp, S_TASK_ID, &task);
-    if (task == 0)
+    if (task != 0)
+        return -1;
+    if (step_failure[0])
+        slurm_error("%s", step_failure);
+    else
         slurm_error("shifter: job %llu cannot run on %s: %s", rec.job, rec.node, rec.failed);
     return -1;
 }
@@ -391,8 +403,9 @@ static int send_all(int fd, const char *data, size_t len)
     return shutdown(fd, SHUT_WR);
 }
 
-/* Log the reply's lines as the server's child would have in-process; its rc. */
-static int relay_reply(int fd, const char *callback)
+/* Log the reply's lines as the server's child would have in-process; its rc.
+ * The last error line is also kept in `last_error` (when not NULL). */
+static int relay_reply(int fd, const char *callback, char *last_error, size_t last_size)
 {
     size_t size = 1 << 16, used = 0;
     char *buf = malloc(size), *line, *save = NULL;
@@ -417,6 +430,8 @@ static int relay_reply(int fd, const char *callback)
         switch (seam_reply_line(line, &text, &rc)) {
         case SEAM_REPLY_ERROR:
             slurm_error("%s", text);
+            if (last_error)
+                snprintf(last_error, last_size, "%s", text);
             break;
         case SEAM_REPLY_INFO:
             slurm_info("%s", text);
@@ -439,10 +454,8 @@ static int relay_reply(int fd, const char *callback)
     return rc == SEAM_SERVED_OK ? 0 : rc == SEAM_NOT_SERVED ? FASTPATH_NOT_SERVED : -1;
 }
 
-int fastpath_serve(spank_t sp, const char *config, const char *callback, int ac, char **av,
-                   const int set[SEAM_OPTION_COUNT], char *const value[SEAM_OPTION_COUNT], long long started_ns)
+int fastpath_serve(spank_t sp, const char *config, struct seam_request *req, char *last_error, size_t size)
 {
-    struct seam_request req = { callback, 0, 0, (unsigned long long) started_ns, ac, av, set, value, environ };
     uint32_t job;
     uid_t uid;
     char *text;
@@ -451,17 +464,49 @@ int fastpath_serve(spank_t sp, const char *config, const char *callback, int ac,
 
     if (spank_get_item(sp, S_JOB_ID, &job) != ESPANK_SUCCESS || spank_get_item(sp, S_JOB_UID, &uid) != ESPANK_SUCCESS)
         return FASTPATH_NOT_SERVED;
-    req.job = job;
-    req.uid = uid;
-    if ((len = seam_request_text(&req, NULL, 0)) < 0 || (text = malloc(len + 1)) == NULL)
+    req->job = job;
+    req->uid = uid;
+    if ((len = seam_request_text(req, NULL, 0)) < 0 || (text = malloc(len + 1)) == NULL)
         return FASTPATH_NOT_SERVED;
-    seam_request_text(&req, text, len + 1);
+    seam_request_text(req, text, len + 1);
     if ((fd = connect_server(config)) >= 0) {
         if (send_all(fd, text, len) == 0)
-            rc = relay_reply(fd, callback);
+            rc = relay_reply(fd, req->callback, last_error, size);
         close(fd);
     }
     free(text);
+    return rc;
+}
+
+int fastpath_serve_step(spank_t sp, const char *config, struct seam_request *req)
+{
+    static const char *const names[] = SEAM_STEP_SERVER_VARS;
+    char *envp[sizeof names / sizeof *names + 1] = { NULL };
+    const int size = 1 << 16;
+    char *value = malloc(size);
+    uint32_t step;
+    int n = 0, rc = FASTPATH_NOT_SERVED;
+
+    if (value == NULL || spank_get_item(sp, S_JOB_STEPID, &step) != ESPANK_SUCCESS)
+        goto done;
+    req->step = step;
+    for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
+        spank_err_t got = spank_getenv(sp, names[i], value, size);
+        if (got == ESPANK_ENV_NOEXIST)
+            continue;
+        if (got != ESPANK_SUCCESS || asprintf(&envp[n], "%s=%s", names[i], value) < 0)
+            goto done;                      /* too long for here: Python's path */
+        n++;
+    }
+    req->envp = envp;
+    rc = fastpath_serve(sp, config, req, step_failure, sizeof step_failure);
+    if (rc != 0 && rc != FASTPATH_NOT_SERVED && !step_failure[0] && strcmp(req->callback, SEAM_CALLBACK_STEP_PROLOG) == 0)
+        snprintf(step_failure, sizeof step_failure, "shifter: step %u.%u cannot be set up on this node"
+                 " (see slurmd's log)", (unsigned) req->job, step);
+done:
+    for (int i = 0; i < n; i++)
+        free(envp[i]);
+    free(value);
     return rc;
 }
 
@@ -634,30 +679,79 @@ static int export(spank_t sp, const char *name, const char *value)
     return setenv(name, value, 1) == 0 && spank_job_control_setenv(sp, name, value, 1) == ESPANK_SUCCESS ? 0 : -1;
 }
 
-int fastpath_pin_new(spank_t sp, const char *config, const char *options)
+/* What the job's container shows, as the job's environment pins it (submit._view);
+ * `has` is 0 when the job pinned no image. */
+struct view {
+    int has;
+    char request[4096], digest[SEAM_DIGEST_SIZE], volume[4096], module[1024];
+};
+
+static int copy_env(const char *name, char *out, size_t size)
+{
+    const char *value = getenv(name);
+    return snprintf(out, size, "%s", value ? value : "") < (int) size ? 0 : -1;
+}
+
+static int job_view(struct view *v)
+{
+    v->has = getenv(SEAM_REQUEST_VAR) && *getenv(SEAM_REQUEST_VAR);
+    return copy_env(SEAM_REQUEST_VAR, v->request, sizeof v->request) | copy_env(SEAM_DIGEST_VAR, v->digest, sizeof v->digest)
+        | copy_env(SEAM_VOLUME_VAR, v->volume, sizeof v->volume) | copy_env(SEAM_MODULE_VAR, v->module, sizeof v->module);
+}
+
+static int same_env(const char *name, const char *value)
+{
+    const char *now = getenv(name);
+    return strcmp(now ? now : "", value) == 0;
+}
+
+/* The job's pin of this same request (submit._inherited_pin), in id[]; 1 if there is
+ * one, 0 if there is none, -1 if the job waits for its pull (Python handles that). */
+static int inherited_pin(const struct seam_plan *plan, const struct view *job, char id[SEAM_IMAGE_ID_LENGTH + 1])
+{
+    const char *pinned[] = { SEAM_IMAGE_VAR, SEAM_IMAGE_TYPE_VAR, SEAM_DIGEST_VAR };
+
+    if (!job->has || strcmp(job->request, plan->request) != 0)
+        return 0;
+    for (size_t i = 0; i < sizeof pinned / sizeof *pinned; i++)
+        if (!getenv(pinned[i]) || !*getenv(pinned[i]))
+            return -1;
+    if (strcmp(getenv(SEAM_IMAGE_TYPE_VAR), "id") != 0 || strlen(getenv(SEAM_IMAGE_VAR)) != SEAM_IMAGE_ID_LENGTH)
+        return -1;
+    snprintf(id, SEAM_IMAGE_ID_LENGTH + 1, "%s", getenv(SEAM_IMAGE_VAR));
+    return 1;
+}
+
+int fastpath_pin(spank_t sp, const char *config, const char *options, int step)
 {
     char id[SEAM_IMAGE_ID_LENGTH + 1], digest[SEAM_DIGEST_SIZE], ms[32];
+    struct view job = { 0 };
     struct seam_plan plan;
     struct timespec start;
     size_t len;
     char *text;
-    int rc = -1;
+    int rc = -1, inherited = 0;
 
     clock_gettime(CLOCK_MONOTONIC, &start);
-    if ((text = read_plans(&len)) == NULL)
+    if ((step && job_view(&job) != 0) || (text = read_plans(&len)) == NULL)
         return -1;
     if (seam_find_plan(text, len, options, &plan) == 0 && same_config(config, plan.config)
-        && look_up(&plan, id) == 0) {
+        && (inherited = step ? inherited_pin(&plan, &job, id) : 0) >= 0 && (inherited || look_up(&plan, id) == 0)) {
         snprintf(digest, sizeof digest, "%s%s", SEAM_DIGEST_PREFIX, id);
         snprintf(ms, sizeof ms, "%.1f", ms_since(&start));
         rc = export(sp, SEAM_REQUEST_VAR, plan.request) | export(sp, SEAM_IMAGE_VAR, id)
            | export(sp, SEAM_IMAGE_TYPE_VAR, "id") | export(sp, SEAM_DIGEST_VAR, digest)
-           | export(sp, SEAM_LOOKUP_VAR, ms);
+           | (inherited ? 0 : export(sp, SEAM_LOOKUP_VAR, ms));
         for (int i = 0; i < plan.exports && rc == 0; i++) {
             char *eq = strchr(plan.export[i], '=');
             *eq = '\0';
             rc = export(sp, plan.export[i], eq + 1);
         }
+        if (rc == 0 && !step)
+            rc = export(sp, SEAM_OWN_VIEW_VAR, "0");
+        else if (rc == 0 && (!job.has || strcmp(job.digest, digest) != 0 || !same_env(SEAM_VOLUME_VAR, job.volume)
+                             || !same_env(SEAM_MODULE_VAR, job.module)))
+            rc = export(sp, SEAM_OWN_VIEW_VAR, "1");    /* the step may need a container of its own */
         if (rc == 0)
             rc = setenv(SEAM_PINNED_OPTIONS_VAR, options, 1);
     }

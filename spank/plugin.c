@@ -363,17 +363,63 @@ static int step_may_need_own_view(spank_t sp)
     return got == ESPANK_NOSPACE || (got == ESPANK_SUCCESS && value[0] && !fastpath_holds(value));
 }
 
+static const char *config_path(int ac, char **av)
+{
+    const char *config = plugin_arg(ac, av, "config");
+    return config ? config : SEAM_DEFAULT_CONFIG;
+}
+
+/* A request to the node server for this callback, with the plugin's arguments and options. */
+static struct seam_request server_request(const char *callback, int ac, char **av, long long started)
+{
+    extern char **environ;
+    struct seam_request req = { callback, 0, 0, (unsigned long long) started, -1, ac, av, opt_set, opt_value,
+                                environ };
+    return req;
+}
+
+/* The node server built this step's own container (step.step_prolog): exit has it removed. */
+static int built_own;
+
+/* A step whose view is not its job container's: the node server builds the
+ * step's own container, and its tasks enter it as they would the job's.  Without
+ * a server, Python does it here (step.init_post_opt). */
+static int own_container(spank_t sp, int ac, char **av, uint32_t step)
+{
+    struct seam_request req = server_request(SEAM_CALLBACK_STEP_PROLOG, ac, av, now_ns());
+    enum seam_status record;
+
+    switch (fastpath_serve_step(sp, config_path(ac, av), &req)) {
+    case FASTPATH_NOT_SERVED:
+        return MODE_PYTHON;
+    case 0:
+        break;
+    default:
+        return MODE_FAILED;
+    }
+    record = fastpath_load(sp, config_path(ac, av), step);
+    if (record == SEAM_READY) {
+        built_own = 1;
+        return MODE_FAST_ENTER;
+    }
+    if (record != SEAM_INVALID)
+        return MODE_PYTHON;     /* its tasks need Python: step.py finds the container, and removes it */
+    /* the server found that the job's container serves the step after all */
+    return fastpath_load(sp, config_path(ac, av), -1) == SEAM_READY ? MODE_FAST_ENTER : MODE_PYTHON;
+}
+
 /* Can this step do without Python?  srun: when the job pinned these very
  * options already; srun, sbatch, salloc of a new job: when a submit plan for
  * these options lets the C pin it.  slurmstepd: when the tasks run on the host
- * (no --autoshift), or enter a container whose record asks for nothing more.
- * A job whose prolog failed here because of the job fails every task. */
+ * (no --autoshift), or enter a container whose record asks for nothing more,
+ * the job's or one the node server built for the step.  A job whose prolog
+ * failed here because of the job fails every task. */
 static int fast_path(spank_t sp, int ac, char **av)
 {
     char text[3 * 4096];
-    const char *config = plugin_arg(ac, av, "config");
     enum seam_status record = SEAM_INVALID;
     uint32_t step;
+    int in_job;
 
     switch (spank_context()) {
     case S_CTX_LOCAL:
@@ -381,12 +427,13 @@ static int fast_path(spank_t sp, int ac, char **av)
         /* the options as submit.pinned_options records them */
         if (seam_options_text(opt_set, opt_value, text, sizeof text) < 0)
             return MODE_PYTHON;
-        if (spank_context() == S_CTX_LOCAL && getenv(SEAM_JOB_ID_VAR))
-            return fastpath_pin_reusable(text) ? MODE_FAST : MODE_PYTHON;
-        return fastpath_pin_new(sp, config ? config : SEAM_DEFAULT_CONFIG, text) == 0 ? MODE_FAST : MODE_PYTHON;
+        in_job = spank_context() == S_CTX_LOCAL && getenv(SEAM_JOB_ID_VAR);
+        if (in_job && fastpath_pin_reusable(text))
+            return MODE_FAST;
+        return fastpath_pin(sp, config_path(ac, av), text, in_job) == 0 ? MODE_FAST : MODE_PYTHON;
     case S_CTX_REMOTE:
         if (opt_set[SEAM_OPT_IMAGE] || opt_set[SEAM_OPT_AUTOSHIFT] || opt_set[SEAM_OPT_CCM])
-            record = fastpath_load(sp, config ? config : SEAM_DEFAULT_CONFIG);
+            record = fastpath_load(sp, config_path(ac, av), -1);
         if (record == SEAM_FAILED)
             return MODE_FAILED;
         if (opt_set[SEAM_OPT_CCM])
@@ -395,10 +442,12 @@ static int fast_path(spank_t sp, int ac, char **av)
             return MODE_FAST;
         if (spank_get_item(sp, S_JOB_STEPID, &step) != ESPANK_SUCCESS || step == SEAM_BATCH_STEP)
             return MODE_PYTHON;     /* the batch step binds its spool directory: enter.py */
-        /* --entrypoint binds its launcher into the container: enter.py */
-        return record == SEAM_READY && !step_uses_pmix(sp) && !step_may_need_own_view(sp)
-            && !opt_set[SEAM_OPT_ENTRYPOINT]
-            ? MODE_FAST_ENTER : MODE_PYTHON;
+        /* --entrypoint binds its launcher into the container, a PMIx step its directory: enter.py */
+        if (opt_set[SEAM_OPT_ENTRYPOINT] || step_uses_pmix(sp))
+            return MODE_PYTHON;
+        if (step_may_need_own_view(sp))
+            return own_container(sp, ac, av, step);
+        return record == SEAM_READY ? MODE_FAST_ENTER : MODE_PYTHON;
     default:
         return MODE_PYTHON;
     }
@@ -456,7 +505,17 @@ int slurm_spank_task_init_privileged(spank_t sp, int ac, char **av)
 FORWARD_IN_PYTHON_MODE(local_user_init)
 FORWARD_IN_PYTHON_MODE(user_init)
 FORWARD_IN_PYTHON_MODE(task_exit)
-FORWARD_IN_PYTHON_MODE(exit)
+
+/* slurmstepd, once the step's tasks are gone: its own container goes. */
+int slurm_spank_exit(spank_t sp, int ac, char **av)
+{
+    if (built_own) {
+        struct seam_request req = server_request(SEAM_CALLBACK_STEP_EPILOG, ac, av, now_ns());
+        int rc = fastpath_serve_step(sp, config_path(ac, av), &req);
+        return rc == FASTPATH_NOT_SERVED ? dispatch(SEAM_CALLBACK_STEP_EPILOG, sp, ac, av) : rc;
+    }
+    return mode == MODE_PYTHON ? dispatch("exit", sp, ac, av) : 0;
+}
 
 /* The last callback before exec, as the user: the working directory (--workdir). */
 int slurm_spank_task_init(spank_t sp, int ac, char **av)
@@ -474,25 +533,24 @@ int slurm_spank_task_init(spank_t sp, int ac, char **av)
  * which starts one for the next jobs. */
 static int job_script(const char *callback, spank_t sp, int ac, char **av)
 {
-    const char *config = plugin_arg(ac, av, "config");
-    long long started = now_ns();
+    struct seam_request req = server_request(callback, ac, av, now_ns());
     int rc;
 
     load_job_options(sp);
-    if (!any_option_set() && !(strcmp(callback, "job_epilog") == 0
-                               && fastpath_has_step_containers(sp, config ? config : SEAM_DEFAULT_CONFIG)))
+    if (!any_option_set() && !(strcmp(callback, SEAM_CALLBACK_JOB_EPILOG) == 0
+                               && fastpath_has_step_containers(sp, config_path(ac, av))))
         return 0;
-    rc = fastpath_serve(sp, config ? config : SEAM_DEFAULT_CONFIG, callback, ac, av, opt_set, opt_value, started);
+    rc = fastpath_serve(sp, config_path(ac, av), &req, NULL, 0);
     return rc == FASTPATH_NOT_SERVED ? dispatch(callback, sp, ac, av) : rc;
 }
 
 int slurm_spank_job_prolog(spank_t sp, int ac, char **av)
 {
-    return job_script("job_prolog", sp, ac, av);
+    return job_script(SEAM_CALLBACK_JOB_PROLOG, sp, ac, av);
 }
 
 int slurm_spank_job_epilog(spank_t sp, int ac, char **av)
 {
-    return job_script("job_epilog", sp, ac, av);
+    return job_script(SEAM_CALLBACK_JOB_EPILOG, sp, ac, av);
 }
 #endif

@@ -195,6 +195,8 @@ static int value_valid(enum seam_kind kind, const char *value, struct seam_recor
 
     switch (kind) {
     case SEAM_KIND_UINT:
+        if (key == SEAM_KEY_STEP)
+            return (rec->has_step = parse_uints(value, &rec->step, 1));
         return parse_uints(value, key == SEAM_KEY_JOB ? &rec->job : numbers, 1);
     case SEAM_KIND_UINT2:
         return parse_uints(value, numbers, 2);
@@ -891,10 +893,15 @@ long seam_request_text(const struct seam_request *req, char *out, size_t size)
 
     add(&b, SEAM_REQUEST_FORMAT "\n", sizeof SEAM_REQUEST_FORMAT);
     add_line(&b, SEAM_REQUEST_CALLBACK, req->callback, NULL);
+    char number[SEAM_UINT_DIGITS + 1];
+
     for (int i = 0; i < 3; i++) {
-        char number[SEAM_UINT_DIGITS + 1];
         snprintf(number, sizeof number, "%llu", numbers[i]);
         add_line(&b, keys[i], number, NULL);
+    }
+    if (req->step >= 0) {
+        snprintf(number, sizeof number, "%lld", req->step);
+        add_line(&b, SEAM_REQUEST_STEP, number, NULL);
     }
     for (int i = 0; i < req->argc; i++)
         add_line(&b, SEAM_REQUEST_ARG, req->argv[i], NULL);

@@ -16,6 +16,8 @@
 /* The fields of a container record (container/record.py) that the fast path uses. */
 struct seam_record {
     unsigned long long job;
+    int has_step;                           /* a step's own container: its step; else the job's */
+    unsigned long long step;
     char node[SEAM_NODE_MAX + 1];
     unsigned long long holder_pid, holder_start, mntns;
     char root[SEAM_PATH_MAX + 1];
@@ -77,11 +79,12 @@ int seam_options_text(const int set[SEAM_OPTION_COUNT], char *const value[SEAM_O
 int seam_enter_line(char *out, size_t size, const struct seam_record *rec, double ms,
                     unsigned int step, int task, double now);
 
-/* A job_script callback for the node server (nodeserver.parse_request): written
- * into `out` if it fits; the length it needs (more than size: try again), or -1. */
+/* A callback for the node server (nodeserver.parse_request): written into `out`
+ * if it fits; the length it needs (more than size: try again), or -1. */
 struct seam_request {
-    const char *callback;
+    const char *callback;                   /* one of seam.SERVER_CALLBACKS */
     unsigned long long job, uid, started_ns;
+    long long step;                         /* a step's callbacks only; else -1 */
     int argc;
     char **argv;                            /* the plugin's arguments */
     const int *set;                         /* SEAM_OPTION_COUNT of each */

@@ -15,10 +15,11 @@ named `shifter-holder:<job>:<node>` so that the epilog finds it even without
 its record.
 
 A step with a view of its own (another image, other volumes or modules) gets
-a container of its own the same way, built by its slurmstepd: its holder is
-`shifter-holder:<job>.<step>:<node>`, ended by that slurmstepd when the step
-ends; should the slurmstepd die first, the job's epilog ends whatever step
-containers of the job are left (the plugin runs it for any job that has one:
+a container of its own the same way, built for its slurmstepd (by the node
+server, or by slurmstepd's own Python: spank/step.py): its holder is
+`shifter-holder:<job>.<step>:<node>`, ended when the step ends; should the
+slurmstepd die first, the job's epilog ends whatever step containers of the
+job are left (the plugin runs it for any job that has one:
 spank/fastpath.c: fastpath_has_step_containers).
 """
 from __future__ import annotations

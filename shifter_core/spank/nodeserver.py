@@ -1,18 +1,22 @@
-"""The node server: a warm Python per node that runs the job prolog and epilog.
+"""The node server: a warm Python per node that runs the job prolog and epilog,
+and builds and removes the containers of steps with a view of their own.
 
 Starting Python and importing the node's code cost a prolog more than building
 the container did, once per job and node, and again in the epilog.  So the
 first prolog or epilog on a node runs in the plugin's own Python, as before,
 and then starts this server; later ones ask it over a unix socket in runDir
 (spank/fastpath.c: fastpath_serve).  It forks a child per request, which runs
-the same handler (shifter_core.spank.node) with the request's environment and
-relays its log lines and its result.
+the same handler (shifter_core.spank.node, or for a step's step_prolog and
+step_epilog shifter_core.spank.step) with the request's environment and
+relays its log lines and its result.  A step's slurmstepd sends the step's
+own variables as the environment, and its step.
 
     shifter-request 1                  the plugin's request (spank/seam.c writes it)
     callback job_prolog
     job 42
     uid 1001
     started <CLOCK_MONOTONIC ns when the plugin took the call>
+    step 3                             (step_prolog and step_epilog only)
     arg config=/etc/shifter/udiRoot.conf
     option image=docker:ubuntu:22.04
     option autoshift
@@ -43,7 +47,6 @@ from .. import seam
 from ..container import procfs
 from . import bridge, settings
 
-CALLBACKS = ("job_prolog", "job_epilog")
 _LISTEN_BACKLOG = 64
 _REAP_INTERVAL = 5.0     # seconds between collecting finished children when idle
 _serving = False         # this process is the server or one of its children
@@ -53,9 +56,9 @@ class Request:
     """A job_script callback, as the plugin sent it."""
 
     def __init__(self, callback: str, job_id: int, uid: int, started_ns: int, args: dict[str, str],
-                 options: bridge.Options, env: dict[str, str]):
+                 options: bridge.Options, env: dict[str, str], step_id: int | None = None):
         self.callback, self.job_id, self.uid, self.started_ns = callback, job_id, uid, started_ns
-        self.args, self.options, self.env = args, options, env
+        self.args, self.options, self.env, self.step_id = args, options, env, step_id
 
 
 def parse_request(data: bytes) -> Request:
@@ -70,7 +73,9 @@ def parse_request(data: bytes) -> Request:
             fields[key].append(value.partition("="))
         else:
             fields[key] = value
-    if fields.get("callback") not in CALLBACKS or not {"job", "uid", "started"} <= set(fields):
+    callback = fields.get("callback")
+    if callback not in seam.SERVER_CALLBACKS or not {"job", "uid", "started"} <= set(fields) \
+            or ("step" in fields) != callback.startswith("step_"):
         raise ValueError("an incomplete request")
     options = {}
     for name, equals, value in fields["option"]:
@@ -78,9 +83,9 @@ def parse_request(data: bytes) -> Request:
             raise ValueError(f"unknown option {name!r}")
         if name in seam.FLAGS or equals:
             options[name] = True if name in seam.FLAGS else value
-    return Request(fields["callback"], fields["job"], fields["uid"], fields["started"],
+    return Request(callback, fields["job"], fields["uid"], fields["started"],
                    {key: value for key, _, value in fields["arg"]}, bridge.Options(**options),
-                   {name: value for name, equals, value in fields["env"] if equals})
+                   {name: value for name, equals, value in fields["env"] if equals}, fields.get("step"))
 
 
 def reply_line(key: str, text: str) -> bytes:
@@ -89,19 +94,31 @@ def reply_line(key: str, text: str) -> bytes:
 
 
 class Call(bridge.Spank):
-    """What the node's handlers use of a SPANK handle, from a request."""
+    """What the handlers use of a SPANK handle, from a request: a step's go to the
+    step's module (its context is slurmstepd's), the others to the node's."""
 
     def __init__(self, request: Request):
-        super().__init__(None, "job_script", request.callback, request.args, request.started_ns)
-        self._job_id, self._uid = request.job_id, request.uid
+        context = "job_script" if request.step_id is None else "remote"
+        super().__init__(None, context, request.callback, request.args, request.started_ns)
+        self._request = request
 
     @property
     def job_id(self) -> int:
-        return self._job_id
+        return self._request.job_id
 
     @property
     def uid(self) -> int:
-        return self._uid
+        return self._request.uid
+
+    @property
+    def step_id(self) -> int:
+        if self._request.step_id is None:
+            raise bridge.SpankError(f"{self.callback} is no step's")
+        return self._request.step_id
+
+    def getenv(self, name: str) -> str | None:
+        """A variable of the request's environment (the step's own, for a step)."""
+        return self._request.env.get(name)
 
 
 def serving() -> bool:
@@ -179,7 +196,8 @@ def main(listener: int, lock: int, watch: int, config_path: str) -> None:
     global _serving
     _serving = True
     bridge.check_code_is_trusted()
-    for name in ("shifter_core.spank.node", "shifter_core.pernodecache", "shifter_core.ccm"):
+    for name in ("shifter_core.spank.node", "shifter_core.spank.step", "shifter_core.pernodecache",
+                 "shifter_core.ccm"):
         importlib.import_module(name)                   # once here, not per job
 
     settings.load_config(config_path)

@@ -15,10 +15,13 @@ modules' launcher variables (shifter_core/launcher.py) and user hooks, which
 Shifter runs as the user inside the container before the command.
 
 A step whose view (image, volumes, modules, as its srun pinned them) is not the
-job's container's, or whose job has none, gets a container of its own:
-init_post_opt builds it in slurmstepd before any task exists, the tasks enter
-it, and exit tears it down when the step ends (container/holder.py).  The plugin's
-C sends such steps here (spank/plugin.c: fast_path); this module decides again.
+job's container's, or whose job has none, gets a container of its own, built
+before any task exists and torn down when the step ends (container/holder.py).
+The plugin's C has the node server do both (step_prolog, step_epilog: no Python
+starts in slurmstepd) and its tasks enter through the C fast path; where it cannot
+(no node server yet, a PMIx or --entrypoint step), it sends the step here and
+init_post_opt and exit do it in slurmstepd.  Either way this module decides again
+whether the job's container serves.
 """
 from __future__ import annotations
 
@@ -39,41 +42,37 @@ _submit_dir: str | None = None                   # where slurmstepd started this
 
 
 def init_post_opt(spank, opts) -> None:
-    """Build the step's own container when its view is not its job's container's.
-    A failure fails the step's tasks (task_init_privileged), with the reason."""
+    """Build the step's own container here, in slurmstepd, when the plugin's C could
+    not have the node server do it (step_prolog).  A failure fails the step's tasks
+    (task_init_privileged), with the reason: failing here would not fail srun."""
     global _own, _own_failure
-    if not opts.autoshift or opts.ccm or spank.step_id == seam.BATCH_STEP:
-        return
-    cfg = settings.site_config(spank)
-    node = node_name()
     try:
-        job = container.find(cfg, spank.job_id, node)
-    except container.SetupFailed:
-        return                                  # the job failed here: so do its steps
-    except ContainerError:
-        job = None                              # none, or gone: the step needs its own
-    except Exception:                           # noqa: BLE001 - an unreadable record: the tasks'
-        return                                  # own find fails them with the reason (a failure
-                                                # here would not fail srun)
-    digest, volume, module = (spank.getenv(name) for name in (seam.DIGEST_VAR, seam.VOLUME_VAR, seam.MODULE_VAR))
-    if job is not None and job.serves(digest, volume, module):
-        return
-    image = spank.getenv(seam.REQUEST_VAR) or opts.image
-    try:
-        if not image:
-            raise JobFault("this step asks for a container but names no image (--image)")
-        spec, _ = container_spec(
-            cfg, job_id=spank.job_id, node=node, uid=spank.uid, request=image, image=image,
-            digest=digest or "", pending=None, volume=volume or "", module=module, step_id=spank.step_id)
-        _own = container.create(cfg, spec)
+        _own = _own_container(spank, opts)
     except ShifterError as error:
         _own_failure = one_line(str(error))
-        log_error(f"shifter: step {spank.job_id}.{spank.step_id} fails on {node}: {_own_failure}")
+        log_error(f"shifter: {_cannot_run(spank, _own_failure)}")
     except Exception as error:      # noqa: BLE001 - a bug a step triggers fails that step only
-        import traceback
-        for line in traceback.format_exc().splitlines():
-            log_error(f"shifter: {line}")
-        _own_failure = f"internal error of shifter (please report it): {error!r}"
+        _log_traceback()
+        _own_failure = _internal_error(error)
+
+
+def step_prolog(spank, opts) -> None:
+    """The node server builds the step's own container (spank/fastpath.c:
+    fastpath_step_container).  The message of a failure is the line the plugin
+    shows for each of the step's tasks."""
+    try:
+        _own_container(spank, opts)
+    except ShifterError as error:
+        raise JobFault(_cannot_run(spank, one_line(str(error)))) from None
+    except Exception as error:      # noqa: BLE001 - as in init_post_opt
+        _log_traceback()
+        raise JobFault(_cannot_run(spank, _internal_error(error))) from None
+
+
+def step_epilog(spank, opts) -> None:
+    """The node server (or slurmstepd, when the server is gone) removes the step's own
+    container that step_prolog built."""
+    container.destroy(settings.site_config(spank), spank.job_id, node_name(), spank.step_id)
 
 
 def exit(spank, opts) -> None:      # noqa: A001 - the SPANK callback's name
@@ -82,11 +81,52 @@ def exit(spank, opts) -> None:      # noqa: A001 - the SPANK callback's name
         container.destroy(settings.site_config(spank), _own.job_id, _own.node, _own.step_id)
 
 
+def _own_container(spank, opts) -> container.JobContainer | None:
+    """The step's own container, built on this node, when its view (as its srun
+    pinned it) is not its job's container's; None when the job's serves."""
+    if not opts.autoshift or opts.ccm or spank.step_id == seam.BATCH_STEP:
+        return None
+    cfg = settings.site_config(spank)
+    node = node_name()
+    try:
+        job = container.find(cfg, spank.job_id, node)
+    except container.SetupFailed:
+        return None                             # the job failed here: so do its steps
+    except ContainerError:
+        job = None                              # none, or gone: the step needs its own
+    except Exception:                           # noqa: BLE001 - an unreadable record: the tasks'
+        return None                             # own find fails them with the reason
+    digest, volume, module = (spank.getenv(name) for name in (seam.DIGEST_VAR, seam.VOLUME_VAR, seam.MODULE_VAR))
+    if job is not None and job.serves(digest, volume, module):
+        return None
+    image = spank.getenv(seam.REQUEST_VAR) or opts.image
+    if not image:
+        raise JobFault("this step asks for a container but names no image (--image)")
+    spec, _ = container_spec(
+        cfg, job_id=spank.job_id, node=node, uid=spank.uid, request=image, image=image,
+        digest=digest or "", pending=None, volume=volume or "", module=module, step_id=spank.step_id)
+    return container.create(cfg, spec)
+
+
+def _cannot_run(spank, reason: str) -> str:
+    return f"step {spank.job_id}.{spank.step_id} cannot run on {node_name()}: {reason}"
+
+
+def _internal_error(error: Exception) -> str:
+    return f"internal error of shifter (please report it): {error!r}"
+
+
+def _log_traceback() -> None:
+    import traceback
+    for line in traceback.format_exc().splitlines():
+        log_error(f"shifter: {line}")
+
+
 def task_init_privileged(spank, opts) -> None:
     if not (opts.autoshift or opts.ccm):       # CCM jobs run in their containers
         return
     if _own_failure is not None:
-        raise JobFault(f"step {spank.job_id}.{spank.step_id} cannot run on {node_name()}: {_own_failure}")
+        raise JobFault(_cannot_run(spank, _own_failure))
     cfg = settings.site_config(spank)
     job = _own or container.find(cfg, spank.job_id, node_name())
     wanted = spank.getenv(seam.DIGEST_VAR)

@@ -54,11 +54,8 @@ def init_post_opt(spank, opts) -> None:
     if export is None and ref.type == imageref.LOCAL:
         export = _pinned_local(cfg, ref)
     elif export is None:
-        from ..gwclient import GatewayClient
-
         started = time.monotonic()
-        client = GatewayClient(cfg.image_gateway, cfg.system, cfg.gateway_timeout,
-                               ca_file=cfg.gateway_ca_file, default_type=cfg.default_image_type)
+        client = _client(cfg)
         export = _resolve(cfg, client, ref, new_job=new_job)
         export[seam.LOOKUP_VAR] = f"{(time.monotonic() - started) * 1000:.1f}"
     export.setdefault(pullhold.PENDING_VAR, "")
@@ -87,11 +84,19 @@ def init_post_opt(spank, opts) -> None:
     if opts.ccm:
         # for the prolog only: not in the job's environment
         spank.job_control_setenv(ccm.SECRET_VARIABLE, ccm.new_secret())
-    elif new_job and client is not None and export.get(seam.DIGEST_VAR) and (opts.volume or "") == export[seam.VOLUME_VAR]:
-        # the next new job with these options is pinned in C (spank/fastpath.c);
+    elif ref.type != imageref.LOCAL and export.get(seam.DIGEST_VAR) and (opts.volume or "") == export[seam.VOLUME_VAR]:
+        # the next new job or step with these options is pinned in C (spank/fastpath.c);
         # not when the volumes depend on where the command runs (relative sources)
+        client = client or _client(cfg)
         submitplan.save(cfg, pinned_options(opts, opts.volume or ""), client.lookup_path(ref),
                         client.munge.socket, export)
+
+
+def _client(cfg):
+    from ..gwclient import GatewayClient   # only where a gateway is asked
+
+    return GatewayClient(cfg.image_gateway, cfg.system, cfg.gateway_timeout,
+                         ca_file=cfg.gateway_ca_file, default_type=cfg.default_image_type)
 
 
 def pinned_options(opts, volume: str) -> str:

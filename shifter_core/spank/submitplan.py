@@ -7,12 +7,15 @@ digest is a function of its options and of udiRoot.conf: the image reference
 as normalised, the gateways and the lookup's path, the volumes and modules it
 exports.  So after each pin done in Python (submit.py) the plan is kept in the
 user's home (seam.PLANS_FILE, the newest few); the plugin's C
-(spank/fastpath.c: fastpath_pin_new) finds the plan for the same options and
+(spank/fastpath.c: fastpath_pin) finds the plan for the same options and
 the same udiRoot.conf (device, inode, size, times), asks the gateway for the
 digest itself (munge, plain HTTP) and exports the same variables.  The lookup
-happens for every job: a plan never pins an old digest.  Anything else (no
-plan, another configuration, https gateways, --ccm, an image the gateway does
-not have) goes to Python as before.
+happens for every job: a plan never pins an old digest.  The same plan serves an srun
+starting a step inside a job: the C then reuses the job's pin when the step asks
+for the job's image (as submit.py does) and marks a step whose view is not the
+job's (seam.OWN_VIEW_VAR).  Anything else (no plan, another configuration,
+https gateways, --ccm, an image the gateway does not have, a job held for its
+pull) goes to Python as before.
 
 The file is the user's own and only steers the user's own submissions, whose
 every choice the prolog checks again on each node.
@@ -88,8 +91,8 @@ def find(data: bytes, options: str) -> dict | None:
 def save(cfg, options: str, lookup_path: str, munge_socket: str, export: dict[str, str]) -> None:
     """Keep the plan of a pin just done in Python, unless the C could not follow it (https).
 
-    `export` is what the pin exported; the variables the C sets from its own
-    lookup are left out.  Never fails the submission: a plan is a shortcut.
+    `export` is what the pin exported; the variables the C sets itself (from its
+    own lookup, and whether a step has a view of its own) are left out.  Never fails the submission: a plan is a shortcut.
     """
     gateways = [urllib.parse.urlsplit(url) for url in cfg.image_gateway]
     if any(g.scheme != "http" or not g.hostname for g in gateways) or len(gateways) > seam.PLAN_GATEWAYS:
@@ -103,7 +106,7 @@ def save(cfg, options: str, lookup_path: str, munge_socket: str, export: dict[st
                  *(("gateway", f"{g.hostname} {g.port or 80} {g.path.rstrip('/') or '/'}") for g in gateways),
                  ("timeout", str(int(cfg.gateway_timeout * 1000))), ("munge", munge_socket),
                  ("request", export[seam.REQUEST_VAR]),
-                 *(("export", f"{name}={value}") for name, value in export.items() if name not in _FROM_LOOKUP)]
+                 *(("export", f"{name}={value}") for name, value in export.items() if name not in _SET_BY_C)]
         _write(path, lines, options)
     except (OSError, ValueError, KeyError):
         return
@@ -137,7 +140,6 @@ def _render(key: str, value) -> str:
     return " ".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 
-
-
-# what the C sets from its own lookup (spank/fastpath.c: fastpath_pin_new)
-_FROM_LOOKUP = (seam.REQUEST_VAR, seam.IMAGE_VAR, seam.IMAGE_TYPE_VAR, seam.DIGEST_VAR, seam.LOOKUP_VAR)
+# what the C sets itself (spank/fastpath.c: fastpath_pin)
+_SET_BY_C = (seam.REQUEST_VAR, seam.IMAGE_VAR, seam.IMAGE_TYPE_VAR, seam.DIGEST_VAR, seam.LOOKUP_VAR,
+             seam.OWN_VIEW_VAR)

@@ -7,7 +7,6 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
@@ -108,29 +107,6 @@ def test_python_that_cannot_start_fails_the_submission(cluster, image, readable_
     assert plain.returncode == 0, "jobs without shifter options must not need Python"
 
 
-def _python_opens(trace: str) -> list[str]:
-    """Files whose opening means a Python interpreter started."""
-    return re.findall(r'"([^"]*(?:pyvenv\.cfg|/encodings/__init__\.py|site-packages/shifter_core)[^"]*)"',
-                      trace)
-
-
-def _node_server_calls(trace: str) -> list[str]:
-    """Connections to a node server (shifter_core/spank/nodeserver.py), which runs Python."""
-    return re.findall(r'connect\(.*sun_path="([^"]*/nodeserver\.[^"]*\.sock)"', trace)
-
-
-def _traced(cluster, pid_of_slurmd: int, argv: list[str]) -> tuple[str, str]:
-    """Run `argv` under strace (client side) while slurmd of n1 and all its
-    children (slurmstepd, prolog, epilog, tasks) are traced too."""
-    with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryDirectory(dir=cluster.home) as mine:
-        os.chown(mine, cluster.uid, -1)
-        node_trace, client_trace = f"{tmp}/node", f"{mine}/client"
-        with waiting.strace(pid_of_slurmd, "openat,open,connect", node_trace):
-            cluster.run(["strace", "-f", "-qq", "-e", "trace=openat,open", "-o", client_trace, *argv])
-            cluster.wait_until_settled()
-        return Path(node_trace).read_text(), Path(client_trace).read_text()
-
-
 def test_srun_without_shifter_options_starts_no_python(cluster, image):
     """Traced with strace: srun, and on the node slurmd with every process it
     forks (slurmstepd, the prolog and epilog, the task), open no file that
@@ -138,12 +114,12 @@ def test_srun_without_shifter_options_starts_no_python(cluster, image):
     --image does, which shows that the check can see a Python start."""
     pid = int((cluster.layout.root / "run" / "slurmd-n1.pid").read_text())
     # --exclusive: no other job may start on n1 while the trace watches it
-    node, client = _traced(cluster, pid, ["srun", "--exclusive", "-N1", "-w", "n1", "true"])
+    node, client, _ = waiting.traced(cluster, pid, ["srun", "--exclusive", "-N1", "-w", "n1", "true"])
     assert "slurmstepd" in node or "slurm" in node, "the node trace saw nothing"
-    assert _python_opens(client) == []
-    assert _python_opens(node) == [] and _node_server_calls(node) == []
-    node, client = _traced(cluster, pid, ["srun", "-N1", "-w", "n1", f"--image={image}", "true"])
-    assert _python_opens(client) and (_python_opens(node) or _node_server_calls(node))
+    assert waiting.python_opens(client) == []
+    assert waiting.python_opens(node) == [] and waiting.node_server_calls(node) == []
+    node, client, _ = waiting.traced(cluster, pid, ["srun", "-N1", "-w", "n1", f"--image={image}", "true"])
+    assert waiting.python_opens(client) and (waiting.python_opens(node) or waiting.node_server_calls(node))
 
 
 def test_no_container_remains_after_jobs(cluster, image):

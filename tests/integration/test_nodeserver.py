@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import pwd
 import re
 import socket
 import subprocess
@@ -49,14 +50,19 @@ def server():
         site.cleanup(cfg)
 
 
-def ask(path: str, callback: str, job: int, config: str) -> list[tuple[str, str]]:
-    """Send what the plugin sends (spank/seam.c builds it) and read the reply's lines."""
+def ask(path: str, callback: str, job: int, config: str, *, step: int = -1, uid: int = 0,
+        env: dict[str, str] | None = None, options: tuple[str, ...] = ("image",)) -> list[tuple[str, str]]:
+    """Send what the plugin sends (spank/seam.c builds it) and read the reply's lines;
+    `options` are set (flags, or with the value "x"), `env` the request's environment."""
+    env = {"SLURM_JOB_ID": str(job)} if env is None else env
     keep = [ffi.new("char[]", text.encode())
-            for text in (callback, f"venv={sys.prefix}", f"config={config}", f"SLURM_JOB_ID={job}")]
-    request = ffi.new("struct seam_request *", [keep[0], job, 0, 0, 2, ffi.new("char *[]", keep[1:3]),
-                                                ffi.new("int[]", [1, 0, 0, 0, 0]),
-                                                ffi.new("char *[]", [ffi.NULL] * len(seam.OPTION_NAMES)),
-                                                ffi.new("char *[]", [keep[3], ffi.NULL])])
+            for text in (callback, f"venv={sys.prefix}", f"config={config}", "x",
+                         *(f"{name}={value}" for name, value in env.items()))]
+    values = [ffi.NULL if name in seam.FLAGS or name not in options else keep[3] for name in seam.OPTION_NAMES]
+    request = ffi.new("struct seam_request *", [keep[0], job, uid, 0, step, 2, ffi.new("char *[]", keep[1:3]),
+                                                ffi.new("int[]", [name in options for name in seam.OPTION_NAMES]),
+                                                ffi.new("char *[]", values),
+                                                ffi.new("char *[]", [*keep[4:], ffi.NULL])])
     size = lib.seam_request_text(request, ffi.NULL, 0)
     text = ffi.new("char[]", size + 1)
     lib.seam_request_text(request, text, size + 1)
@@ -82,6 +88,24 @@ def test_a_handlers_failure_comes_back_as_its_lines(server):
     reply = ask(path, "job_epilog", 7, str(site.path / "bad.conf"))
     assert reply[-1] == ("rc", str(seam.SERVED_FAILED))
     assert any(level == "error" and "bad.conf" in text for level, text in reply[:-1]), reply
+
+
+def test_a_steps_container_that_cannot_be_built_fails_with_the_line_its_tasks_show(server):
+    """step_prolog (a step's slurmstepd asks): an image that is not in the site's image
+    directory fails it with `step J.S cannot run on N: reason`, which the plugin shows
+    for the step's tasks; step_epilog of a step without a container succeeds."""
+    path, _, _, site = server
+    config, image_id = str(site.path / "udiRoot.conf"), "ab" * 32
+    env = {seam.REQUEST_VAR: f"id:{image_id}", seam.DIGEST_VAR: f"{seam.DIGEST_PREFIX}{image_id}",
+           seam.VOLUME_VAR: "", seam.MODULE_VAR: ""}
+    nobody = pwd.getpwnam("nobody").pw_uid
+    reply = ask(path, "step_prolog", 7, config, step=3, uid=nobody, env=env, options=("image", "autoshift"))
+    assert reply[-1] == ("rc", str(seam.SERVED_FAILED)), reply
+    assert reply[-2][0] == "error" and reply[-2][1].startswith("shifter: step 7.3 cannot run on "), reply
+    assert image_id in reply[-2][1], reply
+    assert ask(path, "step_epilog", 7, config, step=3, uid=nobody, env=env, options=("image", "autoshift"))[-1] \
+        == ("rc", str(seam.SERVED_OK))
+    assert not [name for name in os.listdir(os.path.dirname(path)) if name.startswith("job")]
 
 
 def test_it_steps_aside_once_its_code_changed(server):

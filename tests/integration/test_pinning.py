@@ -87,7 +87,7 @@ def test_a_new_job_gets_the_digest_the_tag_names_now(cluster):
 
 def test_a_new_job_pinned_from_its_plan_gets_the_digest_the_tag_names_now(cluster):
     """The first srun of these options pins in Python and keeps the user's submit plan;
-    the next ones pin in C from it (spank/fastpath.c: fastpath_pin_new), starting no
+    the next ones pin in C from it (spank/fastpath.c: fastpath_pin), starting no
     Python, and still ask the gateway: a moved tag moves their pin too."""
     again_after = json.loads((cluster.layout.etc / "imagemanager.json").read_text())["PullUpdateTimeout"]
     old = push_image(cluster, "pinning-plan", "v1", version="old")

@@ -1,6 +1,7 @@
 """Steps with a view of their own, on the mini-cluster: a step whose image (or
-volumes) is not its job's container's runs in a container of its own, built by
-its slurmstepd on each of its nodes and gone when the step ends, however it ends."""
+volumes) is not its job's container's runs in a container of its own, built on
+each of its nodes (by the node server, else by its slurmstepd's Python) and gone
+when the step ends, however it ends."""
 from __future__ import annotations
 
 import os
@@ -10,6 +11,7 @@ import time
 import pytest
 
 from shifter_core.container import procfs
+from shifter_core.spank import nodeserver
 from tests.integration import waiting
 from tests.integration.registry_images import VERSION_FILE, push_image
 from tests.integration.runtime_fixtures import assert_in_service, assert_no_container_left
@@ -69,6 +71,45 @@ def test_a_step_of_an_image_job_runs_another_image_and_the_jobs_steps_keep_their
     assert lines == ["job-step A", "own-step B", "job-step A"], cluster.output(job)
     cluster.wait_until_settled()
     assert_no_container_left(cluster, job)
+
+
+def test_a_step_of_its_own_image_starts_no_python_in_srun_nor_on_the_node(cluster, images):
+    """The second time, traced with strace: salloc and srun pin from the user's submit
+    plans in C, the node server builds the step's container and removes it, and the
+    tasks enter it through the C fast path; nothing on n1 but the server runs Python."""
+    a, b = images
+    argv = ["salloc", "-N1", "-w", "n1", f"--image={a}", "srun", f"--image={b}", "--autoshift", "sh", "-c", SHOW]
+    first = cluster.run(argv)           # pins in Python, keeps the plans; n1 gets a node server
+    assert [version for _, version in _versions(first.stdout)] == ["B"], first.stdout + first.stderr
+    cluster.wait_until_settled()
+    slurmd = int((cluster.layout.root / "run" / "slurmd-n1.pid").read_text())
+    node, client, result = waiting.traced(cluster, slurmd, argv)
+    assert [version for _, version in _versions(result.stdout)] == ["B"], result.stdout + result.stderr
+    assert waiting.python_opens(client) == [], "salloc or srun started Python"
+    assert waiting.python_opens(node) == [], "Python started on n1"
+    # the job's prolog and epilog, the step's own container built and removed
+    assert len(waiting.node_server_calls(node)) == 4, node
+    assert not list((cluster.layout.root / "run" / "shifter").glob("job*"))
+
+
+def test_without_a_node_server_the_steps_slurmstepd_builds_its_container(cluster, images):
+    """A node server steps aside once shifter's code changed on disk (nodeserver.py);
+    until a prolog starts the next one, a step's slurmstepd builds and removes its
+    own container in its own Python."""
+    _, b = images
+    module = nodeserver.__file__
+    st = os.stat(module)
+    os.utime(module, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    try:
+        slurmd = int((cluster.layout.root / "run" / "slurmd-n1.pid").read_text())
+        node, _, result = waiting.traced(
+            cluster, slurmd, ["salloc", "-N1", "-w", "n1", "srun", f"--image={b}", "--autoshift", "sh", "-c", SHOW])
+    finally:
+        os.utime(module, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert [version for _, version in _versions(result.stdout)] == ["B"], result.stdout + result.stderr
+    assert waiting.python_opens(node), "slurmstepd did not start Python"
+    assert not list((cluster.layout.root / "run" / "shifter").glob("job*"))
+    assert not [pid for pid in procfs.pids() if (procfs.command_name(pid) or "").startswith("shifter-holder:")]
 
 
 def test_a_step_whose_image_cannot_be_set_up_fails_with_the_reason_and_the_node_stays(cluster, images):

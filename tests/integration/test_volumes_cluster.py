@@ -27,9 +27,8 @@ from ci.harness.oci import Dir, File, Symlink
 from shifter_core import syscalls, volumes
 from shifter_core.container import RootTree, build
 from shifter_core.errors import ShifterError
-from tests.integration.runtime_fixtures import (Site, assert_no_container_left, failed_job,
-                                                push_image, run)
-from tests.integration.test_autoshift import _python_opens
+from tests.integration import waiting
+from tests.integration.runtime_fixtures import Site, assert_no_container_left, failed_job, push_image
 
 pytestmark = pytest.mark.root
 on_cluster = pytest.mark.cluster
@@ -230,7 +229,7 @@ def test_an_srun_inside_a_job_with_several_volumes_starts_no_python(cluster, ima
                               f"--volume={source}:/one", f"--volume={source}/:/two", "strace", "-f", "-qq",
                               "-e", "trace=openat,open", "-o", trace, "srun", "cat", "/one/hello", "/two/hello"])
         assert result.stdout.count("hello from the host") == 2, result.stdout + result.stderr
-        assert _python_opens(Path(trace).read_text()) == []
+        assert waiting.python_opens(Path(trace).read_text()) == []
 
 
 @on_cluster

@@ -46,7 +46,7 @@ def c_parse(data: bytes):
         op, name, value = ffi.new("int *"), ffi.new("const char **"), ffi.new("const char **")
         cursor = lib.seam_env_next(cursor, op, name, value)
         ops.append((seam.ENV_OPERATIONS[op[0]], _s(name[0]), _s(value[0])))
-    return ("container", rec.job, _s(rec.node), (rec.holder_pid, rec.holder_start, rec.mntns), _s(rec.root),
+    return ("container", rec.job, rec.step if rec.has_step else None, _s(rec.node), (rec.holder_pid, rec.holder_start, rec.mntns), _s(rec.root),
             _s(rec.digest), _s(rec.provenance) or None, _s(rec.workdir) or None, bool(rec.python), ops,
             "python" if status == lib.SEAM_PYTHON else "ready")
 
@@ -59,7 +59,7 @@ def py_parse(data: bytes):
         return "failed", str(failed)
     except ValueError:
         return "invalid"
-    return ("container", job.job_id, job.node, (job.holder_pid, job.holder_start, job.mntns), job.root,
+    return ("container", job.job_id, job.step_id, job.node, (job.holder_pid, job.holder_start, job.mntns), job.root,
             job.digest, job.provenance_log, job.workdir or None, job.python, job.env_ops, "python" if job.python else "ready")
 
 
@@ -126,6 +126,7 @@ VALID = {
     "env": ["set PATH=/bin", "image PATH=/usr/bin", "append PATH=/x", "prepend P=a:b", "unset X=", "set A\\n=b\\\\c", "prepend A==",
             "set A=\\n", "append B=", "set é=ü"],
     "failed": ["it broke", "", "line\\nbreak"],
+    "step": ["0", "7", "18446744073709551615"],
 }
 INVALID = {
     "job": ["18446744073709551616", "-1", "+4", " 4", "4 ", "", "٤", "123456789012345678901"],
@@ -142,6 +143,7 @@ INVALID = {
     "timing": ["mount 1.", "mount .5", "mount", "mount 1e3", "m 1 2", " 1"],
     "env": ["unset X", "frob X=1", "set =v", "set A=b\\q", "set A\\=b", "set  A=b", "set"],
     "failed": ["bad\\escape", "ends\\"],
+    "step": ["-1", "", "1 2", "18446744073709551616"],
     "bogus": ["x"],
 }
 BASE = {"job": "42", "node": "n1", "holder": "1 2 3", "root": "/var/udi", "image": ID, "digest": "sha256:" + ID,
@@ -372,22 +374,26 @@ def test_the_enter_line_is_provenances(tmp_path_factory, job, ms, step, task, no
 arg_texts = st.text(st.sampled_from("ab=\\\n /é"), max_size=8)
 
 
-@given(st.sampled_from(nodeserver.CALLBACKS), uints, uints, uints, st.lists(arg_texts, max_size=3),
+@given(st.sampled_from(seam.SERVER_CALLBACKS), uints, uints, uints, st.one_of(st.none(), st.integers(0, 2**63 - 1)),
+       st.lists(arg_texts, max_size=3),
        st.tuples(*(st.one_of(st.none(), texts) if arginfo else st.booleans() for _, arginfo, _ in seam.OPTIONS)),
        st.dictionaries(env_names, texts, max_size=6))
-def test_requests_the_plugin_writes_read_the_same(callback, job, uid, started, args, values, env):
+def test_requests_the_plugin_writes_read_the_same(callback, job, uid, started, step, args, values, env):
+    step = (step or 0) if callback.startswith("step_") else None       # only a step's callbacks name one
     keep = [ffi.new("char[]", text.encode()) for text in [callback, *args, *(f"{k}={v}" for k, v in env.items())]]
     argv = ffi.new("char *[]", keep[1:1 + len(args)])
     envp = ffi.new("char *[]", keep[1 + len(args):] + [ffi.NULL])
     value_keep = [ffi.new("char[]", v.encode()) if isinstance(v, str) and v else ffi.NULL for v in values]
     value = ffi.new("char *[]", value_keep)
     option_set = ffi.new("int[]", [v is not None and v is not False for v in values])
-    req = ffi.new("struct seam_request *", [keep[0], job, uid, started, len(args), argv, option_set, value, envp])
+    req = ffi.new("struct seam_request *",
+                  [keep[0], job, uid, started, -1 if step is None else step, len(args), argv, option_set, value, envp])
     size = lib.seam_request_text(req, ffi.NULL, 0)
     out = ffi.new("char[]", size + 1)
     assert lib.seam_request_text(req, out, size + 1) == size
     request = nodeserver.parse_request(ffi.unpack(out, size))
-    assert (request.callback, request.job_id, request.uid, request.started_ns) == (callback, job, uid, started)
+    assert (request.callback, request.job_id, request.uid, request.started_ns, request.step_id) == \
+        (callback, job, uid, started, step)
     assert request.args == {key: value for key, _, value in (a.partition("=") for a in args)}
     assert request.env == env
     assert request.options == bridge.Options(**{name: v for name, v in zip(seam.OPTION_NAMES, values) if v})
