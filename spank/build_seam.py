@@ -54,6 +54,7 @@ int seam_options_text(const int set[], char *const value[], char *out, size_t si
 int seam_enter_line(char *out, size_t size, const struct seam_record *rec, double ms,
                     unsigned int step, int task, double now);
 int seam_root_only(unsigned int uid, unsigned int mode);
+int seam_task_options_valid(const char *workdir, const char *env);
 
 struct seam_request {
     const char *callback;

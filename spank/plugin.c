@@ -408,6 +408,23 @@ static int own_container(spank_t sp, int ac, char **av, uint32_t step)
     return fastpath_load(sp, config_path(ac, av), -1) == SEAM_READY ? MODE_FAST_ENTER : MODE_PYTHON;
 }
 
+/* srun, sbatch, salloc: could the tasks honour the task options, given or taken from
+ * the environment's defaults (taskopts.with_defaults)?  If not, Python refuses them
+ * with the reason (taskopts.check), before a job or step exists. */
+static int task_options_valid(void)
+{
+    static const struct { int option; const char *var; } defaults[] = SEAM_TASK_OPTION_DEFAULTS;
+    const char *value[SEAM_OPTION_COUNT] = { NULL };
+
+    for (size_t i = 0; i < sizeof defaults / sizeof *defaults; i++) {
+        int o = defaults[i].option;
+        value[o] = opt_value[o] && *opt_value[o] ? opt_value[o] : getenv(defaults[i].var);
+        if (value[o] && !*value[o])
+            value[o] = NULL;
+    }
+    return seam_task_options_valid(value[SEAM_OPT_WORKDIR], value[SEAM_OPT_ENV]);
+}
+
 /* Can this step do without Python?  srun: when the job pinned these very
  * options already; srun, sbatch, salloc of a new job: when a submit plan for
  * these options lets the C pin it.  slurmstepd: when the tasks run on the host
@@ -425,7 +442,7 @@ static int fast_path(spank_t sp, int ac, char **av)
     case S_CTX_LOCAL:
     case S_CTX_ALLOCATOR:
         /* the options as submit.pinned_options records them */
-        if (seam_options_text(opt_set, opt_value, text, sizeof text) < 0)
+        if (!task_options_valid() || seam_options_text(opt_set, opt_value, text, sizeof text) < 0)
             return MODE_PYTHON;
         in_job = spank_context() == S_CTX_LOCAL && getenv(SEAM_JOB_ID_VAR);
         if (in_job && fastpath_pin_reusable(text))

@@ -968,3 +968,16 @@ int seam_root_only(unsigned int uid, unsigned int mode)
 {
     return uid == 0 && !(mode & SEAM_FOREIGN_WRITE_BITS);
 }
+
+int seam_task_options_valid(const char *workdir, const char *env)
+{
+    if (workdir && workdir[0] != '/')
+        return 0;
+    for (const char *name = env; name; ) {
+        size_t n = strcspn(name, SEAM_ENV_NAMES_SEPARATOR);
+        if (n == 0 || memchr(name, '=', n))
+            return 0;
+        name = name[n] ? name + n + 1 : NULL;
+    }
+    return 1;
+}

@@ -127,4 +127,7 @@ int seam_json_string(const char *text, size_t len, const char *key, char *out, s
 /* Root-owned and writable by nobody else (trust.root_only). */
 int seam_root_only(unsigned int uid, unsigned int mode);
 
+/* Could tasks honour --workdir and --env (NULL: not given), as taskopts.check asks? 1 or 0. */
+int seam_task_options_valid(const char *workdir, const char *env);
+
 #endif

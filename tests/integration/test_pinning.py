@@ -137,16 +137,24 @@ BAD_OPTIONS = [
      "shifter: invalid volume '/dev/sda:/disk': /dev/sda is a device or in /dev, and this site lets --volume"
      " bind only /dev/full from there (udiRoot.conf userVolumeDevices)"),
     (("--volume=/scratch:/data",), "shifter: --volume needs --image"),
+    (("--image=docker:busybox:latest", "--env=HOME=/x"),
+     "shifter: --env=HOME=/x: give variable names separated by ',', e.g. --env=HOME,TERM"),
+    (("--image=docker:busybox:latest", "--workdir=app"),
+     "shifter: --workdir=app: give an absolute path inside the container"),
 ]
 
 
 @pytest.fixture(scope="module")
 def busybox(cluster):
+    """Pulled, and pinned once with no other option: the user has a submit plan for
+    it, which the bad task options must not slip through (they are not in the plan)."""
     cluster.run(["shifterimg", "pull", "docker:busybox:latest"], timeout=300)
+    cluster.srun("-N1", "--image=docker:busybox:latest", "true")
 
 
 @pytest.mark.parametrize("command", ["sbatch", "salloc", "srun"])
-@pytest.mark.parametrize("options,message", BAD_OPTIONS, ids=["image", "volume-target", "volume-source", "no-image"])
+@pytest.mark.parametrize("options,message", BAD_OPTIONS,
+                         ids=["image", "volume-target", "volume-source", "no-image", "env", "workdir"])
 def test_bad_options_are_refused_with_one_line_before_a_job_exists(cluster, busybox, command, options, message):
     result = _submit(cluster, command, *options)
     assert result.returncode != 0

@@ -51,7 +51,8 @@ def test_workdir_is_entered_or_the_task_fails(cluster, app_image):
 
 
 def test_a_workdir_that_cannot_apply_is_refused(cluster, app_image):
-    """At submit when the plugin's Python pins the job, else (pinned in C) by every task."""
+    """Refused by srun with the reason, before a step exists (test_pinning: also when a
+    submit plan could pin the image in C, for sbatch and salloc too)."""
     relative = cluster.srun("-N1", f"--image={app_image}", "--autoshift", "--workdir=app", "echo", "ran",
                             check=False)
     assert relative.returncode != 0 and "ran" not in relative.stdout

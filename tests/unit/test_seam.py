@@ -6,7 +6,8 @@ answer: container records (valid, failed and malformed ones, escapes, all five
 environment operations, the image's WORKDIR), the environment a task ends up with
 (with and without --env), udiRoot.conf's
 runDir, the container's marker, /proc/<pid>/stat, the pinned options, the
-provenance line of a task, and root's trust rule.
+provenance line of a task, root's trust rule, the node server's requests and
+replies, submit plans, and the task options' checks.
 """
 import json
 import os
@@ -15,10 +16,11 @@ import types
 import pytest
 from hypothesis import example, given, settings, strategies as st
 
-from shifter_core import config, environ, gwclient, seam, trust
+from shifter_core import config, environ, gwclient, seam, taskopts, trust
 from shifter_core._seam import ffi, lib
 from shifter_core.container import procfs, record
 from shifter_core.container.marker import matches
+from shifter_core.errors import TaskOptionError
 from shifter_core.spank import bridge, nodeserver, submit, submitplan
 from tests.unit.test_config import MINIMAL
 
@@ -539,3 +541,19 @@ def test_the_generated_header_is_the_tables():
     assert f"#define SEAM_BATCH_STEP {seam.BATCH_STEP:#x}U" in header
     with open(os.path.join(seam.write_header(), "seam_table.h")) as f:
         assert f.read() == header
+
+
+# -- the task options srun, sbatch and salloc check before pinning in C ----------------------
+
+task_option_texts = st.one_of(st.none(), st.text(st.sampled_from("/a=,b é"), max_size=6))
+
+
+@given(task_option_texts, task_option_texts)
+def test_task_options_are_refused_alike(workdir, env):
+    try:
+        taskopts.check(bridge.Options(workdir=workdir, env=env))
+        valid = 1
+    except TaskOptionError:
+        valid = 0
+    c_text = [ffi.NULL if text is None else ffi.new("char[]", text.encode()) for text in (workdir, env)]
+    assert lib.seam_task_options_valid(*c_text) == valid
