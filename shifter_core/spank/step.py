@@ -28,7 +28,7 @@ from __future__ import annotations
 import os
 import time
 
-from .. import container, enter, environ, launcher, pmix, provenance, seam, taskopts
+from .. import container, enter, environ, imageref, launcher, pmix, provenance, seam, taskopts
 from ..errors import ContainerError, JobFault, ShifterError, one_line
 from ..imagestore import ImageStore
 from . import settings
@@ -137,8 +137,10 @@ def task_init_privileged(spank, opts) -> None:
     argv = spank.argv
     batch_script = argv[0] if spank.step_id == seam.BATCH_STEP and argv else None
     if opts.entrypoint:
-        entrypoint = ImageStore(cfg.image_path).read(job.image_id).entrypoint
-        env.update(taskopts.launcher_environment(entrypoint, argv[0], job.digest))
+        request = spank.getenv(seam.REQUEST_VAR) or job.digest     # normalised: str(ImageRef)
+        local = request.startswith(f"{imageref.LOCAL}:")           # a tree of the node's: no ENTRYPOINT
+        entrypoint = None if local else ImageStore(cfg.image_path).read(job.image_id).entrypoint
+        env.update(taskopts.launcher_environment(entrypoint, argv[0], request))
     pmix_dir = None
     if (spank.getenv("SLURM_MPI_TYPE") or "").startswith("pmix"):
         pmix_dir = pmix.server_directory(job.job_id, spank.step_id, job.node, job.uid)

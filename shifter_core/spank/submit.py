@@ -23,7 +23,7 @@ import os
 import time
 
 from .. import imageref, pullhold, seam, taskopts, volumes
-from ..errors import ImageNotFound, ImageRefError, ShifterError, VolumeError
+from ..errors import ImageNotFound, ImageRefError, ShifterError, TaskOptionError, VolumeError
 from . import settings, submitplan
 from .bridge import log_info
 
@@ -41,8 +41,11 @@ def init_post_opt(spank, opts) -> None:
         given = [f"--{n}" for n in ("volume", "module", "autoshift", "ccm", *seam.TASK_OPTIONS) if getattr(opts, n)]
         hint = " (the batch script's directory on the host is Slurm's --chdir)" if opts.workdir else ""
         raise ShifterError(f"{', '.join(given)} needs --image{hint}")
-    taskopts.check(taskopts.with_defaults(opts, os.environ))
+    task_options = taskopts.with_defaults(opts, os.environ)
+    taskopts.check(task_options)
     ref = imageref.parse(opts.image, cfg.default_image_type)
+    if ref.type == imageref.LOCAL and task_options.entrypoint:
+        raise TaskOptionError(f"--entrypoint: {ref} is a directory tree of the nodes, which has no ENTRYPOINT")
     modules = cfg.select_modules(opts.module)
     mounts = cfg.user_volumes(opts.volume or "", base=lambda: _submit_directory(cfg, modules))
     if opts.volume and not mounts:

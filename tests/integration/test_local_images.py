@@ -88,3 +88,16 @@ def test_local_images_are_refused_where_the_site_does_not_allow_them(cluster, tr
     result = cluster.srun("-N1", f"--image=local:{tree}", "--autoshift", "true", check=False, env=env)
     assert result.returncode != 0
     assert "local images are not enabled on ci (udiRoot.conf allowLocalChroot)" in result.stderr, result.stderr
+
+
+def test_entrypoint_is_refused_for_a_local_tree_at_submit(cluster, tree):
+    """A directory tree has no image config, so no ENTRYPOINT: refused with that reason,
+    also when the default comes from the environment (SHIFTER_ENTRYPOINT)."""
+    given = cluster.srun("-N1", f"--image=local:{tree}", "--autoshift", "--entrypoint", "true", check=False)
+    by_default = cluster.srun("-N1", f"--image=local:{tree}", "--autoshift", "true", check=False,
+                              env={"SHIFTER_ENTRYPOINT": "1"})
+    for result in (given, by_default):
+        assert result.returncode != 0
+        assert f"--entrypoint: local:{tree} is a directory tree of the nodes, which has no ENTRYPOINT" \
+            in result.stderr, result.stderr
+    assert_no_node_drained(cluster)
