@@ -186,6 +186,29 @@ def test_images_that_would_hide_site_files_fail_the_job_with_the_reason(cluster,
     assert_no_node_drained(cluster)
 
 
+def test_hostile_images_as_a_steps_own_container_reach_nothing_and_drain_nothing(cluster, baits, battery_image):
+    """Hostile images as the steps of an allocation without one (a step's own container,
+    built by the node server): the symlinked layout is replaced and the step runs; a
+    volume an image's symlink leads into a node file system fails that step, with the reason."""
+    watch = baits.watch()
+    runs = {"var-to-victim": {"var": oci.Symlink("var", str(baits.victim))},
+            "tmp-to-root": {"tmp": oci.Symlink("tmp", "/")}}
+    steps = [f"srun --image={push(cluster, name, replace)} --autoshift sh -c 'test -d /var && ! test -L /var"
+             f" && test -f /etc/passwd && test -w /tmp && echo ran-{name}'" for name, replace in runs.items()]
+    steps.append(f"srun --image={battery_image} --volume=/srv:/tmplink/x --autoshift echo ran-battery")
+    job = cluster.sbatch("#!/bin/sh\n" + "\n".join(steps) + "\n", "-N1", "-w", FAILING_NODE)
+    cluster.wait(job)
+    output = cluster.output(job)
+    for name in runs:
+        assert f"ran-{name}" in output, (name, output)
+    assert "ran-battery" not in output, output
+    assert f"step {job}.2 cannot run on {FAILING_NODE}: " in output and "leads into a node file system" in output, \
+        output
+    watch.assert_unchanged()
+    assert not root_files_under(cluster.home), "root wrote into the user's home"
+    assert_no_node_drained(cluster)
+
+
 # --- rename races ---------------------------------------------------------------------
 
 RACER = textwrap.dedent("""\
