@@ -102,6 +102,10 @@ def _own_container(spank, opts) -> container.JobContainer | None:
     image = spank.getenv(seam.REQUEST_VAR) or opts.image
     if not image:
         raise JobFault("this step asks for a container but names no image (--image)")
+    if not digest and not spank.getenv(seam.REQUEST_VAR):
+        raise JobFault(f"the pin srun made for --image={opts.image} is not in the step's environment:"
+                       " srun --export=NONE (or a list without the SHIFTER_ variables) drops it;"
+                       " run steps with an image of their own with --export=ALL")
     spec, _ = container_spec(
         cfg, job_id=spank.job_id, node=node, uid=spank.uid, request=image, image=image,
         digest=digest or "", pending=None, volume=volume or "", module=module, step_id=spank.step_id)

@@ -193,3 +193,14 @@ def _stepd(job_id: int, step: int) -> int:
     found = [pid for pid in procfs.pids() if procfs.command_name(pid) == title]
     assert found, f"no slurmstepd for step {job_id}.{step}"
     return found[0]
+
+
+def test_a_step_whose_pin_srun_export_dropped_fails_with_the_reason(cluster, images):
+    """srun --export=NONE keeps the SHIFTER_ variables that carry srun's pin from the
+    step: in an allocation without image the step fails, saying so."""
+    _, b = images
+    result = cluster.run(["salloc", "-N1", "-w", "n1", "srun", "--export=NONE", f"--image={b}", "--autoshift", "true"],
+                         check=False)
+    assert result.returncode != 0
+    assert "srun --export=NONE (or a list without the SHIFTER_ variables) drops it" in result.stderr, result.stderr
+    assert_in_service(cluster, "n1")
