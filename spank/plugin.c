@@ -101,12 +101,25 @@ static void load_job_options(spank_t sp)
     }
 }
 
+static int env_is_one(spank_t sp, const char *name)
+{
+    char buf[8];
+    return spank_getenv(sp, name, buf, sizeof buf) == ESPANK_SUCCESS && strcmp(buf, "1") == 0;
+}
+
 /* A step started by an srun that has no shifter plugin (srun inside an
- * autoshifted batch script) carries the job's choice in its environment. */
+ * autoshifted batch script) carries the job's choice in its environment.  With
+ * --export=NONE (of sbatch, which its sruns inherit, or of srun) neither the
+ * options nor that variable reach the step, only Slurm's copy of the
+ * job-control environment (SLURM_SPANK_<name>), which the prolog built the
+ * container from: it decides when the variable is absent. */
 static int step_inherits_container(spank_t sp)
 {
     char buf[8];
-    return spank_getenv(sp, SEAM_AUTOSHIFT_VAR, buf, sizeof buf) == ESPANK_SUCCESS
+
+    if (spank_getenv(sp, SEAM_AUTOSHIFT_VAR, buf, sizeof buf) == ESPANK_SUCCESS)
+        return strcmp(buf, "1") == 0;
+    return spank_getenv(sp, "SLURM_SPANK_" SEAM_AUTOSHIFT_VAR, buf, sizeof buf) == ESPANK_SUCCESS
         && strcmp(buf, "1") == 0;
 }
 

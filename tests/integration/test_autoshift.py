@@ -37,6 +37,20 @@ def test_sbatch_autoshift_runs_script_and_steps_inside_the_image(cluster, image)
     cluster.assert_idle()
 
 
+def test_sbatch_export_none_still_runs_the_script_and_steps_inside_the_image(cluster, image):
+    """With --export=NONE the batch step gets neither the job's options nor SHIFTER_*, only
+    Slurm's SLURM_SPANK_ copy of the job-control environment: it must still run in the
+    image, never on the host (and its steps too, which inherit --export=NONE)."""
+    job = cluster.sbatch("#!/bin/sh\necho batch: $(grep PRETTY_NAME /etc/os-release)\n"
+                         # the image's srun (the harness's slurm module; no PATH here)
+                         "/opt/slurm/bin/srun -N1 /bin/sh -c 'echo step: $(grep PRETTY_NAME /etc/os-release)'\n",
+                         "-N1", "--export=NONE", f"--image={image}", "--autoshift")
+    assert cluster.wait(job) == "COMPLETED", cluster.output(job)
+    out = cluster.output(job)
+    for who in ("batch", "step"):
+        assert f'{who}: PRETTY_NAME="shifter-py test image (busybox)"' in out, out
+
+
 def test_srun_tasks_have_no_privileges(cluster, image):
     result = cluster.srun("-N3", f"--image={image}", "--autoshift", "sh", "-c",
                           "grep -E '^(CapEff|CapPrm|CapBnd|NoNewPrivs)' /proc/self/status")
