@@ -475,6 +475,9 @@ static int fast_path(spank_t sp, int ac, char **av)
         /* --entrypoint binds its launcher into the container, a PMIx step its directory: enter.py */
         if (opt_set[SEAM_OPT_ENTRYPOINT] || step_uses_pmix(sp))
             return MODE_PYTHON;
+        /* srun --export=NONE left the step's pin behind: step.py sees whether it asks for the job's image */
+        if (opt_set[SEAM_OPT_IMAGE] && spank_getenv(sp, SEAM_REQUEST_VAR, text, sizeof text) == ESPANK_ENV_NOEXIST)
+            return MODE_PYTHON;
         if (step_may_need_own_view(sp))
             return own_container(sp, ac, av, step);
         return record == SEAM_READY ? MODE_FAST_ENTER : MODE_PYTHON;

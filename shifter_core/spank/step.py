@@ -96,20 +96,32 @@ def _own_container(spank, opts) -> container.JobContainer | None:
         job = None                              # none, or gone: the step needs its own
     except Exception:                           # noqa: BLE001 - an unreadable record: the tasks'
         return None                             # own find fails them with the reason
-    digest, volume, module = (spank.getenv(name) for name in (seam.DIGEST_VAR, seam.VOLUME_VAR, seam.MODULE_VAR))
-    if job is not None and job.serves(digest, volume, module):
-        return None
-    image = spank.getenv(seam.REQUEST_VAR) or opts.image
-    if not image:
-        raise JobFault("this step asks for a container but names no image (--image)")
-    if not digest and not spank.getenv(seam.REQUEST_VAR):
+    request = spank.getenv(seam.REQUEST_VAR)
+    if opts.image and not request:
+        # srun --export=NONE (or a list without SHIFTER_*) left the step's pin behind: only
+        # the job's own image, as Slurm's copy of the job-control environment names it, runs
+        if job is not None and _is_jobs_image(cfg, opts.image, spank.getenv(f"SLURM_SPANK_{seam.REQUEST_VAR}")):
+            return None
         raise JobFault(f"the pin srun made for --image={opts.image} is not in the step's environment:"
                        " srun --export=NONE (or a list without the SHIFTER_ variables) drops it;"
                        " run steps with an image of their own with --export=ALL")
+    digest, volume, module = (spank.getenv(name) for name in (seam.DIGEST_VAR, seam.VOLUME_VAR, seam.MODULE_VAR))
+    if job is not None and job.serves(digest, volume, module):
+        return None
+    image = request or opts.image
+    if not image:
+        raise JobFault("this step asks for a container but names no image (--image)")
     spec, _ = container_spec(
         cfg, job_id=spank.job_id, node=node, uid=spank.uid, request=image, image=image,
         digest=digest or "", pending=None, volume=volume or "", module=module, step_id=spank.step_id)
     return container.create(cfg, spec)
+
+
+def _is_jobs_image(cfg, image: str, job_request: str | None) -> bool:
+    try:
+        return bool(job_request) and str(imageref.parse(image, cfg.default_image_type)) == job_request
+    except ShifterError:
+        return False
 
 
 def _cannot_run(spank, reason: str) -> str:

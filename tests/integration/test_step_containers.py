@@ -195,12 +195,23 @@ def _stepd(job_id: int, step: int) -> int:
     return found[0]
 
 
-def test_a_step_whose_pin_srun_export_dropped_fails_with_the_reason(cluster, images):
+def test_a_step_whose_pin_srun_export_dropped_runs_only_the_jobs_image(cluster, images):
     """srun --export=NONE keeps the SHIFTER_ variables that carry srun's pin from the
-    step: in an allocation without image the step fails, saying so."""
-    _, b = images
-    result = cluster.run(["salloc", "-N1", "-w", "n1", "srun", "--export=NONE", f"--image={b}", "--autoshift", "true"],
-                         check=False)
+    step: a step that asks for another image than its job's fails, saying so, in an
+    allocation without image and in a job with one (never in the job's image instead);
+    one that asks for the job's image runs in it."""
+    a, b = images
+    result = cluster.run(["salloc", "-N1", "-w", "n1", "srun", "--export=NONE", f"--image={b}", "--autoshift",
+                          "true"], check=False)
     assert result.returncode != 0
-    assert "srun --export=NONE (or a list without the SHIFTER_ variables) drops it" in result.stderr, result.stderr
+    reason = "srun --export=NONE (or a list without the SHIFTER_ variables) drops it"
+    assert reason in result.stderr, result.stderr
+    show = f"/bin/sh -c 'echo {{}} $(cat /{VERSION_FILE})'"
+    job = cluster.sbatch(f"#!/bin/sh\nsrun -N1 --export=NONE --image={b} --autoshift {show.format('other')}\n"
+                         f"srun -N1 --export=NONE --image={a} --autoshift {show.format('same')}\n",
+                         "-N1", "-w", "n1", f"--image={a}")
+    cluster.wait(job)
+    out = cluster.output(job)
+    assert reason in out and "other" not in out, out
+    assert "same A" in out, out
     assert_in_service(cluster, "n1")
