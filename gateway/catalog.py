@@ -162,8 +162,10 @@ class Catalog:
                 and auth.may_read(caller, image.private, image.user_acl, image.group_acl):
             return ImageView.of(image)
         last = self.queue.latest(session, system, itype, tag)
+        # a failure is answered again to the user whose pull it was (polling by posting
+        # again), not to another: it may have been about who asked (their ACL, their login)
         if last is not None and last.status == FAILURE and now < (last.finished or 0) + self.config.retry_backoff \
-                and (not caller.registry_logins or last.credentials is not None):
+                and last.uid == caller.uid and (not caller.registry_logins or last.credentials is not None):
             return last
         return self.queue.submit(session, kind=PULL, system=system, itype=itype, tag=tag, user=caller.user,
                                  uid=caller.uid, gid=caller.gid, user_acl=user_acl, group_acl=group_acl,

@@ -206,6 +206,17 @@ def test_failure_is_sticky_for_the_backoff_only(db, catalog, queue, clock):
         assert s.get(Job, job.pk) is None                # only the newest job of a tag is kept
 
 
+def test_a_failure_is_answered_again_to_its_own_user_only(db, catalog, queue, clock):
+    """Another user's refused pull (not on the image's ACL, say) must not fail a pull of
+    someone who may make it, for the backoff."""
+    pull(db, catalog, who=caller(uid=2000, user="bob"))
+    with db.session() as s:
+        queue.fail(s, queue.claim(s, "w1"), "w1", "bob is not on its ACL", retryable=False)
+    assert pull(db, catalog, who=caller(uid=2000, user="bob"))[2] == FAILURE
+    kind, _, status = pull(db, catalog, who=caller())
+    assert (kind, status) == (Job, PENDING)
+
+
 def test_a_login_retries_a_failure_only_if_the_failed_pull_had_none(db, catalog, queue, clock):
     with_login = Caller(user="alice", uid=1000, gid=1000, groups=frozenset({1000}), system="sys",
                         registry_logins={"default": ("alice", "pw")})
