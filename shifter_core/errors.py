@@ -15,6 +15,12 @@ class ShifterError(Exception):
     """Base class: the message is meant for a person, not a traceback."""
 
 
+def internal_error(error: BaseException) -> str:
+    """The reason given for a bug of ours that a job or step ran into: it fails that job
+    or step only, never the node."""
+    return f"internal error of shifter (please report it): {error!r}"
+
+
 def one_line(text: str) -> str:
     """`text` as one printable line (for Slurm's logs, reasons and comments)."""
     return "".join(char if char.isprintable() else " " for char in text).strip()

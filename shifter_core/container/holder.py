@@ -32,7 +32,7 @@ import stat
 import time
 
 from .. import environ, provenance, seam, syscalls, trust, volumes
-from ..errors import ContainerError, JobFault, ShifterError
+from ..errors import ContainerError, JobFault, ShifterError, internal_error
 from . import build, procfs
 from .record import JobContainer, SetupFailed, state_path
 
@@ -141,7 +141,7 @@ def _holder_main(cfg, spec, path: str, reply_fd: int) -> None:
         os.write(reply_fd, b'{"ok": true}')
     except BaseException as error:          # noqa: BLE001 - report everything, then die
         expected = isinstance(error, (ShifterError, OSError))
-        message = str(error) if expected else f"internal error of shifter (please report it): {error!r}"
+        message = str(error) if expected else internal_error(error)
         # a bug an image or a job triggers must not take nodes out of service
         job_fault = isinstance(error, JobFault) or not expected
         try:

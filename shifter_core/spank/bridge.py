@@ -185,6 +185,12 @@ def log_debug(message: str) -> None:
     _log("debug", message)
 
 
+def log_exception() -> None:
+    """The exception being handled, with its traceback, as error lines."""
+    for line in traceback.format_exc().rstrip().splitlines():
+        log_error(f"shifter: {line}")
+
+
 def log_to(sink) -> None:
     """Send log lines to `sink(level, message)` rather than to Slurm's log."""
     global _sink

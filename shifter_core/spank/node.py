@@ -13,10 +13,10 @@ from __future__ import annotations
 import os
 
 from .. import container, etcfiles, hostlist, imageref, provenance, pullhold, seam, slurmctl
-from ..errors import AccessDenied, JobFault, ShifterError, one_line
+from ..errors import AccessDenied, JobFault, ShifterError, internal_error, one_line
 from ..imagestore import ImageMeta, ImageStore
 from . import nodeserver, settings
-from .bridge import log_error, log_info
+from .bridge import log_error, log_exception, log_info
 
 
 def node_name() -> str:
@@ -40,10 +40,8 @@ def job_prolog(spank, opts) -> None:
         _drain(node, f"shifter: {one_line(str(error))}")
         raise
     except Exception as error:      # noqa: BLE001 - a bug a job triggers fails that job only
-        import traceback
-        for line in traceback.format_exc().splitlines():
-            log_error(f"shifter: {line}")
-        _fail_job(cfg, spank.job_id, node, f"internal error of shifter (please report it): {error!r}")
+        log_exception()
+        _fail_job(cfg, spank.job_id, node, internal_error(error))
 
 
 def _set_up(spank, opts, cfg, node: str) -> None:

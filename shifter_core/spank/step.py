@@ -29,10 +29,10 @@ import os
 import time
 
 from .. import container, enter, environ, imageref, launcher, pmix, provenance, seam, taskopts
-from ..errors import ContainerError, JobFault, ShifterError, one_line
+from ..errors import ContainerError, JobFault, ShifterError, internal_error, one_line
 from ..imagestore import ImageStore
 from . import settings
-from .bridge import log_error
+from .bridge import log_error, log_exception
 from .node import container_spec, node_name
 
 _entered: container.JobContainer | None = None   # this task's container, once it is inside
@@ -52,8 +52,8 @@ def init_post_opt(spank, opts) -> None:
         _own_failure = one_line(str(error))
         log_error(f"shifter: {_cannot_run(spank, _own_failure)}")
     except Exception as error:      # noqa: BLE001 - a bug a step triggers fails that step only
-        _log_traceback()
-        _own_failure = _internal_error(error)
+        log_exception()
+        _own_failure = internal_error(error)
 
 
 def step_prolog(spank, opts) -> None:
@@ -65,8 +65,8 @@ def step_prolog(spank, opts) -> None:
     except ShifterError as error:
         raise JobFault(_cannot_run(spank, one_line(str(error)))) from None
     except Exception as error:      # noqa: BLE001 - as in init_post_opt
-        _log_traceback()
-        raise JobFault(_cannot_run(spank, _internal_error(error))) from None
+        log_exception()
+        raise JobFault(_cannot_run(spank, internal_error(error))) from None
 
 
 def step_epilog(spank, opts) -> None:
@@ -126,16 +126,6 @@ def _is_jobs_image(cfg, image: str, job_request: str | None) -> bool:
 
 def _cannot_run(spank, reason: str) -> str:
     return f"step {spank.job_id}.{spank.step_id} cannot run on {node_name()}: {reason}"
-
-
-def _internal_error(error: Exception) -> str:
-    return f"internal error of shifter (please report it): {error!r}"
-
-
-def _log_traceback() -> None:
-    import traceback
-    for line in traceback.format_exc().splitlines():
-        log_error(f"shifter: {line}")
 
 
 def task_init_privileged(spank, opts) -> None:
