@@ -200,8 +200,10 @@ def destroy(cfg, job_id: int, node: str, step_id: int | None = None) -> bool:
     it; True if one existed.  The job's includes what its steps' left.
 
     Idempotent and independent of the prolog's success: it finds holders by
-    their state file and, should that be missing, by their process name.  A
-    recorded failure is forgotten too.
+    their state file and, should that be missing, by their process name, among
+    root's processes only (anyone may name a process so).  It never ends the
+    mount namespace it runs in, whatever leads it there.  A recorded failure is
+    forgotten too.
     """
     paths = [state_path(cfg.run_dir, job_id, node, step_id)]
     names = {holder_name(job_id, node, step_id)}
@@ -220,11 +222,12 @@ def destroy(cfg, job_id: int, node: str, step_id: int | None = None) -> bool:
     step_prefix = f"{HOLDER_NAME}:{int(job_id)}."
     for pid in procfs.pids():
         name = procfs.command_name(pid)
-        if name in names or (step_id is None and name and name.startswith(step_prefix)
-                             and name.endswith(f":{node}")):
+        if (name in names or (step_id is None and name and name.startswith(step_prefix)
+                              and name.endswith(f":{node}"))) and procfs.uids(pid) == (0, 0, 0, 0):
             holders.add((pid, procfs.mount_namespace(pid)))
+    own = procfs.mount_namespace(os.getpid())
     for holder_pid, mntns in holders:
-        if mntns is not None:
+        if mntns is not None and mntns != own:
             _kill_namespace(mntns, spare=holder_pid)
         _kill(holder_pid)
     for path in paths:

@@ -75,6 +75,20 @@ def mount_namespace(pid: int) -> int | None:
         return None
 
 
+def uids(pid: int) -> tuple[int, ...] | None:
+    """Real, effective, saved and file-system uid of a process, from its status (not
+    from who owns its files in /proc: root, for any process that made itself
+    non-dumpable)."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Uid:"):
+                    return tuple(int(field) for field in line.split()[1:])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 def command_name(pid: int) -> str | None:
     """argv[0] of a process (what the holder renames itself to)."""
     try:

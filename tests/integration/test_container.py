@@ -2,15 +2,16 @@
 (loop devices, squashfs, overlay, mount namespaces), without Slurm."""
 from __future__ import annotations
 
-import json
 import os
 import pwd
 import subprocess
 import textwrap
+import time
 
 import pytest
 
-from shifter_core import config, container, enter, etcfiles
+from shifter_core import config, container, enter, etcfiles, syscalls
+from shifter_core.container import procfs
 from shifter_core.imagestore import ImageMeta, ImageStore
 
 pytestmark = pytest.mark.root
@@ -201,3 +202,84 @@ def test_failed_setup_leaves_nothing(site, tmp_path):
         container.create(site, spec)
     assert not os.path.exists(container.state_path(site.run_dir, 501, "nodeA"))
     assert not container.destroy(site, 501, "nodeA")
+
+
+# --- the epilog's search for holders by name --------------------------------------
+
+NOBODY = 65534
+SLEEPER = "import ctypes, time; ctypes.CDLL(None).prctl(4, 0, 0, 0, 0); time.sleep(300)"   # PR_SET_DUMPABLE 0
+
+
+def _wait_for(condition, what: str, timeout: float = 10.0):
+    deadline = time.monotonic() + timeout
+    while not (result := condition()):
+        assert time.monotonic() < deadline, what
+        time.sleep(0.02)
+    return result
+
+
+def _children(pid: int) -> list[int]:
+    return [child for child in procfs.pids() if (procfs.stat(child) or ("", 0, 0))[1] == pid]
+
+
+def test_a_users_process_named_as_a_holder_is_left_alone(site):
+    """Anyone may name a process `shifter-holder:<job>[.<step>]:<node>`, and make it
+    non-dumpable so that its files in /proc are root's.  The epilog must neither kill it nor
+    end the mount namespace it is in (one of its own here, with a second decoy in it)."""
+    decoy_code = (f"import os\n"
+                  f"if os.fork() == 0:\n"
+                  f"    os.execv('/bin/sleep', ['shifter-holder:601.3:nodeA', '300'])\n"
+                  f"os.execv('/usr/bin/python3', ['shifter-holder:601:nodeA', '-c', {SLEEPER!r}])\n")
+    decoy = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "setpriv", f"--reuid={NOBODY}",
+                              f"--regid={NOBODY}", "--clear-groups", "--", "/usr/bin/python3", "-c", decoy_code])
+    step_decoy = None
+    try:
+        step_decoy = _wait_for(lambda: _children(decoy.pid), "the decoys did not start")[0]
+        _wait_for(lambda: procfs.command_name(decoy.pid) == "shifter-holder:601:nodeA"
+                  and os.stat(f"/proc/{decoy.pid}/status").st_uid == 0, "the decoy did not hide as root's")
+        assert procfs.mount_namespace(decoy.pid) != procfs.mount_namespace(os.getpid())
+        assert not container.destroy(site, 601, "nodeA")
+        assert procfs.running(decoy.pid) and procfs.running(step_decoy)
+    finally:
+        _kill_left([step_decoy] if step_decoy else [], "shifter-holder:601.3:nodeA")
+        decoy.kill()
+        decoy.wait()
+
+
+def test_the_epilog_never_ends_its_own_mount_namespace(site):
+    """A root process named as a holder in the namespace the epilog runs in (the node's,
+    on a real node) is killed, as a holder is, but the namespace is not: here a child in
+    a namespace of its own plays the epilog, with a bystander beside it."""
+    reader, writer = os.pipe()
+    child = os.fork()
+    if child == 0:
+        status = 1
+        try:
+            os.close(reader)
+            syscalls.unshare(syscalls.CLONE_NEWNS)
+            named = os.fork()
+            if named == 0:
+                os.execv("/bin/sleep", ["shifter-holder:602:nodeA", "300"])
+            bystander = subprocess.Popen(["/bin/sleep", "300"])
+            os.write(writer, f"{named} {bystander.pid}\n".encode())
+            _wait_for(lambda: procfs.command_name(named) == "shifter-holder:602:nodeA", "no holder-named process")
+            container.destroy(site, 602, "nodeA")
+            status = 0 if procfs.running(bystander.pid) and not procfs.running(named) else 2
+            bystander.kill()
+            bystander.wait()
+        finally:
+            os._exit(status)
+    os.close(writer)
+    with os.fdopen(reader) as f:
+        started = [int(pid) for pid in f.readline().split()]
+    _, status = os.waitpid(child, 0)
+    _kill_left(started, "shifter-holder:602:nodeA", "/bin/sleep")
+    assert os.waitstatus_to_exitcode(status) == 0, "the epilog's namespace was ended"
+
+
+def _kill_left(pids: list[int], *names: str) -> None:
+    """End what a test started and a failure may have left behind (by pid, while it
+    still bears one of the names it was started with)."""
+    for pid in pids:
+        if procfs.command_name(pid) in names:
+            os.kill(pid, 9)
