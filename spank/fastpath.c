@@ -351,7 +351,7 @@ int fastpath_task_init(const char *workdir)
     char here[PATH_MAX];
 
     if (workdir) {
-        if (workdir[0] != '/')
+        if (!seam_task_options_valid(workdir, NULL))
             slurm_error("shifter: --workdir=%s: " SEAM_WORKDIR_RELATIVE, workdir);
         else if (chdir(workdir) == 0)
             return 0;

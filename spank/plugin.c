@@ -101,12 +101,6 @@ static void load_job_options(spank_t sp)
     }
 }
 
-static int env_is_one(spank_t sp, const char *name)
-{
-    char buf[8];
-    return spank_getenv(sp, name, buf, sizeof buf) == ESPANK_SUCCESS && strcmp(buf, "1") == 0;
-}
-
 /* A step started by an srun that has no shifter plugin (srun inside an
  * autoshifted batch script) carries the job's choice in its environment.  With
  * --export=NONE (of sbatch, which its sruns inherit, or of srun) neither the
@@ -123,20 +117,33 @@ static int step_inherits_container(spank_t sp)
         && strcmp(buf, "1") == 0;
 }
 
-/* A task option the step was not given takes its default from the job's
- * environment (SHIFTER_WORKDIR, SHIFTER_ENTRYPOINT, SHIFTER_ENV: a user's
- * profile); a flag's "0" or "" leaves it off.  Only for steps in a container. */
+/* A task option not given takes its default from the environment
+ * (SHIFTER_WORKDIR, SHIFTER_ENTRYPOINT, SHIFTER_ENV: a user's profile;
+ * taskopts.with_defaults): the job's in slurmstepd, the submitting command's
+ * own elsewhere.  task_defaults[i]'s default into buf, or NULL for none (a
+ * flag's "0" or "" leaves it off). */
+static const struct { int option; const char *var; } task_defaults[] = SEAM_TASK_OPTION_DEFAULTS;
+#define TASK_DEFAULT_COUNT (sizeof task_defaults / sizeof *task_defaults)
+
+static const char *task_option_default(spank_t sp, size_t i, char *buf, size_t size)
+{
+    const char *value = buf;
+
+    if (spank_context() == S_CTX_REMOTE ? spank_getenv(sp, task_defaults[i].var, buf, size) != ESPANK_SUCCESS
+                                         : (value = getenv(task_defaults[i].var)) == NULL)
+        return NULL;
+    return value[0] && (options[task_defaults[i].option].has_arg || strcmp(value, "0") != 0) ? value : NULL;
+}
+
+/* slurmstepd: the task options a step in a container was not given, from the job's environment. */
 static void task_option_defaults(spank_t sp)
 {
-    static const struct { int option; const char *var; } defaults[] = SEAM_TASK_OPTION_DEFAULTS;
-    char value[4096];
+    char buf[4096];
+    const char *value;
 
-    for (size_t i = 0; i < sizeof defaults / sizeof *defaults; i++) {
-        int o = defaults[i].option;
-        if (!opt_set[o] && spank_getenv(sp, defaults[i].var, value, sizeof value) == ESPANK_SUCCESS
-            && value[0] && (options[o].has_arg || strcmp(value, "0") != 0))
-            store_option(o, value, 1);
-    }
+    for (size_t i = 0; i < TASK_DEFAULT_COUNT; i++)
+        if (!opt_set[task_defaults[i].option] && (value = task_option_default(sp, i, buf, sizeof buf)))
+            store_option(task_defaults[i].option, value, 1);
 }
 
 /* ---- Python ----------------------------------------------------------- */
@@ -400,9 +407,10 @@ static int built_own;
 static int own_container(spank_t sp, int ac, char **av, uint32_t step)
 {
     struct seam_request req = server_request(SEAM_CALLBACK_STEP_PROLOG, ac, av, now_ns());
+    const char *config = config_path(ac, av);
     enum seam_status record;
 
-    switch (fastpath_serve_step(sp, config_path(ac, av), &req)) {
+    switch (fastpath_serve_step(sp, config, &req)) {
     case FASTPATH_NOT_SERVED:
         return MODE_PYTHON;
     case 0:
@@ -410,7 +418,7 @@ static int own_container(spank_t sp, int ac, char **av, uint32_t step)
     default:
         return MODE_FAILED;
     }
-    record = fastpath_load(sp, config_path(ac, av), step);
+    record = fastpath_load(sp, config, step);
     if (record == SEAM_READY) {
         built_own = 1;
         return MODE_FAST_ENTER;
@@ -418,22 +426,19 @@ static int own_container(spank_t sp, int ac, char **av, uint32_t step)
     if (record != SEAM_INVALID)
         return MODE_PYTHON;     /* its tasks need Python: step.py finds the container, and removes it */
     /* the server found that the job's container serves the step after all */
-    return fastpath_load(sp, config_path(ac, av), -1) == SEAM_READY ? MODE_FAST_ENTER : MODE_PYTHON;
+    return fastpath_load(sp, config, -1) == SEAM_READY ? MODE_FAST_ENTER : MODE_PYTHON;
 }
 
 /* srun, sbatch, salloc: could the tasks honour the task options, given or taken from
  * the environment's defaults (taskopts.with_defaults)?  If not, Python refuses them
  * with the reason (taskopts.check), before a job or step exists. */
-static int task_options_valid(void)
+static int task_options_valid(spank_t sp)
 {
-    static const struct { int option; const char *var; } defaults[] = SEAM_TASK_OPTION_DEFAULTS;
     const char *value[SEAM_OPTION_COUNT] = { NULL };
 
-    for (size_t i = 0; i < sizeof defaults / sizeof *defaults; i++) {
-        int o = defaults[i].option;
-        value[o] = opt_value[o] && *opt_value[o] ? opt_value[o] : getenv(defaults[i].var);
-        if (value[o] && !*value[o])
-            value[o] = NULL;
+    for (size_t i = 0; i < TASK_DEFAULT_COUNT; i++) {
+        int o = task_defaults[i].option;
+        value[o] = opt_set[o] ? opt_value[o] : task_option_default(sp, i, NULL, 0);
     }
     return seam_task_options_valid(value[SEAM_OPT_WORKDIR], value[SEAM_OPT_ENV]);
 }
@@ -455,7 +460,7 @@ static int fast_path(spank_t sp, int ac, char **av)
     case S_CTX_LOCAL:
     case S_CTX_ALLOCATOR:
         /* the options as submit.pinned_options records them */
-        if (!task_options_valid() || seam_options_text(opt_set, opt_value, text, sizeof text) < 0)
+        if (!task_options_valid(sp) || seam_options_text(opt_set, opt_value, text, sizeof text) < 0)
             return MODE_PYTHON;
         in_job = spank_context() == S_CTX_LOCAL && getenv(SEAM_JOB_ID_VAR);
         if (in_job && fastpath_pin_reusable(text))

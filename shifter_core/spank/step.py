@@ -46,27 +46,18 @@ def init_post_opt(spank, opts) -> None:
     not have the node server do it (step_prolog).  A failure fails the step's tasks
     (task_init_privileged), with the reason: failing here would not fail srun."""
     global _own, _own_failure
-    try:
-        _own = _own_container(spank, opts)
-    except ShifterError as error:
-        _own_failure = one_line(str(error))
+    _own, _own_failure = _built(spank, opts)
+    if _own_failure is not None:
         log_error(f"shifter: {_cannot_run(spank, _own_failure)}")
-    except Exception as error:      # noqa: BLE001 - a bug a step triggers fails that step only
-        log_exception()
-        _own_failure = internal_error(error)
 
 
 def step_prolog(spank, opts) -> None:
-    """The node server builds the step's own container (spank/fastpath.c:
-    fastpath_step_container).  The message of a failure is the line the plugin
-    shows for each of the step's tasks."""
-    try:
-        _own_container(spank, opts)
-    except ShifterError as error:
-        raise JobFault(_cannot_run(spank, one_line(str(error)))) from None
-    except Exception as error:      # noqa: BLE001 - as in init_post_opt
-        log_exception()
-        raise JobFault(_cannot_run(spank, internal_error(error))) from None
+    """The node server builds the step's own container (spank/plugin.c: own_container
+    asks).  The message of a failure is the line the plugin shows for each of the
+    step's tasks."""
+    _, failure = _built(spank, opts)
+    if failure is not None:
+        raise JobFault(_cannot_run(spank, failure))
 
 
 def step_epilog(spank, opts) -> None:
@@ -78,7 +69,19 @@ def step_epilog(spank, opts) -> None:
 def exit(spank, opts) -> None:      # noqa: A001 - the SPANK callback's name
     """The step ended: its own container goes (slurmstepd, once, after every task)."""
     if _own is not None:
-        container.destroy(settings.site_config(spank), _own.job_id, _own.node, _own.step_id)
+        step_epilog(spank, opts)
+
+
+def _built(spank, opts) -> tuple[container.JobContainer | None, str | None]:
+    """The step's own container (None when the job's serves), or why it cannot be built:
+    a fault of the step, or a bug of ours it ran into, fails that step only."""
+    try:
+        return _own_container(spank, opts), None
+    except ShifterError as error:
+        return None, one_line(str(error))
+    except Exception as error:      # noqa: BLE001 - see the docstring
+        log_exception()
+        return None, internal_error(error)
 
 
 def _own_container(spank, opts) -> container.JobContainer | None:

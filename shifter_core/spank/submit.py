@@ -103,9 +103,9 @@ def _client(cfg):
 
 
 def pinned_options(opts, volume: str) -> str:
-    """The options the pin depends on (seam.PINNED_OPTIONS) in the form spank/seam.c: seam_options_text builds, with `volume`
-    as the job passes it on (seam.VOLUME_OPTION_VAR): an srun inside the job
-    inherits that text."""
+    """The options the pin depends on (seam.PINNED_OPTIONS) in the form spank/seam.c:
+    seam_options_text builds, with `volume` as the job passes it on
+    (seam.VOLUME_OPTION_VAR): an srun inside the job inherits that text."""
     return seam.PINNED_SEPARATOR.join(
         str(int(getattr(opts, name))) if name in seam.FLAGS
         else volume if name == "volume" else getattr(opts, name) or ""

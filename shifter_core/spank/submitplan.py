@@ -92,7 +92,8 @@ def save(cfg, options: str, lookup_path: str, munge_socket: str, export: dict[st
     """Keep the plan of a pin just done in Python, unless the C could not follow it (https).
 
     `export` is what the pin exported; the variables the C sets itself (from its
-    own lookup, and whether a step has a view of its own) are left out.  Never fails the submission: a plan is a shortcut.
+    own lookup, and whether a step has a view of its own) are left out.  Never
+    fails the submission: a plan is a shortcut.
     """
     gateways = [urllib.parse.urlsplit(url) for url in cfg.image_gateway]
     if any(g.scheme != "http" or not g.hostname for g in gateways) or len(gateways) > seam.PLAN_GATEWAYS:
