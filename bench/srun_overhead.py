@@ -32,6 +32,7 @@ import time
 
 from bench import results
 from ci.harness import cluster as harness
+from shifter_core import seam
 
 
 
@@ -56,9 +57,9 @@ def _build_without_hooks(directory: str) -> str:
               "SHIFTER_PYTHON_DIR": "python" + sysconfig.get_config_var("VERSION"),
               "SHIFTER_MODULE_FILE": "_spank" + sysconfig.get_config_var("EXT_SUFFIX")}
     spank = os.path.join(harness.REPO, "spank")
-    subprocess.run(["gcc", "-shared", "-fPIC", "-O2", f"-I{spank}", "-DSHIFTER_NO_JOB_SCRIPT",
-                    *[f'-D{k}="{v}"' for k, v in macros.items()],
-                    "-o", plugin, os.path.join(spank, "plugin.c"), os.path.join(spank, "fastpath.c"),
+    subprocess.run(["gcc", "-shared", "-fPIC", "-O2", f"-I{spank}", f"-I{seam.write_header()}",
+                    "-DSHIFTER_NO_JOB_SCRIPT", *[f'-D{k}="{v}"' for k, v in macros.items()],
+                    "-o", plugin, *(os.path.join(spank, f"{name}.c") for name in ("plugin", "fastpath", "seam")),
                     "-ldl"], check=True)
     return plugin
 
