@@ -146,13 +146,16 @@ def test_resolution_runs_with_the_callers_permissions():
 # --- property: the kernel's walk is Shifter's realpath, inside the root -----------------
 
 def model_resolve(root: str, path: str) -> tuple[str | None, int | None]:
-    """shifter_realpath's rules written out, walking host paths lexically under `root`."""
+    """shifter_realpath's rules written out, walking host paths lexically under `root`.
+    A symlink's target that ends in '/' must lead to a directory, as `<target>/.` must."""
     pending = [p for p in path.split("/") if p]
     done: list[str] = []
     links = 0
     while pending:
         name = pending.pop(0)
         if name == ".":
+            if not os.path.isdir(os.path.join(root, *done)):
+                return None, errno.ENOTDIR
             continue
         if name == "..":
             if done:
@@ -168,7 +171,7 @@ def model_resolve(root: str, path: str) -> tuple[str | None, int | None]:
             target = os.readlink(here)
             if target.startswith("/"):
                 done = []
-            pending = [p for p in target.split("/") if p] + pending
+            pending = [p for p in target.split("/") if p] + (["."] if target.endswith("/") else []) + pending
             continue
         if pending and not os.path.isdir(here):
             return None, errno.ENOTDIR
